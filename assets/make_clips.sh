@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerates the bundled spoken prompts (committed, so nothing here runs in tests or the demo).
+# Needs Debian's espeak-ng and sox. Their known texts are in clips.json.
+set -euo pipefail
+cd "$(dirname "$0")"
+speak() {  # speak VOICE SPEED OUT TEXT
+  espeak-ng -v "$1" -s "$2" -a 80 -w /tmp/clip.wav "$4"
+  sox /tmp/clip.wav -r 16000 -c 1 -b 16 "$3"
+}
+speak en 140 apple.wav "a painting of a red apple on a wooden table"
+speak en-us 130 lighthouse.wav "an oil painting of a lighthouse by the sea"

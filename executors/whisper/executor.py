@@ -1,0 +1,219 @@
+"""WhisperExecutor: a spoken prompt in, its text out (``doc.text``, ``doc.tags``).
+
+Two backends behind one interface, chosen by the ``backend`` argument:
+
+- ``faster-whisper`` (default): CTranslate2, int8 on CPU and float16 on GPU; several times faster
+  than PyTorch Whisper on CPU. Takes a model name (tiny ... large-v3, turbo) or a local
+  CTranslate2 model directory.
+- ``openai-whisper``: the reference PyTorch implementation. Takes a model name or a local ``.pt``
+  checkpoint.
+
+Decoding is bounded (temperature fallback over a short ladder, at most ``max_new_tokens`` tokens
+per window), so noise or a bad model cannot run for minutes.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+from docarray import DocList
+from jina import Executor, requests
+
+from speech2image.audio import AudioError, load_audio
+from speech2image.hub import ModelLoadError, hub_offline
+from speech2image.schema import SAMPLE_RATE, SpeechDoc
+from speech2image.validation import RequestError, check_prompt, choice_parameter, document_error
+
+BACKENDS = ('faster-whisper', 'openai-whisper')
+TASKS = ('translate', 'transcribe')
+# Retried temperatures when a decode looks degenerate; short, to bound the worst case.
+TEMPERATURES = (0.0, 0.2, 0.4)
+
+
+
+@dataclass
+class Transcript:
+    """What a backend heard: text, detected language, and timed segments."""
+
+    text: str
+    language: str
+    segments: List[Dict] = field(default_factory=list)
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+
+class FasterWhisperBackend:
+    """Whisper on CTranslate2 (faster-whisper)."""
+
+    def __init__(self, model: str, device: str, compute_type: str, beam_size: int,
+                 max_new_tokens: int, vad_filter: bool):
+        import ctranslate2
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        if device == 'auto':
+            device = 'cuda' if ctranslate2.get_cuda_device_count() > 0 else 'cpu'
+        if compute_type == 'auto':
+            compute_type = 'float16' if device == 'cuda' else 'int8'
+        try:
+            self.model = WhisperModel(
+                model, device=device, compute_type=compute_type, local_files_only=hub_offline()
+            )
+        except Exception as error:
+            raise ModelLoadError(
+                f'cannot load faster-whisper model {model!r}: {error}. Give a local CTranslate2 '
+                'model directory, or a model name on a machine that can reach the Hugging Face hub.'
+            ) from None
+        self.languages = frozenset(_LANGUAGE_CODES)
+        self.multilingual = self.model.model.is_multilingual
+        self.beam_size = beam_size
+        self.max_new_tokens = max_new_tokens
+        self.vad_filter = vad_filter
+
+    def transcribe(self, samples: np.ndarray, task: str, language: Optional[str]) -> Transcript:
+        segments, info = self.model.transcribe(
+            samples,
+            task=task,
+            language=language,
+            beam_size=self.beam_size,
+            temperature=TEMPERATURES,
+            max_new_tokens=self.max_new_tokens,
+            condition_on_previous_text=False,
+            vad_filter=self.vad_filter,
+        )
+        timed = [
+            {'start': round(s.start, 2), 'end': round(s.end, 2), 'text': s.text.strip()}
+            for s in segments
+        ]
+        return Transcript(' '.join(s['text'] for s in timed).strip(), info.language, timed)
+
+
+class OpenAIWhisperBackend:
+    """The reference PyTorch Whisper (openai-whisper)."""
+
+    def __init__(self, model: str, device: str, beam_size: int, max_new_tokens: int):
+        import whisper
+        from whisper.tokenizer import LANGUAGES
+
+        self.device = ('cuda' if cuda_available() else 'cpu') if device == 'auto' else device
+        if not Path(model).is_file() and hub_offline():
+            raise ModelLoadError(
+                f'openai-whisper model {model!r} is not a local checkpoint and HF_HUB_OFFLINE is set'
+            )
+        try:
+            self.model = whisper.load_model(model, device=self.device)
+        except Exception as error:
+            raise ModelLoadError(
+                f'cannot load openai-whisper model {model!r}: {error}. Give a local .pt '
+                'checkpoint, or a model name on a machine that can download it.'
+            ) from None
+        self.languages = frozenset(LANGUAGES)
+        self.multilingual = self.model.is_multilingual
+        self.beam_size = beam_size
+        self.max_new_tokens = max_new_tokens
+
+    def transcribe(self, samples: np.ndarray, task: str, language: Optional[str]) -> Transcript:
+        result = self.model.transcribe(
+            samples,
+            task=task,
+            language=language,
+            temperature=TEMPERATURES,
+            condition_on_previous_text=False,
+            fp16=self.device == 'cuda',
+            sample_len=self.max_new_tokens,
+            beam_size=self.beam_size if self.beam_size > 1 else None,
+            verbose=None,
+        )
+        timed = [
+            {'start': round(s['start'], 2), 'end': round(s['end'], 2), 'text': s['text'].strip()}
+            for s in result['segments']
+        ]
+        return Transcript(result['text'].strip(), result['language'], timed)
+
+
+class WhisperExecutor(Executor):
+    """Transcribes (or translates to English) each document's audio into ``doc.text``.
+
+    A document with text and no audio passes through, so text-to-image requests share the Flow.
+    Per-request parameters: ``task`` ('translate', the default, or 'transcribe') and
+    ``language`` (a hint such as 'de'; detected when absent).
+    """
+
+    def __init__(
+        self,
+        backend: str = 'faster-whisper',
+        model: str = 'base',
+        device: str = 'auto',
+        compute_type: str = 'auto',
+        beam_size: int = 1,
+        max_new_tokens: int = 128,
+        vad_filter: bool = True,
+        max_audio_seconds: float = 60.0,
+        audio_dir: Optional[str] = None,
+        **kwargs,
+    ):
+        """
+        :param backend: 'faster-whisper' or 'openai-whisper'.
+        :param model: model name or local path (CTranslate2 directory or .pt checkpoint).
+        :param device: 'auto' (CUDA when present), 'cpu' or 'cuda'.
+        :param compute_type: faster-whisper precision; 'auto' is float16 on GPU, int8 on CPU.
+        :param beam_size: 1 is greedy decoding, the fastest.
+        :param max_new_tokens: cap on tokens decoded per 30 s window.
+        :param vad_filter: drop non-speech with Silero VAD first (faster-whisper only), so
+            noise gives "no speech" instead of hallucinated text.
+        :param max_audio_seconds: longer audio is refused.
+        :param audio_dir: directory that ``uri`` paths may read from; None refuses ``uri``.
+        """
+        super().__init__(**kwargs)
+        if backend not in BACKENDS:
+            raise ValueError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
+        if backend == 'faster-whisper':
+            self.backend = FasterWhisperBackend(
+                model, device, compute_type, beam_size, max_new_tokens, vad_filter
+            )
+        else:
+            self.backend = OpenAIWhisperBackend(model, device, beam_size, max_new_tokens)
+        self.max_audio_seconds = max_audio_seconds
+        self.audio_dir = Path(audio_dir) if audio_dir else None
+
+    @requests(on=['/', '/transcribe'])
+    def transcribe(self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs) -> DocList[SpeechDoc]:
+        task = choice_parameter(parameters, 'task', 'translate', TASKS)
+        language = choice_parameter(parameters, 'language', None, self.backend.languages)
+        if language not in (None, 'en') and not self.backend.multilingual:
+            raise RequestError(f"parameter 'language' is {language!r}, but the model is English-only")
+        for index, doc in enumerate(docs):
+            if doc.has_audio():
+                self.transcribe_doc(index, doc, task, language)
+            check_prompt(index, doc)
+        return docs
+
+    @requests(on='/generate')
+    def check_prompts(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:
+        """Text-to-image requests: refuse bad prompts here, before they reach the batched
+        diffusion Executor, where one bad document would fail every request in its batch."""
+        for index, doc in enumerate(docs):
+            check_prompt(index, doc)
+        return docs
+
+    def transcribe_doc(self, index: int, doc: SpeechDoc, task: str, language: Optional[str]) -> None:
+        try:
+            samples = load_audio(doc, self.max_audio_seconds, self.audio_dir)
+        except AudioError as error:
+            raise document_error(index, doc, str(error)) from None
+        transcript = self.backend.transcribe(samples, task, language)
+        if not transcript.text:
+            raise document_error(index, doc, 'no speech detected in the audio')
+        doc.text = transcript.text
+        doc.tags.update(
+            language=transcript.language,
+            segments=transcript.segments,
+            task=task if self.backend.multilingual else 'transcribe',
+            audio_seconds=round(samples.size / SAMPLE_RATE, 3),
+        )

@@ -1,0 +1,147 @@
+"""Turn a request document's audio (tensor, encoded bytes or local file) into Whisper's input.
+
+Whisper wants float32 mono samples at 16 kHz. Encoded files are decoded with PyAV, which bundles
+FFmpeg's libraries, so no ffmpeg binary is needed. Every path is bounded by ``max_seconds``:
+decoding stops as soon as the cap is passed, so a small, highly compressed file cannot expand
+into hours of samples.
+"""
+
+import io
+from pathlib import Path
+from typing import Optional
+
+import av
+import numpy as np
+
+from speech2image.schema import SAMPLE_RATE, SpeechDoc
+
+# A file whose decodable audio is shorter than this share of its declared duration is truncated.
+MIN_DECODED_SHARE = 0.9
+# Peak amplitude below which audio is treated as silence (about -60 dBFS).
+SILENCE_PEAK = 1e-3
+INT16_SCALE = 32768.0
+
+
+class AudioError(ValueError):
+    """The audio of a document cannot be used; the message says why."""
+
+
+def load_audio(doc: SpeechDoc, max_seconds: float, uri_root: Optional[Path]) -> np.ndarray:
+    """Return the document's audio as float32 mono 16 kHz samples, checked for use.
+
+    Takes ``doc.tensor`` first, then ``doc.bytes_``, then ``doc.uri``. Raises ``AudioError`` for
+    audio that is missing, malformed, longer than ``max_seconds`` or silent.
+    """
+    if doc.tensor is not None:
+        samples = samples_from_tensor(np.asarray(doc.tensor), max_seconds)
+    elif doc.bytes_ is not None:
+        samples = decode_audio(bytes(doc.bytes_), max_seconds)
+    elif doc.uri is not None:
+        samples = decode_audio(read_local_uri(doc.uri, uri_root), max_seconds)
+    else:
+        raise AudioError('no audio: set one of tensor, bytes_ or uri')
+    if samples.size == 0:
+        raise AudioError('audio is empty (0 samples)')
+    if float(np.max(np.abs(samples))) < SILENCE_PEAK:
+        raise AudioError('no speech: the audio is silent')
+    return samples
+
+
+def samples_from_tensor(tensor: np.ndarray, max_seconds: float) -> np.ndarray:
+    """Check a raw sample tensor and return it as float32.
+
+    Accepts a 1-D array of float32 (float64 is cast: JSON clients cannot send float32) or int16
+    (scaled to [-1, 1)). Anything else raises ``AudioError`` naming the dtype or shape.
+    """
+    if tensor.ndim != 1:
+        raise AudioError(
+            f'tensor must be 1-D mono samples at {SAMPLE_RATE} Hz, got shape {tuple(tensor.shape)}'
+        )
+    if tensor.dtype == np.int16:
+        samples = tensor.astype(np.float32) / INT16_SCALE
+    elif tensor.dtype in (np.float32, np.float64):
+        samples = tensor.astype(np.float32, copy=False)
+    else:
+        raise AudioError(f'tensor dtype must be float32 or int16, got {tensor.dtype}')
+    if not np.all(np.isfinite(samples)):
+        raise AudioError('tensor contains NaN or infinite samples')
+    check_duration(samples.size / SAMPLE_RATE, max_seconds)
+    return samples
+
+
+def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
+    """Decode an encoded audio file (wav, flac, mp3, ogg/opus, webm, ...) to float32 mono 16 kHz."""
+    if not data:
+        raise AudioError('bytes_ is empty')
+    try:
+        with av.open(io.BytesIO(data), metadata_errors='ignore') as container:
+            if not container.streams.audio:
+                raise AudioError('the file has no audio stream')
+            stream = container.streams.audio[0]
+            declared_seconds = declared_duration(container, stream)
+            if declared_seconds is not None:
+                check_duration(declared_seconds, max_seconds)
+            samples = decode_stream(container, stream, max_seconds)
+    except av.FFmpegError as error:
+        raise AudioError(f'bytes_ is not a decodable audio file ({error.strerror or error})') from None
+    decoded_seconds = samples.size / SAMPLE_RATE
+    if declared_seconds and decoded_seconds < MIN_DECODED_SHARE * declared_seconds:
+        raise AudioError(
+            f'audio file is truncated: it declares {declared_seconds:.2f} s '
+            f'but only {decoded_seconds:.2f} s could be decoded'
+        )
+    return samples
+
+
+def decode_stream(container, stream, max_seconds: float) -> np.ndarray:
+    """Decode and resample one audio stream, stopping as soon as it passes ``max_seconds``."""
+    resampler = av.AudioResampler(format='flt', layout='mono', rate=SAMPLE_RATE)
+    max_samples = int(max_seconds * SAMPLE_RATE)
+    chunks, total = [], 0
+    for frame in container.decode(stream):
+        for resampled in resampler.resample(frame):
+            chunk = resampled.to_ndarray().reshape(-1)
+            chunks.append(chunk)
+            total += chunk.size
+        if total > max_samples:
+            check_duration(total / SAMPLE_RATE, max_seconds)
+    for resampled in resampler.resample(None):
+        chunks.append(resampled.to_ndarray().reshape(-1))
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    check_duration(samples.size / SAMPLE_RATE, max_seconds)
+    if not np.all(np.isfinite(samples)):
+        raise AudioError('the file decodes to NaN or infinite samples')
+    return samples
+
+
+def declared_duration(container, stream) -> Optional[float]:
+    """The duration the file's headers declare, in seconds, or None if they declare none."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def check_duration(seconds: float, max_seconds: float) -> None:
+    if seconds > max_seconds:
+        raise AudioError(f'audio is longer than the {max_seconds:g} s limit ({seconds:.1f} s)')
+
+
+def read_local_uri(uri: str, uri_root: Optional[Path]) -> bytes:
+    """Read a ``uri`` that names a file under ``uri_root``; never fetches anything remote.
+
+    ``uri_root`` None means the service accepts no ``uri`` at all.
+    """
+    if uri_root is None:
+        raise AudioError('uri is disabled on this service; send the audio as bytes_ or tensor')
+    path_text = uri.removeprefix('file://')
+    if '://' in path_text:
+        raise AudioError(f'uri must be a local file path, not a URL: {uri!r}')
+    root = uri_root.resolve()
+    path = (root / path_text).resolve()
+    if not path.is_relative_to(root):
+        raise AudioError(f'uri {uri!r} is outside the allowed audio directory')
+    if not path.is_file():
+        raise AudioError(f'uri {uri!r} is not a file in the allowed audio directory')
+    return path.read_bytes()

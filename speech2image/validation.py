@@ -1,0 +1,79 @@
+"""Checks of what users send, shared by both Executors, with errors that name what was wrong.
+
+An Executor raises ``RequestError``; jina fails that request with the message and keeps serving.
+"""
+
+import math
+from typing import Any, Mapping, Optional
+
+from speech2image.schema import SpeechDoc
+
+MAX_PROMPT_CHARS = 1000
+
+
+class RequestError(ValueError):
+    """A request the service refuses; the message is shown to the user as is."""
+
+
+def document_error(index: int, doc: SpeechDoc, reason: str) -> RequestError:
+    """An error that says which document of the request failed, by position and id."""
+    return RequestError(f'document {index} (id {doc.id}): {reason}')
+
+
+def check_prompt(index: int, doc: SpeechDoc) -> str:
+    """Return the document's prompt, stripped; raise if it is missing, empty or too long."""
+    text = (doc.text or '').strip()
+    if not text:
+        raise document_error(index, doc, 'no prompt: text is empty')
+    if len(text) > MAX_PROMPT_CHARS:
+        raise document_error(
+            index, doc, f'prompt is {len(text)} characters, the limit is {MAX_PROMPT_CHARS}'
+        )
+    return text
+
+
+def int_parameter(
+    parameters: Mapping[str, Any], name: str, default: Optional[int], low: int, high: int
+) -> Optional[int]:
+    """Read an integer request parameter within [low, high].
+
+    gRPC carries parameters as a protobuf Struct, where every number is a double, so integral
+    floats (2.0) are accepted; bools, fractions and strings are not.
+    """
+    value = parameters.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(f"parameter '{name}' must be an integer, got {value!r}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise RequestError(f"parameter '{name}' must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise RequestError(f"parameter '{name}' must be between {low} and {high}, got {value!r}")
+    return int(value)
+
+
+def float_parameter(
+    parameters: Mapping[str, Any], name: str, default: float, low: float, high: float
+) -> float:
+    """Read a finite float request parameter within [low, high]."""
+    value = parameters.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"parameter '{name}' must be a number, got {value!r}")
+    if not low <= value <= high:
+        raise RequestError(f"parameter '{name}' must be between {low} and {high}, got {value!r}")
+    return float(value)
+
+
+def choice_parameter(
+    parameters: Mapping[str, Any], name: str, default: Optional[str], choices
+) -> Optional[str]:
+    """Read a string request parameter that must be one of ``choices``."""
+    value = parameters.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str) or value not in choices:
+        shown = ', '.join(sorted(choices)) if len(choices) <= 10 else f'{len(choices)} known codes'
+        raise RequestError(f"parameter '{name}' must be one of {shown}; got {value!r}")
+    return value
