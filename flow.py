@@ -121,7 +121,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     height=args.height,
                     max_images=args.max_images,
                 ),
-                'uses_dynamic_batching': {'/': batching, '/generate': batching},
+                'uses_dynamic_batching': {'generate': batching},  # every endpoint of generate()
                 'replicas': args.diffusion_replicas,
                 'monitoring': True,
                 'port_monitoring': args.port_monitoring + 2,

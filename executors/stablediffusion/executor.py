@@ -22,7 +22,9 @@ from speech2image.validation import (
     int_parameter,
 )
 
-SEED_LIMIT = 2**32  # seeds are 32-bit, as in diffusers examples and most UIs
+# Seeds fit a signed 32-bit int: docarray's protobuf stores tag integers as int32, and a value
+# that fails to serialise inside jina's batch queue hangs the request instead of failing it.
+SEED_LIMIT = 2**31
 SIDE_MULTIPLE = 8  # the VAE downsamples by 8
 MIN_SIDE = 64
 MAX_GUIDANCE_SCALE = 30.0
@@ -157,7 +159,7 @@ class StableDiffusionExecutor(Executor):
             **sides,
         )
 
-    @requests(on=['/', '/generate'])
+    @requests(on=['/default', '/generate'])  # /default: jina's catch-all, so also '/'
     @dynamic_batching(preferred_batch_size=4, timeout=50)
     def generate(self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs) -> DocList[SpeechDoc]:
         """Generate ``num_images`` images per document in one pipeline call for the batch."""

@@ -182,7 +182,7 @@ class WhisperExecutor(Executor):
         self.max_audio_seconds = max_audio_seconds
         self.audio_dir = Path(audio_dir) if audio_dir else None
 
-    @requests(on=['/', '/transcribe'])
+    @requests(on=['/default', '/transcribe'])  # /default: jina's catch-all, so also '/'
     def transcribe(self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs) -> DocList[SpeechDoc]:
         task = choice_parameter(parameters, 'task', 'translate', TASKS)
         language = choice_parameter(parameters, 'language', None, self.backend.languages)

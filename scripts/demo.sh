@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The demo: serve the Flow on the offline models, send the bundled spoken prompt, print the
+# transcript, write the images to out/, stop. Run it as `make demo` (which installs first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+export HF_HUB_OFFLINE=1 JINA_OPTOUT_TELEMETRY=1
+GATEWAY=grpc://127.0.0.1:54322
+mkdir -p out
+
+$PY flow.py --host 127.0.0.1 \
+  --whisper-model models/whisper-tiny.en-ct2 \
+  --diffusion-model models/tiny-stable-diffusion \
+  --num-inference-steps 10 > out/flow.log 2>&1 &
+flow_pid=$!
+trap 'kill $flow_pid 2>/dev/null; wait $flow_pid 2>/dev/null || true' EXIT
+
+echo "Starting the Flow (log: out/flow.log)..."
+$PY - "$flow_pid" <<'PYEOF'
+import os, socket, sys, time
+pid, deadline = int(sys.argv[1]), time.monotonic() + 180
+while True:  # the gateway's port opens once every Executor is ready
+    try:
+        socket.create_connection(('127.0.0.1', 54322), timeout=1).close()
+        break
+    except OSError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit('the Flow did not become ready in 180 s; see out/flow.log')
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit('the Flow exited; see out/flow.log')
+    time.sleep(1)
+PYEOF
+
+echo "Sending assets/apple.wav (\"$(python3 -c 'import json;print(json.load(open("assets/clips.json"))["apple.wav"])')\")..."
+$PY -m speech2image.client --host "$GATEWAY" --out out --num-images 2 --seed 42 assets/apple.wav
+cat <<'NOTE'
+
+Note: the transcript comes from a real Whisper model (tiny.en). The images come from an
+untrained, randomly initialised Stable Diffusion built offline (models/tiny-stable-diffusion),
+so they are noise. For real images, serve real weights, e.g.:
+  python flow.py --diffusion-model stable-diffusion-v1-5/stable-diffusion-v1-5 --whisper-model base
+NOTE

@@ -1,0 +1,116 @@
+"""Shared fixtures: the offline models, and the real Flow from flow.py served on 127.0.0.1."""
+
+import os
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+# Before jina or huggingface_hub are imported: no telemetry, and no model hub at all.
+os.environ['JINA_OPTOUT_TELEMETRY'] = '1'
+os.environ['HF_HUB_OFFLINE'] = '1'
+
+import flow as flow_module  # noqa: E402
+from speech2image import offline_models  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / 'assets'
+MODELS = ROOT / 'models'
+TINY_SD = MODELS / offline_models.TINY_SD_DIR
+TINY_OPENAI_WHISPER = MODELS / offline_models.TINY_OPENAI_WHISPER_FILE
+WHISPER_TINY_EN = offline_models.faster_whisper_tiny_en()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def offline_model_files() -> Path:
+    """Build the offline models once (``make models`` has usually done it already)."""
+    offline_models.build_all(MODELS)
+    return MODELS
+
+
+def free_ports(count: int) -> List[int]:
+    """Ports free on 127.0.0.1 right now, distinct from each other."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(('127.0.0.1', 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port_run(length: int) -> int:
+    """First of ``length`` consecutive ports free on 127.0.0.1 (flow.py numbers the Executors'
+    metrics ports after the gateway's)."""
+    for _ in range(100):
+        first = free_ports(1)[0]
+        try:
+            held = []
+            for port in range(first, first + length):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(('127.0.0.1', port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f'no {length} consecutive free ports found')
+
+
+@dataclass
+class RunningFlow:
+    """Addresses of a Flow served on 127.0.0.1."""
+
+    port_grpc: int
+    port_http: int
+    port_websocket: int
+    port_monitoring: int
+
+    @property
+    def grpc(self) -> str:
+        return f'grpc://127.0.0.1:{self.port_grpc}'
+
+    @property
+    def http(self) -> str:
+        return f'http://127.0.0.1:{self.port_http}'
+
+    @property
+    def websocket(self) -> str:
+        return f'websocket://127.0.0.1:{self.port_websocket}'
+
+
+def offline_flow_flags(*extra: str) -> List[str]:
+    """flow.py flags that serve the offline models on free 127.0.0.1 ports."""
+    grpc, http, websocket = free_ports(3)
+    monitoring = free_port_run(3)
+    return [
+        '--host', '127.0.0.1',
+        '--port-grpc', str(grpc), '--port-http', str(http), '--port-websocket', str(websocket),
+        '--port-monitoring', str(monitoring),
+        '--whisper-model', str(WHISPER_TINY_EN),
+        '--diffusion-model', str(TINY_SD),
+        '--num-inference-steps', '2',
+        '--audio-dir', str(ASSETS),
+        *extra,
+    ]
+
+
+@contextmanager
+def serve_flow(*extra_flags: str) -> Iterator[RunningFlow]:
+    """Start the Flow exactly as ``python flow.py`` builds it, on the offline models."""
+    args = flow_module.parse_args(offline_flow_flags(*extra_flags))
+    with flow_module.build_flow(args):
+        yield RunningFlow(args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring)
+
+
+@pytest.fixture(scope='session')
+def running_flow(offline_model_files) -> Iterator[RunningFlow]:
+    """One Flow shared by the tests that only send requests to it."""
+    with serve_flow() as running:
+        yield running
