@@ -15,6 +15,7 @@ from jina import Executor, dynamic_batching, requests
 
 from speech2image.schema import ImageDoc, SpeechDoc
 from speech2image.hub import ModelLoadError, hub_offline
+from speech2image.metrics import DiffusionMetrics, registry_of
 from speech2image.validation import (
     RequestError,
     check_prompt,
@@ -107,6 +108,7 @@ class StableDiffusionExecutor(Executor):
         self.max_images = max_images
         self.max_inference_steps = max_inference_steps
         self.max_side = max_side
+        self.metrics = DiffusionMetrics(registry_of(self))
 
     @staticmethod
     def load_pipeline(model: str, device: str):
@@ -165,6 +167,7 @@ class StableDiffusionExecutor(Executor):
         """Generate ``num_images`` images per document in one pipeline call for the batch."""
         settings = self.settings_from(parameters)
         prompts = [check_prompt(index, doc) for index, doc in enumerate(docs)]
+        self.metrics.batch_documents.observe(len(docs))
         seeds = [settings.seeds() for _ in docs]
         images = iter(self.run_pipeline(prompts, seeds, settings))
         for doc, prompt, doc_seeds in zip(docs, prompts, seeds):
