@@ -7,6 +7,7 @@ into hours of samples.
 """
 
 import io
+import wave
 from pathlib import Path
 from typing import Optional
 
@@ -78,12 +79,14 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
             if not container.streams.audio:
                 raise AudioError('the file has no audio stream')
             stream = container.streams.audio[0]
-            declared_seconds = declared_duration(container, stream)
+            declared_seconds = wav_header_seconds(data) or declared_duration(container, stream)
             if declared_seconds is not None:
                 check_duration(declared_seconds, max_seconds)
             samples = decode_stream(container, stream, max_seconds)
     except av.FFmpegError as error:
-        raise AudioError(f'bytes_ is not a decodable audio file ({error.strerror or error})') from None
+        raise AudioError(
+            f'bytes_ is not a decodable audio file, or is truncated ({error.strerror or error})'
+        ) from None
     decoded_seconds = samples.size / SAMPLE_RATE
     if declared_seconds and decoded_seconds < MIN_DECODED_SHARE * declared_seconds:
         raise AudioError(
@@ -121,6 +124,16 @@ def declared_duration(container, stream) -> Optional[float]:
     if container.duration is not None:
         return container.duration / av.time_base
     return None
+
+
+def wav_header_seconds(data: bytes) -> Optional[float]:
+    """The duration a PCM WAV header declares. FFmpeg estimates a WAV's duration from the file
+    size, which hides truncation; the header keeps the length that was written."""
+    try:
+        with wave.open(io.BytesIO(data)) as wav:
+            return wav.getnframes() / wav.getframerate()
+    except (wave.Error, EOFError, ZeroDivisionError):
+        return None  # not a PCM WAV file: the container's own duration is used
 
 
 def check_duration(seconds: float, max_seconds: float) -> None:

@@ -9,6 +9,7 @@ The address takes grpc://, grpcs://, http://, https://, ws:// or wss://.
 """
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from speech2image.schema import SpeechDoc
 
 DEFAULT_HOST = 'grpc://127.0.0.1:54322'
 DEFAULT_OUT_DIR = Path('out')
+# How jina's HTTP gateway reports an Executor's exception: RequestError("message").
+EXCEPTION_REPR = re.compile(r'\w+\(([\'"])(.*)\1\)', re.DOTALL)
 
 
 class ServiceError(RuntimeError):
@@ -25,13 +28,20 @@ class ServiceError(RuntimeError):
 
 
 def server_error_message(error: Exception) -> str:
-    """The server's own words from a failed jina request, without the transport's wrapping."""
+    """The server's own words from a failed jina request, without the transport's wrapping.
+
+    gRPC and WebSocket errors carry the response header; HTTP ones a ``{'detail': repr(exc)}``.
+    """
     header = error.args[0] if error.args else None
     status = getattr(header, 'status', None)
     if status is not None:
         if status.exception.args:
             return status.exception.args[0]
         return status.description
+    if isinstance(header, dict) and 'detail' in header:
+        detail = str(header['detail'])
+        wrapped = EXCEPTION_REPR.fullmatch(detail)
+        return wrapped.group(2) if wrapped else detail
     return str(error)
 
 

@@ -24,7 +24,7 @@ def check_prompt(index: int, doc: SpeechDoc) -> str:
     """Return the document's prompt, stripped; raise if it is missing, empty or too long."""
     text = (doc.text or '').strip()
     if not text:
-        raise document_error(index, doc, 'no prompt: text is empty')
+        raise document_error(index, doc, 'no prompt: text is empty and there is no audio')
     if len(text) > MAX_PROMPT_CHARS:
         raise document_error(
             index, doc, f'prompt is {len(text)} characters, the limit is {MAX_PROMPT_CHARS}'

@@ -1,0 +1,125 @@
+"""StableDiffusionExecutor on the tiny offline model, loaded through its config.yml."""
+
+import io
+
+import numpy as np
+import pytest
+from docarray import DocList
+from jina import Executor
+from PIL import Image
+
+from speech2image.hub import ModelLoadError
+from speech2image.schema import SpeechDoc
+from speech2image.validation import RequestError
+from tests.conftest import TINY_SD
+
+CONFIG = 'executors/stablediffusion/config.yml'
+FAST = {'num_inference_steps': 2}
+
+
+@pytest.fixture(scope='module')
+def diffusion():
+    return Executor.load_config(CONFIG, uses_with={'model': str(TINY_SD)})
+
+
+def generate(executor, texts, **parameters):
+    docs = DocList[SpeechDoc]([SpeechDoc(text=text) for text in texts])
+    return executor.generate(docs=docs, parameters={**FAST, **parameters})
+
+
+def test_images_are_pngs_with_their_parameters(diffusion):
+    [doc] = generate(diffusion, ['a red apple'], num_images=3, seed=10, width=96, height=64,
+                     guidance_scale=3.0, negative_prompt='blurry')
+    assert [image.tags['seed'] for image in doc.matches] == [10, 11, 12]
+    for image in doc.matches:
+        decoded = Image.open(io.BytesIO(image.bytes_))
+        assert decoded.format == 'PNG' and decoded.size == (96, 64)
+        assert (image.width, image.height, image.mime_type) == (96, 64, 'image/png')
+        assert image.tags == {
+            'prompt': 'a red apple', 'negative_prompt': 'blurry', 'seed': image.tags['seed'],
+            'model': str(TINY_SD), 'num_inference_steps': 2, 'guidance_scale': 3.0,
+        }
+
+
+def test_same_seed_same_image_other_seed_other_image(diffusion):
+    first = generate(diffusion, ['a boat'], seed=123)[0].matches[0].bytes_
+    again = generate(diffusion, ['a boat'], seed=123)[0].matches[0].bytes_
+    other = generate(diffusion, ['a boat'], seed=124)[0].matches[0].bytes_
+    assert first == again
+    assert first != other
+
+
+def pixels(image_doc) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(image_doc.bytes_)), dtype=np.int16)
+
+
+def test_a_seeded_image_is_reproducible_from_its_tags(diffusion):
+    """Image k of a seeded request can be made again alone from the seed in its tags. Batched
+    and single runs round differently in float32, so a few pixel values may differ by one."""
+    [doc] = generate(diffusion, ['a boat'], seed=50, num_images=2)
+    second = doc.matches[1]
+    [alone] = generate(diffusion, ['a boat'], seed=second.tags['seed'])
+    difference = np.abs(pixels(alone.matches[0]) - pixels(second))
+    assert difference.max() <= 1
+    other = generate(diffusion, ['a boat'], seed=51 + 7)[0].matches[0]
+    assert np.abs(pixels(other) - pixels(second)).max() > 1
+
+
+def test_unseeded_images_get_distinct_recorded_seeds(diffusion):
+    [doc] = generate(diffusion, ['a cat'], num_images=2)
+    seeds = [image.tags['seed'] for image in doc.matches]
+    assert seeds[0] != seeds[1] and all(0 <= seed < 2**31 for seed in seeds)
+
+
+def test_defaults_are_the_models_native_size(diffusion):
+    [doc] = generate(diffusion, ['a cat'])
+    assert (doc.matches[0].width, doc.matches[0].height) == (64, 64)
+    assert len(doc.matches) == 1
+
+
+def test_integral_floats_are_accepted_as_integers(diffusion):
+    """gRPC parameters arrive as protobuf doubles: 2.0 means 2."""
+    [doc] = generate(diffusion, ['a cat'], num_images=2.0, seed=5.0)
+    assert [image.tags['seed'] for image in doc.matches] == [5, 6]
+
+
+@pytest.mark.parametrize(
+    'parameters, message',
+    [
+        ({'num_images': 0}, "'num_images' must be between 1 and 4, got 0"),
+        ({'num_images': 5}, "'num_images' must be between 1 and 4, got 5"),
+        ({'num_images': 2.5}, "'num_images' must be an integer, got 2.5"),
+        ({'num_images': 'two'}, "'num_images' must be an integer, got 'two'"),
+        ({'num_images': True}, "'num_images' must be an integer, got True"),
+        ({'num_inference_steps': 0}, "'num_inference_steps' must be between 1 and 100"),
+        ({'num_inference_steps': 1000}, "'num_inference_steps' must be between 1 and 100"),
+        ({'guidance_scale': -1}, "'guidance_scale' must be between 0.0 and 30.0"),
+        ({'guidance_scale': float('nan')}, "'guidance_scale' must be a number"),
+        ({'guidance_scale': 'high'}, "'guidance_scale' must be a number"),
+        ({'width': 1032}, "'width' must be between 64 and 1024"),
+        ({'height': 32}, "'height' must be between 64 and 1024"),
+        ({'width': 100}, "'width' must be a multiple of 8, got 100"),
+        ({'seed': -1}, "'seed' must be between 0 and 2147483647"),
+        ({'seed': 2**31}, "'seed' must be between 0 and 2147483647"),
+        ({'negative_prompt': 7}, "'negative_prompt' must be a string"),
+    ],
+)
+def test_bad_parameters_name_the_parameter(diffusion, parameters, message):
+    with pytest.raises(RequestError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        generate(diffusion, ['a cat'], **parameters)
+
+
+def test_empty_prompt_names_the_document(diffusion):
+    with pytest.raises(RequestError, match=r'document 1 \(id \w+\): no prompt'):
+        generate(diffusion, ['a cat', '   '])
+
+
+def test_caps_come_from_the_configuration():
+    capped = Executor.load_config(CONFIG, uses_with={'model': str(TINY_SD), 'max_images': 2})
+    with pytest.raises(RequestError, match="'num_images' must be between 1 and 2, got 3"):
+        generate(capped, ['a cat'], num_images=3)
+
+
+def test_unavailable_model_fails_fast_with_its_name():
+    with pytest.raises(ModelLoadError, match="diffusers model 'no-org/no-model'"):
+        Executor.load_config(CONFIG, uses_with={'model': 'no-org/no-model'})

@@ -1,0 +1,106 @@
+"""WhisperExecutor on the offline models, loaded through its config.yml as the Flow loads it."""
+
+import numpy as np
+import pytest
+from docarray import DocList
+from jina import Executor
+
+from speech2image.hub import ModelLoadError
+from speech2image.schema import SAMPLE_RATE, SpeechDoc
+from speech2image.validation import RequestError
+from tests.audio_files import apple_samples
+from tests.conftest import ASSETS, TINY_OPENAI_WHISPER, WHISPER_TINY_EN
+
+CONFIG = 'executors/whisper/config.yml'
+
+
+def load_whisper(**uses_with) -> Executor:
+    return Executor.load_config(CONFIG, uses_with=uses_with)
+
+
+@pytest.fixture(scope='module')
+def whisper():
+    return load_whisper(model=str(WHISPER_TINY_EN))
+
+
+def run(executor, docs, parameters=None, endpoint='transcribe'):
+    return getattr(executor, endpoint)(docs=DocList[SpeechDoc](docs), parameters=parameters or {})
+
+
+def test_real_tiny_en_transcribes_the_spoken_clip(whisper):
+    [doc] = run(whisper, [SpeechDoc(bytes_=(ASSETS / 'apple.wav').read_bytes())])
+    assert 'painting of a red apple on a wooden table' in doc.text.lower()
+    assert doc.tags['language'] == 'en'
+    assert doc.tags['audio_seconds'] == pytest.approx(3.03, abs=0.01)
+    [segment] = doc.tags['segments']
+    assert 0 <= segment['start'] < segment['end'] <= 3.1
+    assert segment['text'] == doc.text
+
+
+def test_tensor_input_gives_the_same_transcript(whisper):
+    [doc] = run(whisper, [SpeechDoc(tensor=apple_samples())])
+    assert 'red apple on a wooden table' in doc.text.lower()
+
+
+def test_text_only_document_passes_through(whisper):
+    [doc] = run(whisper, [SpeechDoc(text='  a lighthouse  ')])
+    assert doc.text == '  a lighthouse  '
+    assert 'language' not in doc.tags
+
+
+def test_noise_gives_no_speech_not_an_invented_prompt(whisper):
+    noise = np.random.default_rng(0).normal(0, 0.1, 3 * SAMPLE_RATE).astype(np.float32)
+    with pytest.raises(RequestError, match=r'document 0 \(id \w+\): no speech detected'):
+        run(whisper, [SpeechDoc(tensor=noise)])
+
+
+def test_error_names_the_failing_document(whisper):
+    good = SpeechDoc(bytes_=(ASSETS / 'apple.wav').read_bytes())
+    bad = SpeechDoc(bytes_=b'not audio')
+    with pytest.raises(RequestError, match=rf'document 1 \(id {bad.id}\): bytes_ is not a decodable'):
+        run(whisper, [good, bad])
+
+
+def test_document_with_neither_audio_nor_text(whisper):
+    with pytest.raises(RequestError, match='no prompt: text is empty and there is no audio'):
+        run(whisper, [SpeechDoc()])
+
+
+@pytest.mark.parametrize(
+    'parameters, message',
+    [
+        ({'task': 'summarise'}, "parameter 'task' must be one of transcribe, translate"),
+        ({'language': 'xx'}, "parameter 'language' must be one of"),
+        ({'language': 'de'}, "the model is English-only"),
+    ],
+)
+def test_bad_parameters(whisper, parameters, message):
+    with pytest.raises(RequestError, match=message):
+        run(whisper, [SpeechDoc(text='hi')], parameters)
+
+
+def test_generate_endpoint_checks_prompts(whisper):
+    with pytest.raises(RequestError, match=r'prompt is 1001 characters, the limit is 1000'):
+        run(whisper, [SpeechDoc(text='a' * 1001)], endpoint='check_prompts')
+    [doc] = run(whisper, [SpeechDoc(text='a cat')], endpoint='check_prompts')
+    assert doc.text == 'a cat'
+
+
+def test_openai_whisper_backend_loads_a_local_checkpoint_and_decodes_bounded():
+    """A random checkpoint: the transcript is gibberish, but loading and bounded decoding are real."""
+    executor = load_whisper(backend='openai-whisper', model=str(TINY_OPENAI_WHISPER), max_new_tokens=8)
+    transcript = executor.backend.transcribe(apple_samples(), task='translate', language=None)
+    assert transcript.language in executor.backend.languages
+    assert isinstance(transcript.text, str)
+    assert all(segment['end'] >= segment['start'] for segment in transcript.segments)
+
+
+@pytest.mark.parametrize('backend', ['faster-whisper', 'openai-whisper'])
+def test_unavailable_model_fails_fast_with_its_name(backend):
+    with pytest.raises(ModelLoadError, match="model 'no-such-model'"):
+        load_whisper(backend=backend, model='no-such-model')
+
+
+def test_unknown_backend():
+    with pytest.raises(Exception, match='backend must be one of'):
+        load_whisper(backend='whisper.cpp', model=str(WHISPER_TINY_EN))
