@@ -54,6 +54,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     diffusion.add_argument('--width', type=int, help='default image width')
     diffusion.add_argument('--height', type=int, help='default image height')
     diffusion.add_argument('--max-images', type=int, help='cap on images per prompt')
+    diffusion.add_argument('--guidance-scale', type=float, help='default classifier-free guidance')
+    diffusion.add_argument('--diffusion-scheduler', choices=['auto', 'checkpoint', 'dpm++'])
+    diffusion.add_argument('--compile-unet', action='store_true', default=None,
+                           help='torch.compile the UNet (GPU: slower start, faster steps)')
     diffusion.add_argument('--diffusion-replicas', type=int, default=1)
     diffusion.add_argument('--batch-size', type=int, default=4,
                            help='preferred dynamic batch size (documents per pipeline call)')
@@ -120,6 +124,9 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     width=args.width,
                     height=args.height,
                     max_images=args.max_images,
+                    guidance_scale=args.guidance_scale,
+                    scheduler=args.diffusion_scheduler,
+                    compile_unet=args.compile_unet,
                 ),
                 'uses_dynamic_batching': {'generate': batching},  # every endpoint of generate()
                 'replicas': args.diffusion_replicas,

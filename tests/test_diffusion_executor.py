@@ -123,3 +123,38 @@ def test_caps_come_from_the_configuration():
 def test_unavailable_model_fails_fast_with_its_name():
     with pytest.raises(ModelLoadError, match="diffusers model 'no-org/no-model'"):
         Executor.load_config(CONFIG, uses_with={'model': 'no-org/no-model'})
+
+
+@pytest.mark.parametrize('image_format, mime_type', [('jpeg', 'image/jpeg'), ('webp', 'image/webp')])
+def test_lossy_formats_on_request(diffusion, image_format, mime_type):
+    [doc] = generate(diffusion, ['a cat'], seed=1, image_format=image_format)
+    image = doc.matches[0]
+    assert image.mime_type == mime_type
+    assert Image.open(io.BytesIO(image.bytes_)).format == image_format.upper()
+
+
+def test_unknown_image_format(diffusion):
+    with pytest.raises(RequestError, match="parameter 'image_format' must be one of jpeg, png, webp; got 'gif'"):
+        generate(diffusion, ['a cat'], image_format='gif')
+
+
+def test_full_step_models_get_dpm_solver_and_full_step_defaults(diffusion):
+    assert type(diffusion.pipeline.scheduler).__name__ == 'DPMSolverMultistepScheduler'
+    assert diffusion.pipeline.scheduler.config.algorithm_type == 'dpmsolver++'
+    assert (diffusion.defaults['num_inference_steps'], diffusion.defaults['guidance_scale']) == (25, 7.5)
+
+
+def test_few_step_models_are_recognised_by_name(tmp_path):
+    """A checkpoint named like SD-Turbo gets 1 step and no guidance, and keeps its scheduler."""
+    turbo = tmp_path / 'my-sd-turbo'
+    turbo.symlink_to(TINY_SD)
+    executor = Executor.load_config(CONFIG, uses_with={'model': str(turbo), 'warmup': False})
+    assert (executor.defaults['num_inference_steps'], executor.defaults['guidance_scale']) == (1, 0.0)
+    [doc] = generate(executor, ['a cat'], num_inference_steps=None)
+    assert doc.matches[0].tags['num_inference_steps'] == 1
+    assert doc.matches[0].tags['guidance_scale'] == 0.0
+
+
+def test_unknown_scheduler_is_refused():
+    with pytest.raises(Exception, match='scheduler must be one of auto, checkpoint, dpm\\+\\+'):
+        Executor.load_config(CONFIG, uses_with={'model': str(TINY_SD), 'scheduler': 'ddim'})
