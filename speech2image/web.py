@@ -72,7 +72,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument('--host', default='0.0.0.0', help='address the page is served on')
-    parser.add_argument('--port', type=int, default=54325)
+    parser.add_argument('--port', type=int, default=54325, help='port the page is served on')
     parser.add_argument('--gateway', default='http://127.0.0.1:54323',
                         help="base URL of the Flow's HTTP gateway")
     parser.add_argument('--max-in-flight', type=int, default=4,

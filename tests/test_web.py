@@ -20,7 +20,7 @@ import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
-from speech2image.web import gateway_error_message
+from speech2image.web import gateway_error_message, parse_args
 from tests.conftest import ASSETS, ROOT, free_ports
 
 CHROMIUM = Path('/usr/bin/chromium')
@@ -36,7 +36,7 @@ SPOKEN_S = 3.03  # assets/apple.wav
 SERVICE_START_TIMEOUT_S = 20
 ANSWER_TIMEOUT_S = 60
 POLL_S = 0.05
-DESKTOP = {'width': 1280, 'height': 900}
+DESKTOP = {'width': 1024, 'height': 768}
 PHONE = {'width': 390, 'height': 844}
 
 
@@ -146,6 +146,18 @@ def wait_until(page, expression: str, timeout_s: float = ANSWER_TIMEOUT_S) -> No
         time.sleep(POLL_S)
 
 
+def assert_layout_fits(page) -> None:
+    """Nothing sticks out: no sideways scrolling, every settings field within its column."""
+    assert page.evaluate('document.documentElement.scrollWidth <= window.innerWidth')
+    overflowing = page.eval_on_selector_all(
+        '#parameters label',
+        'labels => labels.flatMap(label => [...label.querySelectorAll("input, select")]'
+        '.filter(field => field.getBoundingClientRect().right > label.getBoundingClientRect().right + 1)'
+        '.map(field => field.name))',
+    )
+    assert overflowing == []
+
+
 def rendered_image_widths(page) -> list:
     return page.eval_on_selector_all(
         '#images img', 'images => images.map(image => image.complete ? image.naturalWidth : 0)'
@@ -178,6 +190,7 @@ def test_recorded_speech_shows_transcript_and_images(browser, web_url):
         assert [name for name, _ in links] == ['speech2image-seed7.png', 'speech2image-seed8.png']
         assert all(href.startswith('blob:') for _, href in links)
         assert page.is_hidden('#error')
+        assert_layout_fits(page)
 
 
 def test_silent_upload_shows_the_backend_error(browser, web_url):
@@ -192,6 +205,7 @@ def test_silent_upload_shows_the_backend_error(browser, web_url):
 
 def test_typed_prompt_on_a_phone_screen(browser, web_url):
     with open_page(browser, web_url, PHONE, 'web-typed-phone.png') as page:
+        page.click('#settings summary')
         page.fill('#prompt', 'a lighthouse at dusk')
         page.click('#generate')
         page.wait_for_selector('#result:not([hidden])', timeout=ANSWER_TIMEOUT_S * 1000)
@@ -199,7 +213,7 @@ def test_typed_prompt_on_a_phone_screen(browser, web_url):
         assert page.inner_text('#transcript') == 'a lighthouse at dusk'
         wait_until(page, "document.querySelector('#images img').complete")
         assert rendered_image_widths(page) == [64]
-        assert page.evaluate('document.documentElement.scrollWidth <= window.innerWidth')
+        assert_layout_fits(page)
         image_box = page.locator('#images img').bounding_box()
         assert image_box['width'] > PHONE['width'] / 2  # one image per row, not a thumbnail
 
@@ -267,3 +281,11 @@ def test_gateway_error_message(body, message):
     """The shapes of jina's error bodies seen from its HTTP gateway (Executor error, document
     validation, FastAPI request validation)."""
     assert gateway_error_message(body) == message
+
+
+def test_flags_can_be_environment_variables(monkeypatch):
+    monkeypatch.setenv('S2I_WEB_MAX_IN_FLIGHT', '2')
+    monkeypatch.setenv('S2I_WEB_GATEWAY', 'http://gateway:8080')
+    assert parse_args([]).max_in_flight == 2
+    assert parse_args(['--gateway', 'http://127.0.0.1:1']).gateway == 'http://127.0.0.1:1'  # flags win
+    assert parse_args([]).gateway == 'http://gateway:8080'

@@ -42,11 +42,13 @@ function setBusy(message) {
   };
   tick();
   busyTimer = setInterval(tick, 1000);
+  $('status').scrollIntoView({ block: 'nearest' });
 }
 
 function showError(message) {
   $('error').textContent = message;
   $('error').hidden = false;
+  $('error').scrollIntoView({ block: 'nearest' });
 }
 
 function clearOutput() {
@@ -89,6 +91,7 @@ function showResult(doc, source) {
   $('transcript-info').textContent = info.join(' · ');
   $('images').replaceChildren(...doc.matches.map(imageFigure));
   $('result').hidden = false;
+  $('result').scrollIntoView({ block: 'start' });
 }
 
 /** One generated image with its seed and parameters, and a download link. */
