@@ -5,6 +5,7 @@ plays assets/apple.wav; the page talks to the real Flow on the offline models. S
 tests/artifacts/ (ignored by git).
 """
 
+import base64
 import io
 import subprocess
 import sys
@@ -233,6 +234,11 @@ def test_errors_arrive_as_the_executors_message(web_url):
     answer = requests.post(f'{web_url}/api/generate', json={'data': [{'text': 'x' * 1001}]}, timeout=30)
     assert answer.status_code == 500
     assert answer.json() == {'error': 'document 0 (id None): prompt is 1001 characters, the limit is 1000'}
+    too_long = base64.b64encode(wav_bytes(np.full(61 * 16_000, 0.1), 16_000)).decode()
+    answer = requests.post(f'{web_url}/api/default', json={'data': [{'bytes_': too_long}]}, timeout=30)
+    assert answer.json() == {
+        'error': 'document 0 (id None): audio is longer than the 60 s limit (61.0 s)'
+    }
     answer = requests.post(f'{web_url}/api/nope', json={'data': []}, timeout=5)
     assert answer.status_code == 404 and 'unknown endpoint' in answer.json()['error']
 
@@ -249,6 +255,7 @@ def test_busy_service_says_so(running_flow):
         deadline = time.monotonic() + 10
         while requests.get(f'{url}/healthz', timeout=5).json()['in_flight'] == 0:
             assert time.monotonic() < deadline and sender.is_alive(), 'the first request never started'
+            time.sleep(POLL_S / 5)
         second = requests.post(f'{url}/api/generate', json=slow, timeout=60)
         sender.join()
     assert second.status_code == 503
