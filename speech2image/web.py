@@ -1,7 +1,7 @@
 """The web page: speak (or upload, or type) a prompt in the browser, see the images.
 
-    python -m speech2image.web                                # http://127.0.0.1:54325, gateway on :54323
-    python -m speech2image.web --gateway http://gateway:8080  # beside the gateway, e.g. on Kubernetes
+    python -m speech2image.web                           # page on :54325, gateway on :54323
+    python -m speech2image.web --gateway http://gateway:8080   # e.g. on Kubernetes
 
 A small aiohttp service that serves the static page (``speech2image/webpage/``) and forwards the
 page's requests, ``POST /api/<endpoint>``, to the Flow's HTTP gateway. The browser thus talks to one
@@ -39,7 +39,11 @@ SECURITY_HEADERS = {
     'Referrer-Policy': 'no-referrer',
 }
 # jina's HTTP gateway reports an Executor's exception as its repr: RequestError('message').
-EXCEPTION_REPR = re.compile(r'^[A-Za-z_][\w.]*\((?P<args>.*)\)$', re.DOTALL)
+EXCEPTION_REPR = re.compile(r'^(?P<type>[A-Za-z_][\w.]*)\((?P<args>.*)\)$', re.DOTALL)
+# Errors that refuse what the user sent (speech2image.validation.RequestError, pydantic's document
+# validation): answered 422, not the 500 the gateway gives every failure.
+REFUSAL_TYPES = ('RequestError',)
+DOCUMENT_VALIDATION_ERROR = re.compile(r'^\d+ validation errors? for ')
 
 logger = logging.getLogger('speech2image.web')
 
@@ -52,6 +56,14 @@ class Settings:
     max_in_flight: int
     timeout_s: float
     max_request_mb: int
+
+
+@dataclass
+class GatewayError:
+    """A failed gateway request: the server's own words, and whether it refused the input."""
+
+    message: str
+    refused: bool
 
 
 @dataclass
@@ -73,14 +85,27 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument('--host', default='0.0.0.0', help='address the page is served on')
     parser.add_argument('--port', type=int, default=54325, help='port the page is served on')
-    parser.add_argument('--gateway', default='http://127.0.0.1:54323',
-                        help="base URL of the Flow's HTTP gateway")
-    parser.add_argument('--max-in-flight', type=int, default=4,
-                        help='requests forwarded at once; more are answered "server busy"')
-    parser.add_argument('--timeout-s', type=float, default=600,
-                        help='longest wait for the gateway to answer one request')
-    parser.add_argument('--max-request-mb', type=int, default=32,
-                        help='largest request the page may send (base64 audio is 4/3 of the file)')
+    parser.add_argument(
+        '--gateway', default='http://127.0.0.1:54323', help="base URL of the Flow's HTTP gateway"
+    )
+    parser.add_argument(
+        '--max-in-flight',
+        type=int,
+        default=4,
+        help='requests forwarded at once; more are answered "server busy"',
+    )
+    parser.add_argument(
+        '--timeout-s',
+        type=float,
+        default=600,
+        help='longest wait for the gateway to answer one request',
+    )
+    parser.add_argument(
+        '--max-request-mb',
+        type=int,
+        default=32,
+        help='largest request the page may send (base64 audio is 4/3 of the file)',
+    )
     apply_environment(parser, ENV_PREFIX)
     return parser.parse_args(argv)
 
@@ -90,7 +115,7 @@ def error_response(status: int, message: str) -> web.Response:
     return web.json_response({'error': message}, status=status)
 
 
-def gateway_error_message(body: Any) -> str:
+def read_gateway_error(body: Any) -> GatewayError:
     """The server's own words from the JSON body of a failed gateway request.
 
     jina answers ``{"detail": "RequestError('document 0 (id ...): no speech ...')"}`` for an
@@ -99,18 +124,28 @@ def gateway_error_message(body: Any) -> str:
     """
     detail = body.get('detail') if isinstance(body, dict) else None
     if isinstance(detail, list):
-        return '; '.join(str(item.get('msg', item)) for item in detail if isinstance(item, dict))
+        return GatewayError('; '.join(map(field_error, detail)), refused=True)
     if not isinstance(detail, str):
-        return 'the service failed without saying why'
+        return GatewayError('the service failed without saying why', refused=False)
+    if DOCUMENT_VALIDATION_ERROR.match(detail):
+        return GatewayError(detail, refused=True)
     match = EXCEPTION_REPR.match(detail)
     if match:
         try:
             args = ast.literal_eval(f'({match["args"]},)')
         except (ValueError, SyntaxError):
-            return detail
+            args = ()
         if args and isinstance(args[0], str):
-            return args[0]
-    return detail
+            return GatewayError(args[0], refused=match['type'] in REFUSAL_TYPES)
+    return GatewayError(detail, refused=False)
+
+
+def field_error(item: Any) -> str:
+    """One FastAPI validation error, ``{"loc": ["body", "data", 0], "msg": ...}``, as text."""
+    if not isinstance(item, dict):
+        return str(item)
+    where = '.'.join(str(part) for part in item.get('loc', ())[1:])  # [0] is always 'body'
+    return f'{where}: {item.get("msg")}' if where else str(item.get('msg'))
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -126,7 +161,9 @@ async def forward(request: web.Request) -> web.Response:
     """Forward the page's JSON request to the gateway endpoint named in the path."""
     endpoint = request.match_info['endpoint']
     if endpoint not in ENDPOINTS:
-        return error_response(404, f'unknown endpoint {endpoint!r}; use one of {", ".join(ENDPOINTS)}')
+        return error_response(
+            404, f'unknown endpoint {endpoint!r}; use one of {", ".join(ENDPOINTS)}'
+        )
     settings = request.app[SETTINGS]
     load = request.app[LOAD]
     if load.in_flight >= settings.max_in_flight:
@@ -146,8 +183,9 @@ async def send_to_gateway(request: web.Request, endpoint: str, settings: Setting
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return error_response(
-            413, f'the upload is too large: the limit is {settings.max_request_mb} MB '
-            'of base64 audio, about 3/4 of that as a file'
+            413,
+            f'the upload is too large: the limit is {settings.max_request_mb} MB '
+            'of base64 audio, about 3/4 of that as a file',
         )
     session = request.app[SESSION]
     try:
@@ -159,9 +197,9 @@ async def send_to_gateway(request: web.Request, endpoint: str, settings: Setting
         ) as answer:
             if answer.status == 200:
                 return web.Response(body=await answer.read(), content_type='application/json')
-            message = gateway_error_message(await answer.json(content_type=None))
-            logger.info('gateway refused /%s (%s): %s', endpoint, answer.status, message)
-            return error_response(answer.status, message)
+            error = read_gateway_error(await answer.json(content_type=None))
+            logger.info('gateway failed /%s (%s): %s', endpoint, answer.status, error.message)
+            return error_response(422 if error.refused else answer.status, error.message)
     except asyncio.TimeoutError:
         return error_response(504, f'the service did not answer within {settings.timeout_s:g} s')
     except ClientConnectionError as error:
@@ -183,7 +221,7 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
 
 
 def create_app(settings: Settings) -> web.Application:
-    """The web application: the page at ``/``, its files under ``/static/``, the API under ``/api/``."""
+    """The page at ``/``, its files under ``/static/``, the gateway's endpoints under ``/api/``."""
     app = web.Application(client_max_size=settings.max_request_mb * MEBIBYTE)
     app[SETTINGS] = settings
     app[LOAD] = Load()
@@ -199,10 +237,12 @@ def create_app(settings: Settings) -> web.Application:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
-    settings = Settings(args.gateway.rstrip('/'), args.max_in_flight, args.timeout_s,
-                        args.max_request_mb)
-    logger.info('serving the page on http://%s:%d, forwarding to %s', args.host, args.port,
-                settings.gateway)
+    settings = Settings(
+        args.gateway.rstrip('/'), args.max_in_flight, args.timeout_s, args.max_request_mb
+    )
+    logger.info(
+        'serving the page on http://%s:%d, forwarding to %s', args.host, args.port, settings.gateway
+    )
     web.run_app(create_app(settings), host=args.host, port=args.port, print=None)
 
 
