@@ -168,7 +168,9 @@ async def forward(request: web.Request) -> web.Response:
     load = request.app[LOAD]
     if load.in_flight >= settings.max_in_flight:
         return error_response(
-            503, f'server busy: {load.in_flight} requests are being served, try again in a moment'
+            503,
+            f'server busy: too many requests at once (the limit is {settings.max_in_flight}); '
+            'try again in a moment',
         )
     load.in_flight += 1
     try:

@@ -304,7 +304,7 @@ def test_busy_and_silent_gateways_are_explained():
             sender.join()
     assert second.status_code == 503
     assert second.json() == {
-        'error': 'server busy: 1 requests are being served, try again in a moment'
+        'error': 'server busy: too many requests at once (the limit is 1); try again in a moment'
     }
     assert first['answer'].status_code == 504
     assert first['answer'].json() == {'error': 'the service did not answer within 2 s'}
