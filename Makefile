@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 MODELS := models
 
-.PHONY: install system-deps models demo test bench flow.yml lint
+.PHONY: install system-deps models demo web test bench flow.yml lint
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ models: install
 
 demo: models
 	scripts/demo.sh
+
+# The web page on the offline models: http://127.0.0.1:54325
+web: models
+	scripts/web.sh
 
 test: system-deps models
 	$(PY) -m pytest

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from speech2image.settings import apply_environment
+
 ROOT = Path(__file__).resolve().parent
 ENV_PREFIX = 'S2I_'
 FLOW_NAME = 'speech2image'
@@ -65,16 +67,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                            help='longest wait to fill a dynamic batch')
     parser.add_argument('--export-yaml', type=Path, metavar='PATH',
                         help='write the Flow as YAML to PATH and exit')
-    apply_environment(parser)
+    apply_environment(parser, ENV_PREFIX)
     return parser.parse_args(argv)
-
-
-def apply_environment(parser: argparse.ArgumentParser) -> None:
-    """Let ``S2I_<FLAG>`` environment variables stand in for flags (flags still win)."""
-    for action in parser._actions:
-        value = os.environ.get(ENV_PREFIX + action.dest.upper())
-        if action.option_strings and value is not None:
-            action.default = value  # argparse converts string defaults with the flag's type
 
 
 def given(**values: Any) -> Dict[str, Any]:

@@ -1,0 +1,252 @@
+"""The web page: speak (or upload, or type) a prompt in the browser, see the images.
+
+    python -m speech2image.web                           # page on :54325, gateway on :54323
+    python -m speech2image.web --gateway http://gateway:8080   # e.g. on Kubernetes
+
+A small aiohttp service that serves the static page (``speech2image/webpage/``) and forwards the
+page's requests, ``POST /api/<endpoint>``, to the Flow's HTTP gateway. The browser thus talks to one
+origin only, and the gateway need not be reachable from outside. On the way back it turns the
+gateway's errors into ``{"error": "<the Executor's message>"}``, refuses work beyond
+``--max-in-flight`` requests with "server busy", and bounds uploads and waiting time.
+
+Every flag can also be given as an ``S2I_WEB_*`` environment variable: ``--gateway`` is
+``S2I_WEB_GATEWAY``.
+"""
+
+import argparse
+import ast
+import asyncio
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional
+
+from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
+
+from speech2image.settings import apply_environment
+
+ENV_PREFIX = 'S2I_WEB_'
+PAGE_DIR = Path(__file__).resolve().parent / 'webpage'
+# The page's names for the Flow's endpoints; the gateway serves '/' at /default.
+ENDPOINTS = ('default', 'transcribe', 'generate')
+MEBIBYTE = 2**20
+# The page loads only its own files; images and recordings are blob: URLs made by the page.
+SECURITY_HEADERS = {
+    'Content-Security-Policy': "default-src 'self'; img-src 'self' blob:; media-src 'self' blob:",
+    'X-Content-Type-Options': 'nosniff',
+    'Referrer-Policy': 'no-referrer',
+}
+# jina's HTTP gateway reports an Executor's exception as its repr: RequestError('message').
+EXCEPTION_REPR = re.compile(r'^(?P<type>[A-Za-z_][\w.]*)\((?P<args>.*)\)$', re.DOTALL)
+# Errors that refuse what the user sent (speech2image.validation.RequestError, pydantic's document
+# validation): answered 422, not the 500 the gateway gives every failure.
+REFUSAL_TYPES = ('RequestError',)
+DOCUMENT_VALIDATION_ERROR = re.compile(r'^\d+ validation errors? for ')
+
+logger = logging.getLogger('speech2image.web')
+
+
+@dataclass
+class Settings:
+    """How the service forwards requests; see ``parse_args`` for each field's meaning."""
+
+    gateway: str
+    max_in_flight: int
+    timeout_s: float
+    max_request_mb: int
+
+
+@dataclass
+class GatewayError:
+    """A failed gateway request: the server's own words, and whether it refused the input."""
+
+    message: str
+    refused: bool
+
+
+@dataclass
+class Load:
+    """Requests being forwarded right now (one event loop: no lock needed)."""
+
+    in_flight: int = 0
+
+
+SETTINGS = web.AppKey('settings', Settings)
+SESSION = web.AppKey('session', ClientSession)
+LOAD = web.AppKey('load', Load)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Serve the speech2image web page.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument('--host', default='0.0.0.0', help='address the page is served on')
+    parser.add_argument('--port', type=int, default=54325, help='port the page is served on')
+    parser.add_argument(
+        '--gateway', default='http://127.0.0.1:54323', help="base URL of the Flow's HTTP gateway"
+    )
+    parser.add_argument(
+        '--max-in-flight',
+        type=int,
+        default=4,
+        help='requests forwarded at once; more are answered "server busy"',
+    )
+    parser.add_argument(
+        '--timeout-s',
+        type=float,
+        default=600,
+        help='longest wait for the gateway to answer one request',
+    )
+    parser.add_argument(
+        '--max-request-mb',
+        type=int,
+        default=32,
+        help='largest request the page may send (base64 audio is 4/3 of the file)',
+    )
+    apply_environment(parser, ENV_PREFIX)
+    return parser.parse_args(argv)
+
+
+def error_response(status: int, message: str) -> web.Response:
+    """The JSON error the page shows: ``{"error": message}``."""
+    return web.json_response({'error': message}, status=status)
+
+
+def read_gateway_error(body: Any) -> GatewayError:
+    """The server's own words from the JSON body of a failed gateway request.
+
+    jina answers ``{"detail": "RequestError('document 0 (id ...): no speech ...')"}`` for an
+    Executor's exception, ``{"detail": "<text>"}`` for a document that fails validation, and
+    FastAPI's ``{"detail": [{"msg": ...}, ...]}`` for a body of the wrong shape.
+    """
+    detail = body.get('detail') if isinstance(body, dict) else None
+    if isinstance(detail, list):
+        return GatewayError('; '.join(map(field_error, detail)), refused=True)
+    if not isinstance(detail, str):
+        return GatewayError('the service failed without saying why', refused=False)
+    if DOCUMENT_VALIDATION_ERROR.match(detail):
+        return GatewayError(detail, refused=True)
+    match = EXCEPTION_REPR.match(detail)
+    if match:
+        try:
+            args = ast.literal_eval(f'({match["args"]},)')
+        except (ValueError, SyntaxError):
+            args = ()
+        if args and isinstance(args[0], str):
+            return GatewayError(args[0], refused=match['type'] in REFUSAL_TYPES)
+    return GatewayError(detail, refused=False)
+
+
+def field_error(item: Any) -> str:
+    """One FastAPI validation error, ``{"loc": ["body", "data", 0], "msg": ...}``, as text."""
+    if not isinstance(item, dict):
+        return str(item)
+    where = '.'.join(str(part) for part in item.get('loc', ())[1:])  # [0] is always 'body'
+    return f'{where}: {item.get("msg")}' if where else str(item.get('msg'))
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(PAGE_DIR / 'index.html')
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness of this service alone (the gateway has its own probe), and its load."""
+    return web.json_response({'status': 'ok', 'in_flight': request.app[LOAD].in_flight})
+
+
+async def forward(request: web.Request) -> web.Response:
+    """Forward the page's JSON request to the gateway endpoint named in the path."""
+    endpoint = request.match_info['endpoint']
+    if endpoint not in ENDPOINTS:
+        return error_response(
+            404, f'unknown endpoint {endpoint!r}; use one of {", ".join(ENDPOINTS)}'
+        )
+    settings = request.app[SETTINGS]
+    load = request.app[LOAD]
+    if load.in_flight >= settings.max_in_flight:
+        return error_response(
+            503,
+            f'server busy: too many requests at once (the limit is {settings.max_in_flight}); '
+            'try again in a moment',
+        )
+    load.in_flight += 1
+    try:
+        return await send_to_gateway(request, endpoint, settings)
+    finally:
+        load.in_flight -= 1
+
+
+async def send_to_gateway(request: web.Request, endpoint: str, settings: Settings) -> web.Response:
+    """Post the request body to the gateway; its answer, or an error the page can show."""
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(
+            413,
+            f'the upload is too large: the limit is {settings.max_request_mb} MB '
+            'of base64 audio, about 3/4 of that as a file',
+        )
+    session = request.app[SESSION]
+    try:
+        async with session.post(
+            f'{settings.gateway}/{endpoint}',
+            data=body,
+            headers={'Content-Type': 'application/json'},
+            timeout=ClientTimeout(total=settings.timeout_s),
+        ) as answer:
+            if answer.status == 200:
+                return web.Response(body=await answer.read(), content_type='application/json')
+            error = read_gateway_error(await answer.json(content_type=None))
+            logger.info('gateway failed /%s (%s): %s', endpoint, answer.status, error.message)
+            return error_response(422 if error.refused else answer.status, error.message)
+    except asyncio.TimeoutError:
+        return error_response(504, f'the service did not answer within {settings.timeout_s:g} s')
+    except ClientConnectionError as error:
+        logger.warning('gateway %s unreachable: %s', settings.gateway, error)
+        return error_response(502, 'the image service is not reachable; try again later')
+    except ValueError:  # a body that is not JSON, e.g. a proxy's HTML error page
+        return error_response(502, 'the image service answered with something that is not JSON')
+
+
+async def gateway_session(app: web.Application):
+    """One HTTP client session for the service's lifetime (connection reuse)."""
+    app[SESSION] = ClientSession()
+    yield
+    await app[SESSION].close()
+
+
+async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The page at ``/``, its files under ``/static/``, the gateway's endpoints under ``/api/``."""
+    app = web.Application(client_max_size=settings.max_request_mb * MEBIBYTE)
+    app[SETTINGS] = settings
+    app[LOAD] = Load()
+    app.cleanup_ctx.append(gateway_session)
+    app.on_response_prepare.append(add_security_headers)
+    app.router.add_get('/', index)
+    app.router.add_get('/healthz', healthz)
+    app.router.add_static('/static/', PAGE_DIR)
+    app.router.add_post('/api/{endpoint}', forward)
+    return app
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
+    settings = Settings(
+        args.gateway.rstrip('/'), args.max_in_flight, args.timeout_s, args.max_request_mb
+    )
+    logger.info(
+        'serving the page on http://%s:%d, forwarding to %s', args.host, args.port, settings.gateway
+    )
+    web.run_app(create_app(settings), host=args.host, port=args.port, print=None)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
