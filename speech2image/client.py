@@ -9,18 +9,16 @@ The address takes grpc://, grpcs://, http://, https://, ws:// or wss://.
 """
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from speech2image.gateway_errors import read_gateway_error
 from speech2image.schema import SpeechDoc
 
 DEFAULT_HOST = 'grpc://127.0.0.1:54322'
 DEFAULT_OUT_DIR = Path('out')
-# How jina's HTTP gateway reports an Executor's exception: RequestError("message").
-EXCEPTION_REPR = re.compile(r'\w+\(([\'"])(.*)\1\)', re.DOTALL)
 
 
 class ServiceError(RuntimeError):
@@ -39,9 +37,7 @@ def server_error_message(error: Exception) -> str:
             return status.exception.args[0]
         return status.description
     if isinstance(header, dict) and 'detail' in header:
-        detail = str(header['detail'])
-        wrapped = EXCEPTION_REPR.fullmatch(detail)
-        return wrapped.group(2) if wrapped else detail
+        return read_gateway_error(header).message
     return str(error)
 
 

@@ -22,7 +22,8 @@ import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
-from speech2image.web import GatewayError, parse_args, read_gateway_error
+from speech2image.gateway_errors import GatewayError, read_gateway_error
+from speech2image.web import parse_args
 from tests.conftest import ASSETS, ROOT, free_ports
 
 CHROMIUM = Path('/usr/bin/chromium')
