@@ -7,6 +7,7 @@ dynamic batching into one pipeline call, so they share UNet forward passes.
 
 import io
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -15,7 +16,7 @@ from jina import Executor, dynamic_batching, requests
 
 from speech2image.schema import ImageDoc, SpeechDoc
 from speech2image.hub import ModelLoadError, hub_offline
-from speech2image.metrics import DiffusionMetrics, registry_of
+from speech2image.metrics import DiffusionMetrics, instrumented, registry_of
 from speech2image.validation import (
     RequestError,
     check_prompt,
@@ -96,7 +97,10 @@ class StableDiffusionExecutor(Executor):
         """
         super().__init__(**kwargs)
         self.model_name = model
-        self.pipeline = self.load_pipeline(model, device)
+        self.metrics = DiffusionMetrics(registry_of(self))
+        with self.metrics.model_load_seconds.time():
+            self.pipeline = self.load_pipeline(model, device)
+        self.metrics.watch_unet(self.pipeline.unet)
         native_side = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
         self.defaults = dict(
             num_images=num_images,
@@ -108,7 +112,6 @@ class StableDiffusionExecutor(Executor):
         self.max_images = max_images
         self.max_inference_steps = max_inference_steps
         self.max_side = max_side
-        self.metrics = DiffusionMetrics(registry_of(self))
 
     @staticmethod
     def load_pipeline(model: str, device: str):
@@ -163,13 +166,18 @@ class StableDiffusionExecutor(Executor):
 
     @requests(on=['/default', '/generate'])  # /default: jina's catch-all, so also '/'
     @dynamic_batching(preferred_batch_size=4, timeout=50)
+    @instrumented
     def generate(self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs) -> DocList[SpeechDoc]:
         """Generate ``num_images`` images per document in one pipeline call for the batch."""
         settings = self.settings_from(parameters)
         prompts = [check_prompt(index, doc) for index, doc in enumerate(docs)]
         self.metrics.batch_documents.observe(len(docs))
         seeds = [settings.seeds() for _ in docs]
-        images = iter(self.run_pipeline(prompts, seeds, settings))
+        started = time.perf_counter()
+        images = self.run_pipeline(prompts, seeds, settings)
+        self.metrics.observe_pipeline_call(len(images), time.perf_counter() - started,
+                                           self.pipeline.device)
+        images = iter(images)
         for doc, prompt, doc_seeds in zip(docs, prompts, seeds):
             doc.matches = DocList[ImageDoc](
                 self.image_doc(next(images), prompt, seed, settings) for seed in doc_seeds
