@@ -39,7 +39,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     gateway.add_argument('--port-websocket', type=int, default=54324)
     gateway.add_argument('--port-monitoring', type=int, default=9090,
                          help='Prometheus /metrics of the gateway; Executors use the next ports')
-    tracing = parser.add_argument_group('tracing (OpenTelemetry, OTLP over gRPC; off unless a host is given)')
+    tracing = parser.add_argument_group('tracing (OpenTelemetry over OTLP/gRPC; off without a host)')
     tracing.add_argument('--traces-exporter-host',
                          help='OTLP collector host for the gateway and both Executors; '
                               'http://HOST for plaintext, https://HOST or HOST for TLS')
