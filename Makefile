@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 MODELS := models
 
-.PHONY: install system-deps models demo web test bench flow.yml lint
+.PHONY: install system-deps models demo web test bench flow.yml lint monitoring-manifests
 
 install: $(VENV)/.installed
 
@@ -43,3 +43,7 @@ bench: models
 
 flow.yml: install
 	$(PY) flow.py --export-yaml flow.yml
+
+# The Grafana dashboard ConfigMap and PrometheusRule, from k8s/monitoring/dashboard.json and alerts.yml.
+monitoring-manifests: install
+	$(PY) scripts/monitoring_manifests.py

@@ -41,6 +41,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     gateway.add_argument('--port-websocket', type=int, default=54324)
     gateway.add_argument('--port-monitoring', type=int, default=9090,
                          help='Prometheus /metrics of the gateway; Executors use the next ports')
+    tracing = parser.add_argument_group('tracing (OpenTelemetry over OTLP/gRPC; off without a host)')
+    tracing.add_argument('--traces-exporter-host',
+                         help='OTLP collector host for the gateway and both Executors; '
+                              'http://HOST for plaintext, https://HOST or HOST for TLS')
+    tracing.add_argument('--traces-exporter-port', type=int, default=4317)
     whisper = parser.add_argument_group('WhisperExecutor (unset: the Executor default)')
     whisper.add_argument('--whisper-backend', choices=['faster-whisper', 'openai-whisper'])
     whisper.add_argument('--whisper-model', help='model name or local path')
@@ -76,9 +81,18 @@ def given(**values: Any) -> Dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def tracing_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """jina's tracing arguments, for the gateway and each Executor: none when tracing is off."""
+    if not args.traces_exporter_host:
+        return {}
+    return {'tracing': True, 'traces_exporter_host': args.traces_exporter_host,
+            'traces_exporter_port': args.traces_exporter_port}
+
+
 def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
     """The Flow as plain data: ``build_flow`` builds it in Python, ``--export-yaml`` dumps it."""
     batching = {'preferred_batch_size': args.batch_size, 'timeout': args.batch_timeout_ms}
+    tracing = tracing_options(args)
     return {
         'jtype': 'Flow',
         'with': {
@@ -89,6 +103,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
             'monitoring': True,
             'port_monitoring': args.port_monitoring,
             'cors': True,
+            **tracing,
         },
         'jcloud': JCLOUD_GATEWAY,
         'executors': [
@@ -106,6 +121,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                 'replicas': args.whisper_replicas,
                 'monitoring': True,
                 'port_monitoring': args.port_monitoring + 1,
+                **tracing,
                 'jcloud': JCLOUD_WHISPER,
             },
             {
@@ -126,6 +142,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                 'replicas': args.diffusion_replicas,
                 'monitoring': True,
                 'port_monitoring': args.port_monitoring + 2,
+                **tracing,
                 'jcloud': JCLOUD_DIFFUSION,
             },
         ],

@@ -1,13 +1,37 @@
-"""Prometheus metrics of the Executors.
+"""Prometheus metrics of the Executors: every definition lives here.
 
 They live on the registry jina gives each Executor (``runtime_args.metrics_registry``), so the
 Executor's own ``/metrics`` endpoint serves them; metrics on the global default registry are not
-exported by jina.
+exported by jina. jina's own metrics (request counts, pending requests) sit beside them; its
+latencies are Summaries without quantiles, so the percentiles on the dashboard come from the
+histograms here.
+
+Label values are bounded: ``executor`` is the Executor's class name (as in jina's own metrics),
+``endpoint`` its method name, ``kind`` one of the error kinds below, ``language`` a code the
+Whisper model knows.
 """
 
-from prometheus_client import CollectorRegistry, Histogram
+import functools
+import threading
+import time
+from contextlib import contextmanager
+from typing import Callable, Collection, Iterator, Sequence, Tuple, Type
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from speech2image.validation import RequestError
 
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+UNET_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# From a text-only Whisper call (milliseconds) to a large image batch on CPU (minutes).
+SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
+STEP_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+AUDIO_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120)
+REAL_TIME_FACTOR_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+# Error kinds: 'request' (RequestError: a request refused with a message), 'audio' (AudioError,
+# Whisper only), 'internal' (anything else: a bug, out of memory).
+AUDIO_ERROR, REQUEST_ERROR, INTERNAL_ERROR = 'audio', 'request', 'internal'
+UNKNOWN_LANGUAGE = 'unknown'
 
 
 def registry_of(executor) -> CollectorRegistry:
@@ -16,13 +40,184 @@ def registry_of(executor) -> CollectorRegistry:
     return getattr(executor.runtime_args, 'metrics_registry', None) or CollectorRegistry()
 
 
-class DiffusionMetrics:
-    """What StableDiffusionExecutor reports."""
+def instrumented(method: Callable) -> Callable:
+    """Decorate an Executor endpoint: time each call and count its errors by kind, on the
+    Executor's ``self.metrics`` (an ``ExecutorMetrics``). Goes under ``@requests`` and
+    ``@dynamic_batching``; jina reads the endpoint's annotations, which ``wraps`` keeps."""
+
+    @functools.wraps(method)
+    def endpoint(executor, *args, **kwargs):
+        with executor.metrics.call(method.__name__):
+            return method(executor, *args, **kwargs)
+
+    return endpoint
+
+
+class ExecutorMetrics:
+    """What every Executor reports: call latency, errors by kind, model load time."""
+
+    def __init__(self, registry: CollectorRegistry, executor: str,
+                 error_classes: Sequence[Tuple[Type[BaseException], str]] = ()):
+        """
+        :param registry: where the metrics are registered (``registry_of(executor)``).
+        :param executor: the Executor's class name, the ``executor`` label.
+        :param error_classes: (exception class, kind) pairs checked before ``RequestError``:
+            an AudioError is re-raised as a RequestError naming the document, and still
+            counts as 'audio'.
+        """
+        self.executor = executor
+        self.error_classes = (*error_classes, (RequestError, REQUEST_ERROR))
+        kinds = [kind for _, kind in self.error_classes] + [INTERNAL_ERROR]
+        self.call_seconds = Histogram(
+            'speech2image_executor_call_seconds',
+            'Seconds in one endpoint call (one dynamic batch for StableDiffusionExecutor)',
+            ['executor', 'endpoint'], buckets=SECONDS_BUCKETS, registry=registry,
+        )
+        errors = Counter(
+            'speech2image_errors_total', 'Failed endpoint calls, by kind of error',
+            ['executor', 'kind'], registry=registry,
+        )
+        # Every kind starts at 0, so rates and alerts see a series before the first error.
+        self.errors = {kind: errors.labels(executor, kind) for kind in kinds}
+        self.model_load_seconds = Gauge(
+            'speech2image_model_load_seconds', 'Seconds the Executor took to load its model',
+            ['executor'], registry=registry,
+        ).labels(executor)
+
+    @contextmanager
+    def call(self, endpoint: str) -> Iterator[None]:
+        """Time one endpoint call; count the error it raises, by kind, and re-raise it."""
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as error:
+            self.errors[self.error_kind(error)].inc()
+            raise
+        finally:
+            self.call_seconds.labels(self.executor, endpoint).observe(time.perf_counter() - started)
+
+    def error_kind(self, error: BaseException) -> str:
+        """The kind of ``error``: the first of ``error_classes`` found in it or the exceptions
+        it was raised from or while handling (``raise ... from None`` still keeps those)."""
+        chain = []
+        while error is not None and error not in chain:
+            chain.append(error)
+            error = error.__cause__ or error.__context__
+        for error_class, kind in self.error_classes:
+            if any(isinstance(link, error_class) for link in chain):
+                return kind
+        return INTERNAL_ERROR
+
+
+class WhisperMetrics(ExecutorMetrics):
+    """What WhisperExecutor reports, per transcribed clip."""
+
+    def __init__(self, registry: CollectorRegistry, languages: Collection[str]):
+        """
+        :param languages: the codes the model can detect; any other value is 'unknown'.
+        """
+        from speech2image.audio import AudioError  # PyAV: only the Whisper image installs it
+
+        super().__init__(registry, 'WhisperExecutor', [(AudioError, AUDIO_ERROR)])
+        self.languages = frozenset(languages)
+        self.audio_seconds = Histogram(
+            'speech2image_whisper_audio_duration_seconds',
+            'Seconds of audio per transcribed clip (the sum: audio seconds received)',
+            buckets=AUDIO_SECONDS_BUCKETS, registry=registry,
+        )
+        self.transcription_seconds = Histogram(
+            'speech2image_whisper_transcription_seconds', 'Seconds to transcribe one clip',
+            buckets=SECONDS_BUCKETS, registry=registry,
+        )
+        self.real_time_factor = Histogram(
+            'speech2image_whisper_real_time_factor',
+            'Transcription seconds per second of audio (below 1: faster than real time)',
+            buckets=REAL_TIME_FACTOR_BUCKETS, registry=registry,
+        )
+        self.empty_transcripts = Counter(
+            'speech2image_whisper_empty_transcripts_total',
+            'Clips in which no speech was heard', registry=registry,
+        )
+        self.detected_language = Counter(
+            'speech2image_whisper_detected_language_total',
+            'Transcribed clips by language (detected, or as the request named it)',
+            ['language'], registry=registry,
+        )
+
+    def observe_transcript(self, audio_seconds: float, seconds: float, text: str,
+                           language: str) -> None:
+        """Record one transcribed clip: its length, the time taken, and what was heard."""
+        self.audio_seconds.observe(audio_seconds)
+        self.transcription_seconds.observe(seconds)
+        self.real_time_factor.observe(seconds / audio_seconds)
+        if not text:
+            self.empty_transcripts.inc()
+            return
+        self.detected_language.labels(
+            language if language in self.languages else UNKNOWN_LANGUAGE
+        ).inc()
+
+
+class DiffusionMetrics(ExecutorMetrics):
+    """What StableDiffusionExecutor reports, per pipeline call and per UNet call."""
 
     def __init__(self, registry: CollectorRegistry):
+        super().__init__(registry, 'StableDiffusionExecutor')
         self.batch_documents = Histogram(
             'speech2image_diffusion_batch_documents',
             'Documents per pipeline call, after dynamic batching',
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        self.images = Counter(
+            'speech2image_diffusion_images_total', 'Images generated', registry=registry,
+        )
+        self.image_seconds = Histogram(
+            'speech2image_diffusion_image_seconds',
+            'Pipeline seconds per image: a call\'s seconds over its images, once per image',
+            buckets=SECONDS_BUCKETS, registry=registry,
+        )
+        self.step_seconds = Histogram(
+            'speech2image_diffusion_step_seconds',
+            'Seconds per denoising step: one UNet forward pass over the whole batch',
+            buckets=STEP_SECONDS_BUCKETS, registry=registry,
+        )
+        self.unet_batch_samples = Histogram(
+            'speech2image_diffusion_unet_batch_samples',
+            'Latents per UNet call (images, twice over with classifier-free guidance)',
+            buckets=UNET_BATCH_BUCKETS, registry=registry,
+        )
+        self.gpu_memory_bytes = Gauge(
+            'speech2image_gpu_memory_allocated_bytes',
+            'Bytes torch holds on the GPU after the last pipeline call; 0 on CPU',
+            ['executor'], registry=registry,
+        ).labels(self.executor)
+        self.unet_started = threading.local()  # pipeline calls may run in several threads
+
+    def watch_unet(self, unet) -> None:
+        """Time every forward pass of ``unet`` (a torch module) and record its batch size."""
+        unet.register_forward_pre_hook(self.unet_call_starts, with_kwargs=True)
+        unet.register_forward_hook(self.unet_call_ends)
+
+    def unet_call_starts(self, unet, args, kwargs) -> None:
+        sample = args[0] if args else kwargs['sample']
+        self.unet_batch_samples.observe(sample.shape[0])
+        self.unet_started.at = time.perf_counter()
+
+    def unet_call_ends(self, unet, args, output) -> None:
+        if unet.device.type == 'cuda':
+            import torch
+
+            torch.cuda.synchronize(unet.device)  # CUDA runs asynchronously: wait for the step
+        self.step_seconds.observe(time.perf_counter() - self.unet_started.at)
+
+    def observe_pipeline_call(self, images: int, seconds: float, device) -> None:
+        """Record one pipeline call that made ``images`` images in ``seconds`` on ``device``
+        (a torch device)."""
+        self.images.inc(images)
+        for _ in range(images):
+            self.image_seconds.observe(seconds / images)
+        if device.type == 'cuda':
+            import torch
+
+            self.gpu_memory_bytes.set(torch.cuda.memory_allocated(device))

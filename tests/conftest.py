@@ -12,6 +12,9 @@ import pytest
 # Before jina or huggingface_hub are imported: no telemetry, and no model hub at all.
 os.environ['JINA_OPTOUT_TELEMETRY'] = '1'
 os.environ['HF_HUB_OFFLINE'] = '1'
+# One OpenMP thread: jina forks the Executor processes from this one, and forking a process
+# whose OpenMP thread pool already ran (the in-process Executor tests) deadlocks the child.
+os.environ['OMP_NUM_THREADS'] = '1'
 
 import flow as flow_module  # noqa: E402
 from speech2image import offline_models  # noqa: E402

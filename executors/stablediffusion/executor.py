@@ -7,6 +7,7 @@ dynamic batching into one pipeline call, so they share UNet forward passes.
 
 import io
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -15,7 +16,7 @@ from jina import Executor, dynamic_batching, requests
 
 from speech2image.schema import ImageDoc, SpeechDoc
 from speech2image.hub import ModelLoadError, hub_offline
-from speech2image.metrics import DiffusionMetrics, registry_of
+from speech2image.metrics import DiffusionMetrics, instrumented, registry_of
 from speech2image.validation import (
     RequestError,
     check_prompt,
@@ -134,8 +135,10 @@ class StableDiffusionExecutor(Executor):
         if scheduler not in SCHEDULERS:
             raise ValueError(f'scheduler must be one of {", ".join(SCHEDULERS)}, got {scheduler!r}')
         self.model_name = model
-        self.pipeline = self.load_pipeline(model, device)
-        self.configure_pipeline(scheduler, vae_tiling, compile_unet)
+        self.metrics = DiffusionMetrics(registry_of(self))
+        with self.metrics.model_load_seconds.time():
+            self.pipeline = self.load_pipeline(model, device)
+            self.configure_pipeline(scheduler, vae_tiling, compile_unet)
         native_side = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
         default_steps, default_guidance = step_defaults(model, self.pipeline)
         self.defaults = dict(
@@ -148,9 +151,10 @@ class StableDiffusionExecutor(Executor):
         self.max_images = max_images
         self.max_inference_steps = max_inference_steps
         self.max_side = max_side
-        self.metrics = DiffusionMetrics(registry_of(self))
         if warmup:
             self.run_pipeline(['warm-up'], [[0]], self.settings_from({'num_inference_steps': 1}))
+        # Watch the UNet only now: the warm-up is not traffic.
+        self.metrics.watch_unet(self.pipeline.unet)
 
     @staticmethod
     def load_pipeline(model: str, device: str):
@@ -228,13 +232,18 @@ class StableDiffusionExecutor(Executor):
 
     @requests(on=['/default', '/generate'])  # /default: jina's catch-all, so also '/'
     @dynamic_batching(preferred_batch_size=4, timeout=50)
+    @instrumented
     def generate(self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs) -> DocList[SpeechDoc]:
         """Generate ``num_images`` images per document in one pipeline call for the batch."""
         settings = self.settings_from(parameters)
         prompts = [check_prompt(index, doc) for index, doc in enumerate(docs)]
         self.metrics.batch_documents.observe(len(docs))
         seeds = [settings.seeds() for _ in docs]
-        images = iter(self.run_pipeline(prompts, seeds, settings))
+        started = time.perf_counter()
+        images = self.run_pipeline(prompts, seeds, settings)
+        self.metrics.observe_pipeline_call(len(images), time.perf_counter() - started,
+                                           self.pipeline.device)
+        images = iter(images)
         for doc, prompt, doc_seeds in zip(docs, prompts, seeds):
             doc.matches = DocList[ImageDoc](
                 self.image_doc(next(images), prompt, seed, settings) for seed in doc_seeds

@@ -12,6 +12,7 @@ Decoding is bounded (temperature fallback over a short ladder, at most ``max_new
 per window), so noise or a bad model cannot run for minutes.
 """
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -22,6 +23,7 @@ from jina import Executor, requests
 
 from speech2image.audio import AudioError, load_audio
 from speech2image.hub import ModelLoadError, hub_offline
+from speech2image.metrics import WhisperMetrics, instrumented, registry_of
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from speech2image.validation import RequestError, check_prompt, choice_parameter, document_error
 
@@ -173,16 +175,20 @@ class WhisperExecutor(Executor):
         super().__init__(**kwargs)
         if backend not in BACKENDS:
             raise ValueError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
+        load_started = time.perf_counter()
         if backend == 'faster-whisper':
             self.backend = FasterWhisperBackend(
                 model, device, compute_type, beam_size, max_new_tokens, vad_filter
             )
         else:
             self.backend = OpenAIWhisperBackend(model, device, beam_size, max_new_tokens)
+        self.metrics = WhisperMetrics(registry_of(self), self.backend.languages)
+        self.metrics.model_load_seconds.set(time.perf_counter() - load_started)
         self.max_audio_seconds = max_audio_seconds
         self.audio_dir = Path(audio_dir) if audio_dir else None
 
     @requests(on=['/default', '/transcribe'])  # /default: jina's catch-all, so also '/'
+    @instrumented
     def transcribe(self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs) -> DocList[SpeechDoc]:
         task = choice_parameter(parameters, 'task', 'translate', TASKS)
         language = choice_parameter(parameters, 'language', None, self.backend.languages)
@@ -195,6 +201,7 @@ class WhisperExecutor(Executor):
         return docs
 
     @requests(on='/generate')
+    @instrumented
     def check_prompts(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:
         """Text-to-image requests: refuse bad prompts here, before they reach the batched
         diffusion Executor, where one bad document would fail every request in its batch."""
@@ -207,7 +214,10 @@ class WhisperExecutor(Executor):
             samples = load_audio(doc, self.max_audio_seconds, self.audio_dir)
         except AudioError as error:
             raise document_error(index, doc, str(error)) from None
+        started = time.perf_counter()
         transcript = self.backend.transcribe(samples, task, language)
+        self.metrics.observe_transcript(samples.size / SAMPLE_RATE, time.perf_counter() - started,
+                                        transcript.text, transcript.language)
         if not transcript.text:
             raise document_error(index, doc, 'no speech detected in the audio')
         doc.text = transcript.text
