@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 MODELS := models
 
-.PHONY: install system-deps models demo test bench flow.yml lint
+.PHONY: install system-deps models demo test bench flow.yml lint k8s
 
 install: $(VENV)/.installed
 
@@ -39,3 +39,7 @@ bench: models
 
 flow.yml: install
 	$(PY) flow.py --export-yaml flow.yml
+
+# flow.yml, then k8s/base/ from it (jina's Kubernetes export); tests/test_k8s.py fails when stale.
+k8s: flow.yml
+	$(PY) scripts/export_k8s.py

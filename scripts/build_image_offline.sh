@@ -31,6 +31,8 @@ podman() {
     --runtime runc --cgroup-manager cgroupfs "$@"
 }
 mkdir -p "$WORK"
+# This machine's limits cap what runc may set: keep containers at 1024 open files and processes.
+LIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 
 if ! podman image exists "$BASE"; then
   echo "== debootstrap a Debian bookworm base with Python 3.11"
@@ -45,17 +47,50 @@ fi
 echo "== build $NAME from $DOCKERFILE"
 start=$(date +%s)
 # The host's CA bundle, read-only and for the build only: it may hold a proxy's CA that PyPI needs.
-podman build --network host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+podman build --network host "${LIMITS[@]}" \
   --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
   --build-arg BASE_IMAGE="$BASE" "${BUILD_ARGS[@]}" -f "$DOCKERFILE" -t "$NAME" .
 echo "built $NAME in $(( $(date +%s) - start )) s"
 podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$NAME"
 
 echo "== check: runs as uid 10001, its entrypoint answers"
-[ "$(podman run --rm --network none --entrypoint id "$NAME" -u)" = 10001 ]
-podman run --rm --network none "$NAME" --version
+[ "$(podman run --rm "${LIMITS[@]}" --network none --entrypoint id "$NAME" -u)" = 10001 ]
+podman run --rm "${LIMITS[@]}" --network none "$NAME" --version
 if [ "$IMAGE" != gateway ]; then
-  podman run --rm --network none --entrypoint python "$NAME" -c \
+  podman run --rm "${LIMITS[@]}" --network none --entrypoint python "$NAME" -c \
     'import speech2image, executor; print("imports ok:", executor.__file__)'
+fi
+
+# The Whisper image serves a transcription for real, on the offline model (make models) if present.
+MODEL=models/whisper-tiny.en-ct2
+if [ "$IMAGE" = whisper ] && [ -d "$MODEL" ]; then
+  echo "== check: the Executor in the container transcribes assets/apple.wav"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  container=speech2image-check-$$
+  trap 'podman rm -f "$container" > /dev/null 2>&1 || true' EXIT
+  podman run -d --name "$container" "${LIMITS[@]}" --network host -e HF_HUB_OFFLINE=1 \
+    -v "$(readlink -f "$MODEL")":/models/whisper-tiny.en:ro -v "$PWD/assets":/assets:ro \
+    "$NAME" executor --uses config.yml --host 127.0.0.1 --port "$port" \
+    --uses-with '{"model": "/models/whisper-tiny.en"}' > /dev/null
+  podman exec "$container" python -c "
+import sys, time
+import grpc
+from docarray import DocList
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from jina import Client
+from speech2image.schema import SpeechDoc
+health = health_pb2_grpc.HealthStub(grpc.insecure_channel('127.0.0.1:$port'))
+for _ in range(120):  # what the manifests' gRPC probes ask
+    try:
+        health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+        break
+    except grpc.RpcError:
+        time.sleep(1)
+client = Client(host='grpc://127.0.0.1:$port')
+docs = client.post('/transcribe', DocList[SpeechDoc]([SpeechDoc(bytes_=open('/assets/apple.wav', 'rb').read())]),
+                   return_type=DocList[SpeechDoc])
+print('transcript:', docs[0].text)
+sys.exit(0 if 'apple' in docs[0].text.lower() else 1)
+"
 fi
 echo "OK $NAME"

@@ -32,7 +32,7 @@ MIN_STARTUP_SECONDS = 20 * 60  # a first start downloads the model before the po
 
 def built_manifests() -> List[Dict]:
     """``kubectl kustomize k8s/``: every object the deploy command applies."""
-    result = subprocess.run(['kubectl', 'kustomize', str(K8S)], capture_output=True, text=True,
+    result = subprocess.run([str(VENV_BIN / 'kubectl'), 'kustomize', str(K8S)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
