@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 MODELS := models
 
-.PHONY: install system-deps models demo web test bench flow.yml lint monitoring-manifests
+.PHONY: install system-deps models demo web test bench flow.yml lint monitoring-manifests k8s
 
 install: $(VENV)/.installed
 
@@ -47,3 +47,7 @@ flow.yml: install
 # The Grafana dashboard ConfigMap and PrometheusRule, from k8s/monitoring/dashboard.json and alerts.yml.
 monitoring-manifests: install
 	$(PY) scripts/monitoring_manifests.py
+
+# flow.yml, then k8s/base/ from it (jina's Kubernetes export); tests/test_k8s.py fails when stale.
+k8s: flow.yml
+	$(PY) scripts/export_k8s.py
