@@ -27,6 +27,8 @@ PORT_NAME = re.compile(r'^(?=.{1,15}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?$')
 SECRET_LIKE_ENV = re.compile(r'TOKEN|SECRET|PASSWORD|KEY', re.IGNORECASE)
 HF_TOKEN_TEXT = re.compile(r'hf_[A-Za-z0-9]{20,}')
 EXECUTOR_DOCKERFILES = {'whisper': 'Dockerfile.whisper', 'stablediffusion': 'Dockerfile.diffusion'}
+# jina's own pods; the web page's Deployment (k8s/web.yml) is checked on its own below.
+JINA_DEPLOYMENTS = ('gateway', 'whisper', 'stablediffusion')
 MIN_STARTUP_SECONDS = 20 * 60  # a first start downloads the model before the port opens
 
 
@@ -54,7 +56,10 @@ def flag_values(args: List[str], flag: str) -> List[str]:
 
 
 def containers(docs: List[Dict]) -> Iterator[tuple]:
+    """(Deployment name, container) of jina's pods."""
     for name, deployment in of_kind(docs, 'Deployment').items():
+        if name not in JINA_DEPLOYMENTS:
+            continue
         for container in deployment['spec']['template']['spec']['containers']:
             yield name, container
 
@@ -158,6 +163,8 @@ def test_ports_are_in_range_and_served(docs):
     pods = {d['spec']['template']['metadata']['labels']['app']: c for d in of_kind(docs, 'Deployment').values()
             for c in d['spec']['template']['spec']['containers']}
     for name, service in of_kind(docs, 'Service').items():
+        if name == 'web':  # named targetPort; test_web_page_deployment_reaches_the_gateway_http_service
+            continue
         container = pods[service['spec']['selector']['app']]
         for port in service['spec']['ports']:
             assert 1 <= port['port'] <= 65535
@@ -275,6 +282,8 @@ def test_diffusion_scales_with_an_autoscaler_and_a_disruption_budget(docs):
 def test_prometheus_scrapes_every_pod(docs):
     monitored = {m['spec']['selector']['matchLabels']['app'] for m in of_kind(docs, 'ServiceMonitor').values()}
     for name, deployment in of_kind(docs, 'Deployment').items():
+        if name not in JINA_DEPLOYMENTS:
+            continue
         annotations = deployment['spec']['template']['metadata']['annotations']
         [container] = deployment['spec']['template']['spec']['containers']
         assert annotations['prometheus.io/scrape'] == 'true'
@@ -313,3 +322,20 @@ def test_flow_yml_holds_for_jcloud():
         assert re.fullmatch(r'\d+(\.\d+)?[MG]', resources.get('memory', '1G'))
         if 'gpu' in resources:
             assert resources['instance'].startswith('G') and resources['gpu'] >= 1
+
+
+def test_web_page_deployment_reaches_the_gateway_http_service(docs):
+    """The page's service runs from the pinned gateway image, is probed on /healthz, and forwards
+    to a Service port that exists."""
+    deployment = of_kind(docs, 'Deployment')['web']
+    [container] = deployment['spec']['template']['spec']['containers']
+    assert container['image'] == of_kind(docs, 'Deployment')['gateway']['spec']['template']['spec']['containers'][0]['image']
+    assert container['readinessProbe']['httpGet']['path'] == '/healthz'
+    assert container['livenessProbe']['httpGet']['path'] == '/healthz'
+    gateway_url = flag_values(container['args'], '--gateway')[0]
+    host, port = gateway_url.removeprefix('http://').split(':')
+    service = of_kind(docs, 'Service')[host]
+    assert int(port) in {p['port'] for p in service['spec']['ports']}
+    assert int(flag_values(container['args'], '--port')[0]) == container['ports'][0]['containerPort']
+    web_service = of_kind(docs, 'Service')['web']
+    assert web_service['spec']['selector'].items() <= deployment['spec']['template']['metadata']['labels'].items()
