@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from docarray import DocList
-from jina import Executor, dynamic_batching, requests
+from jina import dynamic_batching, requests
 
+from speech2image.draining import DEFAULT_DRAIN_SECONDS, DrainingExecutor
 from speech2image.schema import ImageDoc, SpeechDoc
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import DiffusionMetrics, registry_of
@@ -59,7 +60,7 @@ def encode_png(image) -> bytes:
     return buffer.getvalue()
 
 
-class StableDiffusionExecutor(Executor):
+class StableDiffusionExecutor(DrainingExecutor):
     """Generates images for each document's prompt.
 
     Per-request parameters, each checked against this Executor's caps: ``num_images``,
@@ -79,6 +80,7 @@ class StableDiffusionExecutor(Executor):
         max_images: int = 4,
         max_inference_steps: int = 100,
         max_side: int = 1024,
+        drain_seconds: float = DEFAULT_DRAIN_SECONDS,
         **kwargs,
     ):
         """
@@ -93,6 +95,7 @@ class StableDiffusionExecutor(Executor):
         :param max_images: cap on ``num_images`` per prompt.
         :param max_inference_steps: cap on ``num_inference_steps``.
         :param max_side: cap on ``width`` and ``height``.
+        :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
         """
         super().__init__(**kwargs)
         self.model_name = model
@@ -109,6 +112,7 @@ class StableDiffusionExecutor(Executor):
         self.max_inference_steps = max_inference_steps
         self.max_side = max_side
         self.metrics = DiffusionMetrics(registry_of(self))
+        self.start_draining_on_sigterm(drain_seconds)
 
     @staticmethod
     def load_pipeline(model: str, device: str):
