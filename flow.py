@@ -41,11 +41,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     gateway.add_argument('--port-websocket', type=int, default=54324)
     gateway.add_argument('--port-monitoring', type=int, default=9090,
                          help='Prometheus /metrics of the gateway; Executors use the next ports')
-    gateway.add_argument('--timeout-send-ms', type=int, default=120_000,
-                         help='longest wait for one Executor to answer a request, in ms')
+    gateway.add_argument('--timeout-send-ms', type=int, default=60_000,
+                         help='longest wait for one Executor to answer one attempt, in ms')
     gateway.add_argument('--retries', type=int, default=1,
                          help='times a request is resent after an Executor failed or timed out '
                               '(to another replica when there is one)')
+    gateway.add_argument('--request-timeout-s', type=float,
+                         help='longest a client waits for an answer, retries included; then it '
+                              'gets a timeout error')
     gateway.add_argument('--max-pending-requests', type=int,
                          help='requests in flight at once; more get a "server busy" error')
     gateway.add_argument('--max-request-mb', type=float, help='largest request accepted, in MiB')
@@ -115,6 +118,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                 max_request_mb=args.max_request_mb,
                 cors_origins=args.cors_origin,
                 drain_seconds=args.drain_seconds,
+                request_timeout_seconds=args.request_timeout_s,
             ),
         },
         'jcloud': JCLOUD_GATEWAY,

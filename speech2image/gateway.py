@@ -14,6 +14,8 @@ extension point, ``CompositeBaseServer``) built from jina's own three servers wi
 - **Pending requests**: at most ``max_pending_requests`` data calls (gRPC calls, HTTP POSTs,
   WebSocket connections) at once across the three protocols; one more is refused at once with
   gRPC RESOURCE_EXHAUSTED or HTTP 503, instead of queueing without bound.
+- **Request timeout**: a call with no answer after ``request_timeout_seconds`` ends with gRPC
+  DEADLINE_EXCEEDED or HTTP 504, however jina's per-Executor timeout and retries play out.
 - **Drain**: on SIGTERM new calls are refused (gRPC UNAVAILABLE, HTTP 503) while the ones in
   flight finish, for up to ``drain_seconds``; then jina shuts down.
 
@@ -41,6 +43,7 @@ from speech2image.draining import DEFAULT_DRAIN_SECONDS
 MEBIBYTE = 2**20
 DEFAULT_MAX_PENDING_REQUESTS = 64
 DEFAULT_MAX_REQUEST_MB = 32
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 300.0
 DRAIN_POLL_SECONDS = 0.05
 # gRPC calls that carry documents to the Executors: the ones counted against the bound.
 GRPC_DATA_METHODS = frozenset({
@@ -73,11 +76,12 @@ class RequestGuard:
     All three servers run on the gateway's one asyncio loop, so the count needs no lock.
     """
 
-    def __init__(self, api_key: Optional[str], max_pending: int):
+    def __init__(self, api_key: Optional[str], max_pending: int, request_timeout: float):
         if max_pending < 1:
             raise ValueError(f'max_pending_requests must be at least 1, got {max_pending}')
         self._api_key = api_key.encode() if api_key else None
         self.max_pending = max_pending
+        self.request_timeout = request_timeout
         self.pending = 0
         self.draining = False
 
@@ -106,6 +110,13 @@ class RequestGuard:
     def release(self) -> None:
         self.pending -= 1
 
+    def timed_out(self) -> Refusal:
+        return Refusal(
+            f'no answer within {self.request_timeout:g} s: the service is overloaded or an '
+            'Executor is stuck; retry later',
+            grpc.StatusCode.DEADLINE_EXCEEDED, 504,
+        )
+
     async def drain(self, seconds: float) -> int:
         """Refuse new calls and wait up to ``seconds`` for the ones in flight; return how many
         were still running when the wait ended (0 after a clean drain)."""
@@ -123,7 +134,7 @@ def api_key_from_environment() -> Optional[str]:
 # --- gRPC -------------------------------------------------------------------------------------
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
-    """Checks the key on every gRPC call but health checks; counts the data calls."""
+    """Checks the key on every gRPC call but health checks; counts and times the data calls."""
 
     def __init__(self, guard: RequestGuard):
         self.guard = guard
@@ -136,60 +147,85 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         try:
             self.guard.check_credentials(metadata.get('authorization'))
         except Refusal as refusal:
-            return replace_behavior(handler, lambda behavior, streaming: refuse(refusal))
+            return replace_behavior(handler, lambda behavior, kind: refused(refusal, kind))
         if details.method in GRPC_DATA_METHODS:
-            return replace_behavior(handler, lambda behavior, streaming: counted(
-                self.guard, behavior, streaming))
+            return replace_behavior(handler, lambda behavior, kind: guarded(self.guard, behavior, kind))
         return handler
 
 
-def refuse(refusal: Refusal) -> Callable:
-    async def refused(request, context):
-        await context.abort(refusal.grpc_code, refusal.message)
+def replace_behavior(handler: grpc.RpcMethodHandler, wrap: Callable) -> grpc.RpcMethodHandler:
+    """The same method handler with its behaviour replaced by ``wrap(behavior, kind)``."""
+    serializers = dict(request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+    for kind, make in (
+        ('unary_unary', grpc.unary_unary_rpc_method_handler),
+        ('unary_stream', grpc.unary_stream_rpc_method_handler),
+        ('stream_unary', grpc.stream_unary_rpc_method_handler),
+        ('stream_stream', grpc.stream_stream_rpc_method_handler),
+    ):
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            return make(wrap(behavior, kind), **serializers)
+    return handler
 
-    return refused
+
+async def abort(refusal: Refusal, request, context, kind: str) -> None:
+    """End the call with the refusal's status. A streaming request is read up to its first
+    message first: ending the call while the client still writes it fails that write with an
+    unhelpful INTERNAL error on the client instead of this status."""
+    if kind.startswith('stream'):
+        async for _ in request:
+            break
+    await context.abort(refusal.grpc_code, refusal.message)
 
 
-def counted(guard: RequestGuard, behavior: Callable, streaming: bool) -> Callable:
-    """``behavior`` wrapped to hold one pending slot from admission to its last response."""
-    if streaming:
-        async def counted_stream(request, context):
+def refused(refusal: Refusal, kind: str) -> Callable:
+    async def refuse(request, context):
+        await abort(refusal, request, context, kind)
+
+    return refuse
+
+
+def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
+    """``behavior`` holding one pending slot from admission to its last response, and ended
+    with DEADLINE_EXCEEDED when it runs past the guard's request timeout."""
+    if kind.endswith('stream'):
+        async def guarded_stream(request, context):
             try:
                 guard.admit()
             except Refusal as refusal:
-                await context.abort(refusal.grpc_code, refusal.message)
+                await abort(refusal, request, context, kind)
+                return
+            responses = behavior(request, context).__aiter__()
+            deadline = time.monotonic() + guard.request_timeout
             try:
-                async for response in behavior(request, context):
+                while True:
+                    try:
+                        response = await asyncio.wait_for(
+                            responses.__anext__(), deadline - time.monotonic())
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.TimeoutError:
+                        await abort(guard.timed_out(), request, context, 'unary')
                     yield response
             finally:
                 guard.release()
 
-        return counted_stream
+        return guarded_stream
 
-    async def counted_unary(request, context):
+    async def guarded_unary(request, context):
         try:
             guard.admit()
         except Refusal as refusal:
-            await context.abort(refusal.grpc_code, refusal.message)
+            return await abort(refusal, request, context, kind)
         try:
-            return await behavior(request, context)
+            return await asyncio.wait_for(behavior(request, context), guard.request_timeout)
+        except asyncio.TimeoutError:
+            await abort(guard.timed_out(), request, context, 'unary')
         finally:
             guard.release()
 
-    return counted_unary
-
-
-def replace_behavior(handler: grpc.RpcMethodHandler, wrap: Callable) -> grpc.RpcMethodHandler:
-    """The same method handler with its behaviour replaced by ``wrap(behavior, streaming)``."""
-    serializers = dict(request_deserializer=handler.request_deserializer,
-                       response_serializer=handler.response_serializer)
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary, False), **serializers)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream, True), **serializers)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary, False), **serializers)
-    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream, True), **serializers)
+    return guarded_unary
 
 
 # --- HTTP and WebSocket -----------------------------------------------------------------------
@@ -221,8 +257,19 @@ class GuardMiddleware:
             self.guard.admit()
         except Refusal as refusal:
             return await send_refusal(send, refusal)
+        response_started = False
+
+        async def send_tracked(message):
+            nonlocal response_started
+            response_started = True
+            await send(message)
+
         try:
-            await self.app(scope, replay(body, receive), send)
+            await asyncio.wait_for(
+                self.app(scope, replay(body, receive), send_tracked), self.guard.request_timeout)
+        except asyncio.TimeoutError:
+            if not response_started:
+                await send_refusal(send, self.guard.timed_out())
         finally:
             self.guard.release()
 
@@ -380,6 +427,7 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
         max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
         cors_origins: Iterable[str] = (),
         drain_seconds: float = DEFAULT_DRAIN_SECONDS,
+        request_timeout_seconds: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
         **kwargs,
     ):
         """
@@ -389,9 +437,14 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
         :param cors_origins: origins browsers may call this gateway from; none allows no other
             origin than the gateway's own.
         :param drain_seconds: how long SIGTERM waits for calls in flight before shutting down.
+        :param request_timeout_seconds: a gRPC call or HTTP request with no answer by then ends
+            with gRPC DEADLINE_EXCEEDED or HTTP 504, whatever the Executors are doing (retries
+            included); WebSocket connections are long-lived and not timed.
         """
         super().__init__(**kwargs)
-        self.guard = RequestGuard(api_key_from_environment(), max_pending_requests)
+        self.guard = RequestGuard(
+            api_key_from_environment(), max_pending_requests, request_timeout_seconds
+        )
         self.drain_seconds = drain_seconds
         max_request_bytes = int(max_request_mb * MEBIBYTE)
         self.servers = []
