@@ -25,6 +25,7 @@ Loaded by jina from ``gateway.yml`` beside this file (``py_modules``), in the ga
 import asyncio
 import hmac
 import json
+import math
 import os
 import time
 from typing import Callable, Iterable, List, Optional
@@ -127,6 +128,32 @@ class RequestGuard:
         return self.pending
 
 
+def non_finite_parameter(struct) -> Optional[str]:
+    """The name of a request parameter holding NaN or infinity in a protobuf ``Struct``, if any.
+
+    jina cannot turn such a number back into JSON: the call fails with an obscure error and the
+    gateway then spins at full CPU when it shuts down. So they are refused on the way in."""
+    pending = [(name, value) for name, value in struct.fields.items()]
+    while pending:
+        name, value = pending.pop()
+        kind = value.WhichOneof('kind')
+        if kind == 'number_value' and not math.isfinite(value.number_value):
+            return name
+        if kind == 'struct_value':
+            pending += [(f'{name}.{key}', item) for key, item in value.struct_value.fields.items()]
+        elif kind == 'list_value':
+            pending += [(name, item) for item in value.list_value.values]
+    return None
+
+
+def check_parameters(request) -> None:
+    """Raise ``Refusal`` for a jina DataRequest whose parameters hold NaN or infinity."""
+    name = non_finite_parameter(request.proto_wo_data.parameters)
+    if name is not None:
+        raise Refusal(f"parameter '{name}' must be a finite number, got NaN or infinity",
+                      grpc.StatusCode.INVALID_ARGUMENT, 400)
+
+
 def api_key_from_environment() -> Optional[str]:
     return os.environ.get(API_KEY_ENV) or None
 
@@ -179,6 +206,41 @@ async def abort(refusal: Refusal, request, context, kind: str) -> None:
     await context.abort(refusal.grpc_code, refusal.message)
 
 
+async def checked_stream(requests, context):
+    """The client's stream of DataRequests, checked before jina reads them.
+
+    The first is read and checked before jina sees the call, so a refusal ends it cleanly.
+    A later bad one ends the stream early with INVALID_ARGUMENT: aborting while jina reads the
+    stream leaves jina counting a request that never ends, and its shutdown then spins."""
+    iterator = requests.__aiter__()
+    try:
+        first = await iterator.__anext__()
+    except StopAsyncIteration:
+        return iterator
+    check_parameters(first)
+
+    async def the_rest():
+        yield first
+        async for request in iterator:
+            try:
+                check_parameters(request)
+            except Refusal as refusal:
+                context.set_code(refusal.grpc_code)
+                context.set_details(refusal.message)
+                return
+            yield request
+
+    return the_rest()
+
+
+async def checked_request(request, context, kind: str):
+    """``request`` (a DataRequest, or a stream of them) after ``check_parameters``."""
+    if kind.startswith('stream'):
+        return await checked_stream(request, context)
+    check_parameters(request)
+    return request
+
+
 def refused(refusal: Refusal, kind: str) -> Callable:
     async def refuse(request, context):
         await abort(refusal, request, context, kind)
@@ -195,6 +257,12 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
                 guard.admit()
             except Refusal as refusal:
                 await abort(refusal, request, context, kind)
+                return
+            try:
+                request = await checked_request(request, context, kind)
+            except Refusal as refusal:
+                guard.release()
+                await abort(refusal, request, context, 'unary')
                 return
             responses = behavior(request, context).__aiter__()
             deadline = time.monotonic() + guard.request_timeout
@@ -219,7 +287,10 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
         except Refusal as refusal:
             return await abort(refusal, request, context, kind)
         try:
+            request = await checked_request(request, context, kind)
             return await asyncio.wait_for(behavior(request, context), guard.request_timeout)
+        except Refusal as refusal:
+            await abort(refusal, request, context, 'unary')
         except asyncio.TimeoutError:
             await abort(guard.timed_out(), request, context, 'unary')
         finally:
@@ -254,6 +325,7 @@ class GuardMiddleware:
             if scope['method'] != 'POST':
                 return await self.app(scope, receive, send)
             body = await read_body(receive, self.max_request_bytes)
+            check_json_numbers(body)
             self.guard.admit()
         except Refusal as refusal:
             return await send_refusal(send, refusal)
@@ -317,6 +389,24 @@ async def read_body(receive, limit: int) -> bytes:
         if not message.get('more_body'):
             break
     return b''.join(chunks)
+
+
+NON_STANDARD_NUMBERS = (b'NaN', b'Infinity')
+
+
+def check_json_numbers(body: bytes) -> None:
+    """Refuse JSON with NaN or Infinity, which Python's parser accepts (see ``check_parameters``)."""
+    if not any(token in body for token in NON_STANDARD_NUMBERS):
+        return
+
+    def refuse(token):
+        raise Refusal(f'request body is not standard JSON: {token} is not a number',
+                      grpc.StatusCode.INVALID_ARGUMENT, 400)
+
+    try:
+        json.loads(body, parse_constant=refuse)
+    except ValueError:
+        pass  # not JSON at all: the gateway's own parser says so
 
 
 def replay(body: bytes, receive):
