@@ -25,6 +25,7 @@ Loaded by jina from ``gateway.yml`` beside this file (``py_modules``), in the ga
 import asyncio
 import hmac
 import json
+import logging
 import math
 import os
 import time
@@ -152,6 +153,22 @@ def check_parameters(request) -> None:
     if name is not None:
         raise Refusal(f"parameter '{name}' must be a finite number, got NaN or infinity",
                       grpc.StatusCode.INVALID_ARGUMENT, 400)
+
+
+class RedactCredentials(logging.Filter):
+    """uvicorn's WebSocket server logs each handshake header at DEBUG ("< name: value"), the
+    Authorization header with the API key included; this replaces that value."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == 'authorization':
+            record.args = (args[0], '[redacted]')
+        return True
+
+
+REDACT_CREDENTIALS = RedactCredentials()
+# The logger uvicorn hands to the `websockets` library for its connections.
+WEBSOCKET_LOGGER = 'uvicorn.error'
 
 
 def api_key_from_environment() -> Optional[str]:
@@ -532,6 +549,7 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
             included); WebSocket connections are long-lived and not timed.
         """
         super().__init__(**kwargs)
+        logging.getLogger(WEBSOCKET_LOGGER).addFilter(REDACT_CREDENTIALS)
         self.guard = RequestGuard(
             api_key_from_environment(), max_pending_requests, request_timeout_seconds
         )

@@ -127,14 +127,20 @@ def test_the_hf_token_appears_nowhere(secured_flow, tmp_path):
 
 
 def model_load_failure_output(tmp_path: Path) -> str:
-    """What flow.py prints when a model cannot be loaded, with the token in its environment."""
-    grpc, http, websocket = free_ports(3)
-    env = {**os.environ, 'HF_TOKEN': HF_TOKEN, 'HF_HUB_OFFLINE': '1', 'JINA_LOG_LEVEL': 'DEBUG'}
-    flags = offline_flow_flags('--diffusion-model', 'some-org/private-model')
-    result = subprocess.run([sys.executable, 'flow.py', *flags], cwd=ROOT, env=env, timeout=180,
-                            capture_output=True, text=True, start_new_session=True)
+    """What the diffusion Executor prints when its model cannot be loaded, run as it runs in a
+    container (`jina executor`), with the token in its environment."""
+    env = {**os.environ, 'HF_TOKEN': HF_TOKEN, 'HF_HUB_OFFLINE': '1', 'JINA_LOG_LEVEL': 'DEBUG',
+           'PYTHONPATH': str(ROOT)}
+    jina = Path(sys.executable).parent / 'jina'
+    result = subprocess.run(
+        [str(jina), 'executor', '--uses', 'executors/stablediffusion/config.yml',
+         '--uses-with', '{"model": "some-org/private-model"}', '--host', '127.0.0.1',
+         '--port', str(free_ports(1)[0])],
+        cwd=ROOT, env=env, timeout=120, capture_output=True, text=True,
+    )
     output = result.stdout + result.stderr
-    assert 'some-org/private-model' in output  # the error names the model
+    assert result.returncode != 0
+    assert 'ModelLoadError' in output and 'cannot load diffusers model' in ' '.join(output.split())
     return output
 
 
