@@ -153,9 +153,14 @@ def read_local_uri(uri: str, uri_root: Optional[Path]) -> bytes:
     if '://' in path_text:
         raise AudioError(f'uri must be a local file path, not a URL: {uri!r}')
     root = uri_root.resolve()
-    path = (root / path_text).resolve()
-    if not path.is_relative_to(root):
-        raise AudioError(f'uri {uri!r} is outside the allowed audio directory')
-    if not path.is_file():
-        raise AudioError(f'uri {uri!r} is not a file in the allowed audio directory')
-    return path.read_bytes()
+    try:
+        path = (root / path_text).resolve()
+        if not path.is_relative_to(root):
+            raise AudioError(f'uri {uri!r} is outside the allowed audio directory')
+        if not path.is_file():
+            raise AudioError(f'uri {uri!r} is not a file in the allowed audio directory')
+        return path.read_bytes()
+    except AudioError:
+        raise
+    except (ValueError, OSError) as error:  # a NUL byte, a name too long, a permission
+        raise AudioError(f'uri {uri!r} cannot be read as a file: {error}') from None

@@ -13,6 +13,13 @@ import pytest
 os.environ['JINA_OPTOUT_TELEMETRY'] = '1'
 os.environ['HF_HUB_OFFLINE'] = '1'
 
+import torch  # noqa: E402
+
+# Tests that run a model in this process (test_diffusion_executor) would start torch's OpenMP
+# thread pool here; the Whisper process of every Flow forked after that hangs loading
+# CTranslate2. With one thread there is no pool, and forking stays safe whatever the test order.
+torch.set_num_threads(1)
+
 import flow as flow_module  # noqa: E402
 from speech2image import offline_models  # noqa: E402
 
