@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent
 ENV_PREFIX = 'S2I_'
 FLOW_NAME = 'speech2image'
 ENDPOINTS = ('/', '/transcribe', '/generate')
+# The gateway: jina's, with an API key, a pending-request bound and a drain (speech2image/gateway.py).
+GATEWAY_CONFIG = 'speech2image/gateway.yml'
 # JCloud resources, as `jc deploy flow.yml` reads them.
 JCLOUD_GATEWAY = {'resources': {'instance': 'C3'}}
 JCLOUD_WHISPER = {'resources': {'instance': 'C4', 'memory': '8G'}}
@@ -41,6 +43,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     gateway.add_argument('--port-websocket', type=int, default=54324)
     gateway.add_argument('--port-monitoring', type=int, default=9090,
                          help='Prometheus /metrics of the gateway; Executors use the next ports')
+    gateway.add_argument('--timeout-send-ms', type=int, default=60_000,
+                         help='longest wait for one Executor to answer one attempt, in ms')
+    gateway.add_argument('--retries', type=int, default=1,
+                         help='times a request is resent after an Executor failed or timed out '
+                              '(to another replica when there is one)')
+    gateway.add_argument('--request-timeout-s', type=float,
+                         help='longest a client waits for an answer, retries included; then it '
+                              'gets a timeout error')
+    gateway.add_argument('--max-pending-requests', type=int,
+                         help='requests in flight at once; more get a "server busy" error')
+    gateway.add_argument('--max-request-mb', type=float, help='largest request accepted, in MiB')
+    gateway.add_argument('--cors-origin', action='append',
+                         help='an origin browsers may call the gateway from (repeatable); '
+                              'unset: none but the gateway\'s own')
+    gateway.add_argument('--drain-seconds', type=float,
+                         help='on SIGTERM, how long the gateway and Executors let requests finish')
     tracing = parser.add_argument_group('tracing (OpenTelemetry over OTLP/gRPC; off without a host)')
     tracing.add_argument('--traces-exporter-host',
                          help='OTLP collector host for the gateway and both Executors; '
@@ -102,8 +120,19 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
             'host': args.host,
             'monitoring': True,
             'port_monitoring': args.port_monitoring,
-            'cors': True,
             **tracing,
+            'timeout_send': args.timeout_send_ms,
+            'retries': args.retries,
+        },
+        'gateway': {
+            'uses': GATEWAY_CONFIG,
+            'uses_with': given(
+                max_pending_requests=args.max_pending_requests,
+                max_request_mb=args.max_request_mb,
+                cors_origins=args.cors_origin,
+                drain_seconds=args.drain_seconds,
+                request_timeout_seconds=args.request_timeout_s,
+            ),
         },
         'jcloud': JCLOUD_GATEWAY,
         'executors': [
@@ -117,6 +146,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     compute_type=args.whisper_compute_type,
                     max_audio_seconds=args.max_audio_seconds,
                     audio_dir=args.audio_dir,
+                    drain_seconds=args.drain_seconds,
                 ),
                 'replicas': args.whisper_replicas,
                 'monitoring': True,
@@ -137,6 +167,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     guidance_scale=args.guidance_scale,
                     scheduler=args.diffusion_scheduler,
                     compile_unet=args.compile_unet,
+                    drain_seconds=args.drain_seconds,
                 ),
                 'uses_dynamic_batching': {'generate': batching},  # every endpoint of generate()
                 'replicas': args.diffusion_replicas,
@@ -157,7 +188,9 @@ def build_flow(args: argparse.Namespace):
     from jina import Flow
 
     spec = flow_spec(args)
-    flow = Flow(**spec['with'])
+    flow = Flow(**spec['with']).config_gateway(
+        uses=str(ROOT / spec['gateway']['uses']), uses_with=spec['gateway']['uses_with']
+    )
     for executor in spec['executors']:
         options = {key: value for key, value in executor.items() if key != 'jcloud'}
         options['uses'] = str(ROOT / executor['uses'])

@@ -58,15 +58,16 @@ def samples_from_tensor(tensor: np.ndarray, max_seconds: float) -> np.ndarray:
         raise AudioError(
             f'tensor must be 1-D mono samples at {SAMPLE_RATE} Hz, got shape {tuple(tensor.shape)}'
         )
+    if tensor.dtype not in (np.int16, np.float32, np.float64):
+        raise AudioError(f'tensor dtype must be float32 or int16, got {tensor.dtype}')
+    # Length first: an enormous tensor is refused before anything the size of it is allocated.
+    check_duration(tensor.size / SAMPLE_RATE, max_seconds)
     if tensor.dtype == np.int16:
         samples = tensor.astype(np.float32) / INT16_SCALE
-    elif tensor.dtype in (np.float32, np.float64):
-        samples = tensor.astype(np.float32, copy=False)
     else:
-        raise AudioError(f'tensor dtype must be float32 or int16, got {tensor.dtype}')
+        samples = tensor.astype(np.float32, copy=False)
     if not np.all(np.isfinite(samples)):
         raise AudioError('tensor contains NaN or infinite samples')
-    check_duration(samples.size / SAMPLE_RATE, max_seconds)
     return samples
 
 
@@ -152,9 +153,14 @@ def read_local_uri(uri: str, uri_root: Optional[Path]) -> bytes:
     if '://' in path_text:
         raise AudioError(f'uri must be a local file path, not a URL: {uri!r}')
     root = uri_root.resolve()
-    path = (root / path_text).resolve()
-    if not path.is_relative_to(root):
-        raise AudioError(f'uri {uri!r} is outside the allowed audio directory')
-    if not path.is_file():
-        raise AudioError(f'uri {uri!r} is not a file in the allowed audio directory')
-    return path.read_bytes()
+    try:
+        path = (root / path_text).resolve()
+        if not path.is_relative_to(root):
+            raise AudioError(f'uri {uri!r} is outside the allowed audio directory')
+        if not path.is_file():
+            raise AudioError(f'uri {uri!r} is not a file in the allowed audio directory')
+        return path.read_bytes()
+    except AudioError:
+        raise
+    except (ValueError, OSError) as error:  # a NUL byte, a name too long, a permission
+        raise AudioError(f'uri {uri!r} cannot be read as a file: {error}') from None

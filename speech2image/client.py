@@ -5,10 +5,12 @@
     speech2image --host grpcs://s2i.example.com:443 talk.webm
     speech2image --transcribe-only talk.ogg             # stop after Whisper
 
-The address takes grpc://, grpcs://, http://, https://, ws:// or wss://.
+The address takes grpc://, grpcs://, http://, https://, ws:// or wss://. A gateway that requires
+an API key gets it from the S2I_API_KEY environment variable.
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,9 @@ from speech2image.schema import SpeechDoc
 
 DEFAULT_HOST = 'grpc://127.0.0.1:54322'
 DEFAULT_OUT_DIR = Path('out')
+API_KEY_ENV = 'S2I_API_KEY'
+# Addresses whose client sends HTTP headers; the others (grpc, grpcs, none) send gRPC metadata.
+HEADER_SCHEMES = ('http', 'https', 'ws', 'wss', 'websocket')
 
 
 class ServiceError(RuntimeError):
@@ -54,7 +59,20 @@ def endpoint_for(docs: List[SpeechDoc], transcribe_only: bool) -> str:
     return '/' if any(doc.has_audio() for doc in docs) else '/generate'
 
 
-def send(host: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict) -> List[SpeechDoc]:
+def credentials(host: str, api_key: Optional[str]) -> Dict:
+    """The ``post`` keyword that sends ``Authorization: Bearer <api_key>``: gRPC metadata, or an
+    HTTP/WebSocket header. Empty without a key."""
+    if not api_key:
+        return {}
+    authorization = f'Bearer {api_key}'
+    if host.partition('://')[0] in HEADER_SCHEMES:
+        return {'headers': {'Authorization': authorization}}
+    return {'metadata': (('authorization', authorization),)}
+
+
+def send(
+    host: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict, api_key: Optional[str] = None
+) -> List[SpeechDoc]:
     """Post documents to the Flow at ``host`` and return the answered documents.
 
     Raises ``ServiceError`` with the server's message when the request fails.
@@ -69,6 +87,7 @@ def send(host: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict) -> L
             inputs=DocList[SpeechDoc](docs),
             parameters=parameters,
             return_type=DocList[SpeechDoc],
+            **credentials(host, api_key),
         )
     except Exception as error:
         raise ServiceError(server_error_message(error)) from None
@@ -131,7 +150,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.monotonic()
     try:
         with console.status(f'Waiting for {args.host}{endpoint} ({len(docs)} prompt(s))...'):
-            answered = send(args.host, endpoint, docs, request_parameters(args))
+            answered = send(args.host, endpoint, docs, request_parameters(args),
+                            os.environ.get(API_KEY_ENV))
     except ServiceError as error:
         console.print(f'[red]error:[/red] {error}')
         return 1

@@ -5,7 +5,7 @@ import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -74,6 +74,7 @@ class RunningFlow:
     port_http: int
     port_websocket: int
     port_monitoring: int
+    flow: Any = None  # the jina Flow, for tests that reach into its processes
 
     @property
     def grpc(self) -> str:
@@ -108,8 +109,10 @@ def offline_flow_flags(*extra: str) -> List[str]:
 def serve_flow(*extra_flags: str) -> Iterator[RunningFlow]:
     """Start the Flow exactly as ``python flow.py`` builds it, on the offline models."""
     args = flow_module.parse_args(offline_flow_flags(*extra_flags))
-    with flow_module.build_flow(args):
-        yield RunningFlow(args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring)
+    with flow_module.build_flow(args) as flow:
+        yield RunningFlow(
+            args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring, flow
+        )
 
 
 @pytest.fixture(scope='session')

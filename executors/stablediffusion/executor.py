@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from docarray import DocList
-from jina import Executor, dynamic_batching, requests
+from jina import dynamic_batching, requests
 
+from speech2image.draining import DEFAULT_DRAIN_SECONDS, DrainingExecutor
 from speech2image.schema import ImageDoc, SpeechDoc
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import DiffusionMetrics, instrumented, registry_of
@@ -85,7 +86,7 @@ def step_defaults(model: str, pipeline) -> tuple:
     return FULL_STEP_DEFAULTS
 
 
-class StableDiffusionExecutor(Executor):
+class StableDiffusionExecutor(DrainingExecutor):
     """Generates images for each document's prompt.
 
     Per-request parameters, each checked against this Executor's caps: ``num_images``,
@@ -109,6 +110,7 @@ class StableDiffusionExecutor(Executor):
         vae_tiling: bool = False,
         compile_unet: bool = False,
         warmup: bool = True,
+        drain_seconds: float = DEFAULT_DRAIN_SECONDS,
         **kwargs,
     ):
         """
@@ -130,6 +132,7 @@ class StableDiffusionExecutor(Executor):
         :param vae_tiling: decode in tiles, for large images on small GPUs.
         :param compile_unet: ``torch.compile`` the UNet (slow first call, faster after).
         :param warmup: run one tiny generation at load, so the first request is not the slow one.
+        :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
         """
         super().__init__(**kwargs)
         if scheduler not in SCHEDULERS:
@@ -155,6 +158,7 @@ class StableDiffusionExecutor(Executor):
             self.run_pipeline(['warm-up'], [[0]], self.settings_from({'num_inference_steps': 1}))
         # Watch the UNet only now: the warm-up is not traffic.
         self.metrics.watch_unet(self.pipeline.unet)
+        self.start_draining_on_sigterm(drain_seconds)
 
     @staticmethod
     def load_pipeline(model: str, device: str):

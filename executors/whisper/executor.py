@@ -19,9 +19,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from docarray import DocList
-from jina import Executor, requests
+from jina import requests
 
 from speech2image.audio import AudioError, load_audio
+from speech2image.draining import DEFAULT_DRAIN_SECONDS, DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import WhisperMetrics, instrumented, registry_of
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
@@ -139,7 +140,7 @@ class OpenAIWhisperBackend:
         return Transcript(result['text'].strip(), result['language'], timed)
 
 
-class WhisperExecutor(Executor):
+class WhisperExecutor(DrainingExecutor):
     """Transcribes (or translates to English) each document's audio into ``doc.text``.
 
     A document with text and no audio passes through, so text-to-image requests share the Flow.
@@ -158,6 +159,7 @@ class WhisperExecutor(Executor):
         vad_filter: bool = True,
         max_audio_seconds: float = 60.0,
         audio_dir: Optional[str] = None,
+        drain_seconds: float = DEFAULT_DRAIN_SECONDS,
         **kwargs,
     ):
         """
@@ -171,6 +173,7 @@ class WhisperExecutor(Executor):
             noise gives "no speech" instead of hallucinated text.
         :param max_audio_seconds: longer audio is refused.
         :param audio_dir: directory that ``uri`` paths may read from; None refuses ``uri``.
+        :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
         """
         super().__init__(**kwargs)
         if backend not in BACKENDS:
@@ -186,6 +189,7 @@ class WhisperExecutor(Executor):
         self.metrics.model_load_seconds.set(time.perf_counter() - load_started)
         self.max_audio_seconds = max_audio_seconds
         self.audio_dir = Path(audio_dir) if audio_dir else None
+        self.start_draining_on_sigterm(drain_seconds)
 
     @requests(on=['/default', '/transcribe'])  # /default: jina's catch-all, so also '/'
     @instrumented

@@ -1,0 +1,216 @@
+"""Load, faults and backpressure against the real Flow on the offline models (127.0.0.1 only).
+
+One Flow, two diffusion replicas, serves the whole module; the tests run in file order and the
+later ones break it on purpose (a killed replica, a frozen Executor, SIGTERMs), so each states
+what it leaves behind.
+"""
+
+import asyncio
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import requests
+from jina.orchestrate.pods.factory import PodFactory
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.load import one_request, run_load
+from tests.conftest import serve_flow
+
+REQUEST_TIMEOUT_S = 12
+MAX_PENDING = 12
+FLOW_FLAGS = (
+    '--diffusion-replicas', '2', '--timeout-send-ms', '10000', '--retries', '1',
+    '--request-timeout-s', str(REQUEST_TIMEOUT_S), '--max-pending-requests', str(MAX_PENDING),
+    '--drain-seconds', '30',
+)
+# The gateway's own refusals, and jina's words for an Executor it could not reach or that timed out.
+CLEAR_ERRORS = ('server busy', 'no answer within', 'shutting down', 'may be down', 'timed out')
+MEMORY_REQUESTS = 1000
+MEMORY_GROWTH_LIMIT_MB = 25
+REVIVAL_SECONDS = 60
+SLOW = {'num_inference_steps': 40}  # seconds of work on the tiny model: still running at SIGTERM
+
+
+@pytest.fixture(scope='module')
+def flow():
+    with serve_flow(*FLOW_FLAGS) as running:
+        wait_until_serving(running)
+        yield running
+
+
+def wait_until_serving(running, successes=4, seconds=60):
+    """jina reports the Flow ready once every process is up; the gateway's connections to
+    replicas that came up late may still be backing off for a few seconds."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if asyncio.run(post_many(running.grpc, successes, {'num_inference_steps': 1})) == [None] * successes:
+            return
+        time.sleep(0.5)
+    pytest.fail(f'the Flow did not serve {successes} requests in a row within {seconds} s')
+
+
+def pods(running, name):
+    """The replicas (jina Pods) of one Deployment, in replica order."""
+    return [pod for shard in running.flow._deployment_nodes[name].shards.values() for pod in shard._pods]
+
+
+def all_pids(running):
+    return {f'{name}/{index}': pod.worker.pid
+            for name in running.flow._deployment_nodes
+            for index, pod in enumerate(pods(running, name))}
+
+
+def diffusion_documents(pod) -> float:
+    """Documents this diffusion replica has put through its pipeline, from its own /metrics."""
+    text = requests.get(f'http://127.0.0.1:{pod.args.port_monitoring}/metrics', timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name == 'speech2image_diffusion_batch_documents':
+            return sum(s.value for s in family.samples if s.name.endswith('_sum'))
+    return 0.0
+
+
+def assert_nothing_lost(report):
+    """Every request answered: with documents, or with an error that says what happened."""
+    assert report.lost == 0, report.summary()
+    assert report.sent == report.answered + report.failed
+    for message in report.errors:
+        assert any(clear in message for clear in CLEAR_ERRORS), message
+
+
+def post_many(address, count, parameters, timeout=60):
+    async def all_of_them():
+        from jina import Client
+
+        client = Client(host=address, asyncio=True)
+        return await asyncio.gather(*(
+            one_request(client, '/generate', f'prompt {i}', parameters, timeout, {})
+            for i in range(count)
+        ))
+
+    return all_of_them()
+
+
+def test_load_every_request_is_answered(flow):
+    report = asyncio.run(run_load(flow.grpc, clients=6, seconds=8, timeout=REQUEST_TIMEOUT_S + 10))
+    print('load:', report.summary())
+    assert_nothing_lost(report)
+    assert report.answered > 0
+
+
+def test_memory_stays_flat_over_1000_requests(flow):
+    """Cheapest full path: text through /transcribe crosses the gateway and both Executors."""
+    processes = {name: psutil.Process(pid) for name, pid in all_pids(flow).items()}
+    warm_up = asyncio.run(run_load(flow.grpc, 8, 60, 200, '/transcribe', {}, timeout=30))
+    assert_nothing_lost(warm_up)
+    before = {name: p.memory_info().rss for name, p in processes.items()}
+    report = asyncio.run(run_load(flow.grpc, 8, 120, MEMORY_REQUESTS, '/transcribe', {}, timeout=30))
+    after = {name: p.memory_info().rss for name, p in processes.items()}
+    growth_mb = {name: round((after[name] - before[name]) / 2**20, 1) for name in processes}
+    print('memory:', report.summary(), 'RSS growth MiB:', growth_mb)
+    assert report.sent == report.answered == MEMORY_REQUESTS
+    assert all(growth < MEMORY_GROWTH_LIMIT_MB for growth in growth_mb.values()), growth_mb
+
+
+def test_killed_replica_under_load_loses_nothing_and_is_used_again_once_back(flow):
+    """Leaves the revived replica in the killed one's place."""
+    [first, second] = pods(flow, 'stablediffusion')
+
+    async def kill_during_load():
+        load = asyncio.create_task(run_load(flow.grpc, 4, 6, timeout=REQUEST_TIMEOUT_S + 10))
+        await asyncio.sleep(1.5)
+        os.kill(first.worker.pid, signal.SIGKILL)
+        return await load
+
+    report = asyncio.run(kill_during_load())
+    print('replica killed under load:', report.summary())
+    assert_nothing_lost(report)
+    assert report.answered > 0
+
+    # The replica comes back on the same address, as a restarted pod would.
+    revived = PodFactory.build_pod(first.args).start()
+    revived.wait_start_success()  # a Flow starts its pods without waiting, then waits for all
+    shard = next(iter(flow.flow._deployment_nodes['stablediffusion'].shards.values()))
+    shard._pods[0] = revived  # the Flow closes the revived one at the end
+    started = time.monotonic()
+    while diffusion_documents(revived) == 0:
+        assert time.monotonic() - started < REVIVAL_SECONDS, 'the revived replica got no requests'
+        answers = asyncio.run(post_many(flow.grpc, 4, {'num_inference_steps': 1}))
+        assert answers == [None] * 4
+    print(f'revived replica served again after {time.monotonic() - started:.1f} s')
+
+
+def test_stuck_executor_gives_a_timeout_error_and_pending_requests_are_bounded(flow):
+    """Freezes Whisper (SIGSTOP) so requests pile up, then thaws it."""
+    whisper = pods(flow, 'whisper')[0].worker.pid
+    os.kill(whisper, signal.SIGSTOP)
+    try:
+        async def pile_up():
+            stuck = asyncio.create_task(post_many(flow.grpc, MAX_PENDING, {}, timeout=60))
+            await asyncio.sleep(1.0)
+            started = time.monotonic()
+            [refused] = await post_many(flow.grpc, 1, {}, timeout=10)
+            refused_after = time.monotonic() - started
+            http = await asyncio.to_thread(
+                requests.post, f'{flow.http}/generate', json={'data': [{'text': 'x'}]}, timeout=10)
+            started = time.monotonic()
+            stuck_errors = await stuck
+            return refused, refused_after, http, stuck_errors, time.monotonic() - started
+
+        refused, refused_after, http, stuck_errors, stuck_after = asyncio.run(pile_up())
+    finally:
+        os.kill(whisper, signal.SIGCONT)
+    assert 'RESOURCE_EXHAUSTED' in refused and 'server busy' in refused
+    assert refused_after < 2
+    assert http.status_code == 503 and 'server busy' in http.json()['detail']
+    assert all(f'no answer within {REQUEST_TIMEOUT_S} s' in error for error in stuck_errors)
+    assert stuck_after < REQUEST_TIMEOUT_S + 2
+
+    for _ in range(20):  # thawed, it serves again
+        if asyncio.run(post_many(flow.grpc, 1, {'num_inference_steps': 1}))[0] is None:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail('the Flow did not serve again after Whisper was thawed')
+
+
+def test_sigterm_on_an_executor_lets_its_requests_finish(flow):
+    """Terminates the second diffusion replica for good."""
+    second = pods(flow, 'stablediffusion')[1]
+    process = psutil.Process(second.worker.pid)
+    documents_before = diffusion_documents(second)
+
+    async def terminate_while_busy():
+        answers = asyncio.create_task(post_many(flow.grpc, 4, SLOW))
+        for _ in range(100):  # until the replica is working on a batch
+            await asyncio.sleep(0.1)
+            if await asyncio.to_thread(diffusion_documents, second) > documents_before:
+                break
+        process.send_signal(signal.SIGTERM)
+        return answers.done(), await answers
+
+    done_at_sigterm, answers = asyncio.run(terminate_while_busy())
+    assert not done_at_sigterm
+    assert answers == [None] * 4
+    process.wait(timeout=30)
+
+
+def test_sigterm_on_the_gateway_drains_and_refuses_new_requests(flow):
+    """Terminates the gateway: the Flow serves nothing after this test."""
+    gateway = psutil.Process(pods(flow, 'gateway')[0].worker.pid)
+
+    async def terminate_while_busy():
+        answers = asyncio.create_task(post_many(flow.grpc, 2, SLOW))
+        await asyncio.sleep(1.0)
+        gateway.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        [late] = await post_many(flow.grpc, 1, {'num_inference_steps': 1}, timeout=10)
+        return answers.done(), await answers, late
+
+    done_at_sigterm, answers, late = asyncio.run(terminate_while_busy())
+    assert not done_at_sigterm
+    assert answers == [None, None]
+    assert 'UNAVAILABLE' in late and 'shutting down' in late
+    gateway.wait(timeout=30)
