@@ -58,6 +58,8 @@ def cluster_spec(flow: Dict[str, Any]) -> Dict[str, Any]:
                          f'add them to EXECUTOR_IMAGES in {Path(__file__).name}')
     spec = {key: value for key, value in flow.items() if key != 'jcloud'}
     spec['with'] = {**flow['with'], 'grpc_channel_options': GATEWAY_CHANNEL_OPTIONS}
+    if 'gateway' in flow:  # the project's gateway class runs from the project's gateway image
+        spec['gateway'] = {**flow['gateway'], 'uses': f'docker://{GATEWAY_IMAGE}'}
     spec['executors'] = [
         {
             **{key: value for key, value in executor.items() if key != 'jcloud'},
