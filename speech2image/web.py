@@ -16,6 +16,7 @@ Every flag can also be given as an ``S2I_WEB_*`` environment variable: ``--gatew
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import List, Optional
 
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
 
+from speech2image.client import API_KEY_ENV
 from speech2image.gateway_errors import read_gateway_error
 from speech2image.settings import apply_environment
 
@@ -145,7 +147,7 @@ async def send_to_gateway(request: web.Request, endpoint: str, settings: Setting
         async with session.post(
             f'{settings.gateway}/{endpoint}',
             data=body,
-            headers={'Content-Type': 'application/json'},
+            headers=gateway_headers(),
             timeout=ClientTimeout(total=settings.timeout_s),
         ) as answer:
             if answer.status == 200:
@@ -167,6 +169,16 @@ async def gateway_session(app: web.Application):
     app[SESSION] = ClientSession()
     yield
     await app[SESSION].close()
+
+
+def gateway_headers() -> dict:
+    """Headers for the gateway: JSON, and the API key from ``S2I_API_KEY`` when the gateway
+    requires one (the browser never sees it)."""
+    headers = {'Content-Type': 'application/json'}
+    api_key = os.environ.get(API_KEY_ENV)
+    if api_key:
+        headers['Authorization'] = f'Bearer {api_key}'
+    return headers
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:

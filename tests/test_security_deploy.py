@@ -1,4 +1,4 @@
-"""deploy/security: the NetworkPolicies and the hardening patches, checked against the Kubernetes
+"""k8s/security: the NetworkPolicies and the hardening patches, checked against the Kubernetes
 schemas and applied with kustomize to Deployments labelled as `jina export kubernetes` labels them."""
 
 import shutil
@@ -10,7 +10,7 @@ from kubernetes_validate import validate
 
 from tests.conftest import ROOT
 
-SECURITY = ROOT / 'deploy' / 'security'
+SECURITY = ROOT / 'k8s' / 'security'
 K8S_VERSION = '1.30'
 # The pod labels of jina's Kubernetes export.
 POD_LABELS = {

@@ -367,3 +367,12 @@ def test_flags_can_be_environment_variables(monkeypatch):
         parse_args(['--gateway', 'http://127.0.0.1:1']).gateway == 'http://127.0.0.1:1'
     )  # flags win
     assert parse_args([]).gateway == 'http://gateway:8080'
+
+
+def test_the_service_forwards_the_api_key_to_the_gateway(monkeypatch):
+    from speech2image.web import gateway_headers
+
+    monkeypatch.delenv('S2I_API_KEY', raising=False)
+    assert 'Authorization' not in gateway_headers()
+    monkeypatch.setenv('S2I_API_KEY', 'k3y')
+    assert gateway_headers()['Authorization'] == 'Bearer k3y'
