@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -63,7 +63,9 @@ def jina_process(args: List[str], home: Path, log: Path) -> Iterator[subprocess.
     try:
         yield process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        # The group is gone when the process died early; the caller's assertion says why.
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -133,6 +135,8 @@ def gateway_args(manifests: List[Dict], replicas: List[Dict], ports: List[int]) 
         ('--deployments-addresses', json.dumps({'whisper': [f'ipv4:{addresses}']})),
         ('--graph-description', json.dumps({'start-gateway': ['whisper'], 'whisper': ['end-gateway']})),
         ('--port', *map(str, ports[:3])), ('--port-monitoring', str(ports[3])), ('--host', '127.0.0.1'),
+        # The image holds speech2image/gateway.yml as its config.yml (Dockerfile.gateway).
+        ('--uses', str(ROOT / 'speech2image' / 'gateway.yml')),
     ):
         args = replace_flag(args, flag, *values)
     return args
