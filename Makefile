@@ -39,7 +39,7 @@ test: system-deps models
 	$(PY) -m pytest
 
 bench: models
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 flow.yml: install
 	$(PY) flow.py --export-yaml flow.yml

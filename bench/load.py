@@ -44,7 +44,10 @@ class LoadReport:
 
     def summary(self) -> Dict:
         ordered = sorted(self.latencies)
-        percentile = lambda share: round(ordered[int(share * (len(ordered) - 1))], 3) if ordered else None
+
+        def percentile(share: float) -> Optional[float]:
+            return round(ordered[int(share * (len(ordered) - 1))], 3) if ordered else None
+
         fields = {name: value for name, value in asdict(self).items() if name != 'latencies'}
         return {**fields, 'p50_seconds': percentile(0.5), 'p99_seconds': percentile(0.99),
                 'requests_per_second': round(self.sent / self.seconds, 1) if self.seconds else 0}

@@ -1,22 +1,29 @@
 """Run every benchmark and print one markdown report (what the README's tables come from).
 
-    make bench            # or: python bench/run.py
+    make bench            # or, from the repository root: python -m bench.run
+
+Each benchmark runs in its own process, one after another, so none competes with another for
+the cores.
 """
 
 import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = [
-    ('Flow against in-process', ['flow_vs_inprocess.py']),
+    ('Flow against in-process', 'bench.flow_vs_inprocess'),
+    ('Replicas and dynamic batching', 'bench.scaling'),
+    ('Images per second by step count', 'bench.steps'),
+    ('Payloads', 'bench.payloads'),
+    ('Start-up', 'bench.startup'),
 ]
 
 
 def main() -> None:
-    for title, command in BENCHMARKS:
+    for title, module in BENCHMARKS:
         print(f'\n## {title}\n', flush=True)
-        result = subprocess.run([sys.executable, str(BENCH / command[0]), *command[1:]],
+        result = subprocess.run([sys.executable, '-m', module], cwd=ROOT,
                                 stdout=subprocess.PIPE, text=True, check=True)
         print(result.stdout.strip(), flush=True)
 

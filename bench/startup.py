@@ -1,0 +1,106 @@
+"""Start-up: seconds from ``python flow.py`` to a gateway that answers, each Executor's model
+load, and what importing the light modules costs.
+
+    python -m bench.startup [--repeats 3]
+
+The Flow runs on the offline models. "Ready" is the moment jina's Client reports the Flow ready
+over gRPC. Model load times are the Executors' own ``speech2image_model_load_seconds`` gauges
+(loading and configuring the model; the diffusion warm-up generation comes after). Import times
+are fresh interpreters importing a module, with the heavy libraries it pulled in.
+Every figure is the median over ``--repeats`` runs.
+"""
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Dict, List
+
+# bench.measure first: it sets the environment jina and torch read at import.
+from bench.measure import DIFFUSION_MODEL, ROOT, WHISPER_MODEL
+from bench.report import machine_summary, markdown_table
+from jina import Client
+
+from tests.conftest import free_port_run, free_ports
+
+READY_TIMEOUT_S = 300
+LOAD_METRIC = 'speech2image_model_load_seconds'
+HEAVY_MODULES = ('torch', 'diffusers', 'transformers', 'faster_whisper', 'ctranslate2', 'whisper')
+LIGHT_MODULES = ('speech2image.client', 'speech2image.schema', 'flow')
+
+
+def model_load_seconds(port: int) -> float:
+    """The Executor's model-load gauge from its Prometheus endpoint on ``port``."""
+    with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(LOAD_METRIC + '{'):
+                return float(line.rsplit(' ', 1)[1])
+    raise RuntimeError(f'no {LOAD_METRIC} on port {port}')
+
+
+def start_once() -> Dict[str, float]:
+    """Start flow.py, time it to ready, read both load gauges, stop it (SIGINT, as Ctrl-C)."""
+    grpc, http, websocket = free_ports(3)
+    monitoring = free_port_run(3)
+    command = [sys.executable, 'flow.py', '--host', '127.0.0.1', '--port-grpc', str(grpc),
+               '--port-http', str(http), '--port-websocket', str(websocket),
+               '--port-monitoring', str(monitoring), '--whisper-model', str(WHISPER_MODEL),
+               '--diffusion-model', str(DIFFUSION_MODEL)]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        client = Client(host=f'grpc://127.0.0.1:{grpc}')
+        while not client.is_flow_ready(timeout=1.0):
+            if process.poll() is not None or time.perf_counter() - started > READY_TIMEOUT_S:
+                raise RuntimeError(f'flow.py did not become ready (exit {process.returncode})')
+            time.sleep(0.1)
+        ready = time.perf_counter() - started
+        return {'ready': ready, 'whisper': model_load_seconds(monitoring + 1),
+                'stablediffusion': model_load_seconds(monitoring + 2)}
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def import_cost(module: str) -> Dict[str, object]:
+    """Seconds a fresh interpreter takes to import ``module``, and the heavy modules it loaded."""
+    code = ('import sys, time; started = time.perf_counter(); import ' + module +
+            '; print(time.perf_counter() - started); '
+            f'print(",".join(m for m in {HEAVY_MODULES!r} if m in sys.modules))')
+    output = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.split('\n')
+    return {'seconds': float(output[0]), 'heavy': output[1] or 'none'}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--repeats', type=int, default=3)
+    args = parser.parse_args()
+    runs: List[Dict[str, float]] = [start_once() for _ in range(args.repeats)]
+    median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    print(machine_summary())
+    print(markdown_table(['what', 'seconds'], [
+        ['`python flow.py` to ready (offline models)', f'{median["ready"]:.1f}'],
+        ['WhisperExecutor model load (tiny.en, int8)', f'{median["whisper"]:.2f}'],
+        ['StableDiffusionExecutor model load (tiny)', f'{median["stablediffusion"]:.2f}'],
+    ]))
+    print()
+    rows = []
+    for module in LIGHT_MODULES:
+        costs = [import_cost(module) for _ in range(args.repeats)]
+        rows.append([f'`import {module}`', f'{statistics.median(c["seconds"] for c in costs):.2f}',
+                     costs[0]['heavy']])
+    print(markdown_table(['import', 'seconds', 'heavy modules loaded'], rows))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,104 @@
+"""Images per second at several step counts, through the StableDiffusionExecutor in-process.
+
+    python -m bench.steps [--steps 1 2 4 8] [--repeats 5]
+    python -m bench.steps --full-size [--side 512] [--device cuda]
+
+By default on the offline tiny model (models/tiny-stable-diffusion, 64 px). ``--full-size``
+builds the Stable Diffusion 1.5 architecture (UNet, VAE and CLIP text encoder at their real
+sizes) with random weights, saves it once under models/, and loads it through the Executor's
+``from_pretrained`` path: no hub has the weights here, but compute cost does not depend on them.
+Every figure is the median over ``--repeats`` requests after a warm-up, one image per request.
+"""
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import List
+
+# bench.measure first: it sets the environment jina and torch read at import.
+from bench.measure import DIFFUSION_MODEL, MODELS, ROOT
+from bench.report import machine_summary, markdown_table
+from docarray import DocList
+from jina import Executor
+
+from speech2image.offline_models import build_clip_tokenizer, CLIP_MAX_LENGTH, SEED
+from speech2image.schema import SpeechDoc
+
+FULL_SIZE_DIR = MODELS / 'sd15-architecture-random'
+HEADER = ['model', 'device', 'side', 'steps', 'seconds per image', 'images/s', 'seconds per step']
+
+
+def build_sd15_architecture(directory: Path) -> Path:
+    """Stable Diffusion 1.5's components at full size, randomly initialised, saved to
+    ``directory`` (about 4 GB in float32). The configs are SD 1.5's published ones."""
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(SEED)
+    tokenizer = build_clip_tokenizer(directory / 'tokenizer')
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072,
+        num_attention_heads=12, num_hidden_layers=12, max_position_embeddings=CLIP_MAX_LENGTH,
+        hidden_act='quick_gelu', bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+        down_block_types=('DownEncoderBlock2D',) * 4, up_block_types=('UpDecoderBlock2D',) * 4,
+        sample_size=512,
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012,
+                                              beta_schedule='scaled_linear', steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(directory)
+    return directory
+
+
+def seconds_per_image(executor, side: int, steps: int, repeats: int) -> float:
+    """Median seconds of one ``/generate`` call for one image, after one warm-up call."""
+    parameters = {'num_inference_steps': steps, 'width': side, 'height': side, 'seed': 1}
+    timings: List[float] = []
+    for _ in range(repeats + 1):
+        docs = DocList[SpeechDoc]([SpeechDoc(text='a red apple')])
+        started = time.perf_counter()
+        executor.generate(docs=docs, parameters=parameters)
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--steps', type=int, nargs='+', default=[1, 2, 4, 8])
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--full-size', action='store_true',
+                        help='the SD 1.5 architecture with random weights instead of the tiny model')
+    parser.add_argument('--side', type=int, help='image side in pixels (default: the native one)')
+    parser.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
+    args = parser.parse_args()
+    model = DIFFUSION_MODEL
+    if args.full_size:
+        model = FULL_SIZE_DIR
+        if not (model / 'model_index.json').exists():
+            build_sd15_architecture(model)
+    executor = Executor.load_config(str(ROOT / 'executors/stablediffusion/config.yml'),
+                                    uses_with={'model': str(model), 'device': args.device})
+    side = args.side or executor.defaults['width']
+    device = executor.pipeline.device.type
+    rows = []
+    for steps in args.steps:
+        seconds = seconds_per_image(executor, side, steps, args.repeats)
+        rows.append([model.name, device, str(side), str(steps), f'{seconds:.3f}',
+                     f'{1 / seconds:.2f}', f'{seconds / steps:.3f}'])
+    print(machine_summary())
+    print(markdown_table(HEADER, rows))
+
+
+if __name__ == '__main__':
+    main()

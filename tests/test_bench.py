@@ -1,0 +1,51 @@
+"""The cheap benchmarks run end to end and print the tables the README quotes, so `make bench`
+does not rot. Sizes are checked (they are facts of the encodings); timings are not."""
+
+import subprocess
+import sys
+from typing import Dict, List
+
+from tests.conftest import ROOT
+
+
+def run_bench(module: str, *args: str) -> str:
+    return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, capture_output=True,
+                          text=True, check=True, timeout=300).stdout
+
+
+def table_rows(output: str, first_header: str) -> List[Dict[str, str]]:
+    """The rows of the markdown table whose first column is ``first_header``, as dicts."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f'| {first_header} |'))
+    header = [cell.strip() for cell in lines[start].strip('|').split('|')]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith('|'):
+            break
+        rows.append(dict(zip(header, (cell.strip() for cell in line.strip('|').split('|')))))
+    return rows
+
+
+def number(text: str) -> float:
+    return float(text.replace(',', '').rstrip('x'))
+
+
+def test_payloads_compare_every_form():
+    output = run_bench('bench.payloads', '--repeats', '1', '--side', '128')
+    assert output.startswith('Machine: ')
+    audio = {row['audio as']: row for row in table_rows(output, 'audio as')}
+    wav, float32 = audio['WAV file (16-bit PCM)'], audio['float32 tensor']
+    assert number(audio['Ogg/Opus file']['gRPC request bytes']) < number(wav['gRPC request bytes'])
+    assert number(audio['int16 tensor']['gRPC request bytes']) < number(float32['gRPC request bytes'])
+    # JSON writes each sample as a decimal number: several times the binary size.
+    assert number(float32['HTTP request bytes']) > 2 * number(float32['gRPC request bytes'])
+    images = table_rows(output, 'image')
+    assert {row['format'] for row in images} == {'float32 tensor', 'PNG', 'JPEG', 'WEBP'}
+    assert all(number(row['vs float32 tensor']) < 1 for row in images if row['format'] != 'float32 tensor')
+
+
+def test_steps_reports_each_step_count():
+    output = run_bench('bench.steps', '--steps', '1', '2', '--repeats', '1')
+    rows = table_rows(output, 'model')
+    assert [row['steps'] for row in rows] == ['1', '2']
+    assert all(row['model'] == 'tiny-stable-diffusion' and number(row['images/s']) > 0 for row in rows)
