@@ -17,7 +17,7 @@ import re
 import struct
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict
 
 import numpy as np
 
@@ -121,8 +121,8 @@ CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16
 CT2_BINARY_VERSION = 6
 
 
-def read_ct2_model(path: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
-    """Variables and aliases of a CTranslate2 ``model.bin``, as ctranslate2's
+def read_ct2_model(path: Path) -> Dict[str, np.ndarray]:
+    """Variables (aliases resolved) of a CTranslate2 ``model.bin``, as ctranslate2's
     ``ModelSpec._serialize`` writes it: version, spec name, revision, then per variable its name,
     rank, shape, dtype id, byte count and raw little-endian data, then (alias, target) pairs.
     Strings are a uint16 length (counting a trailing NUL), the UTF-8 bytes and the NUL."""
@@ -160,8 +160,11 @@ def read_ct2_model(path: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
         else:
             array = np.frombuffer(raw, np.dtype(dtype).newbyteorder('<'))
         variables[name] = array.reshape(shape)
-    aliases = {string(): string() for _ in range(unpack('I'))}
-    return variables, aliases
+    # CTranslate2 stores a variable equal to an earlier one (tied or identical weights) once.
+    for _ in range(unpack('I')):
+        alias = string()
+        variables[alias] = variables[string()]
+    return variables
 
 
 def ct2_float32(variables: Dict[str, np.ndarray], name: str) -> np.ndarray:
@@ -238,16 +241,16 @@ def convert_ct2_whisper_to_openai(ct2_dir: Path, checkpoint: Path) -> Path:
     checkpoint ``{'dims', 'model_state_dict'}`` at ``checkpoint``, in float32.
 
     The dimensions are read from the weights' shapes; the output projection is tied to the token
-    embedding in both formats (CTranslate2 stores it as an alias). Loaded into
+    embedding in both formats. Loaded into
     ``whisper.model.Whisper`` with ``strict=True``, so a missing or extra weight fails here.
     """
     import torch
     from whisper.model import ModelDimensions, Whisper
 
-    variables, aliases = read_ct2_model(Path(ct2_dir) / 'model.bin')
-    projection = aliases.get('decoder/projection/weight')
-    if projection is not None and projection != 'decoder/embeddings/weight':
-        raise ValueError(f'output projection aliases {projection!r}, not the token embedding')
+    variables = read_ct2_model(Path(ct2_dir) / 'model.bin')
+    projection = variables.get('decoder/projection/weight')
+    if projection is not None and not np.array_equal(projection, variables['decoder/embeddings/weight']):
+        raise ValueError('the output projection is not the token embedding, as openai-whisper ties them')
 
     def layers(prefix: str) -> int:
         return len({match.group(1) for match in map(re.compile(rf'{prefix}/layer_(\d+)/').match, variables)
