@@ -10,6 +10,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 BENCHMARKS = [
     ('Flow against in-process', ['flow_vs_inprocess.py']),
+    ('Whisper backends', ['whisper_backends.py']),
 ]
 
 
