@@ -15,6 +15,7 @@ BENCHMARKS = [
     ('Flow against in-process', 'bench.flow_vs_inprocess'),
     ('Replicas and dynamic batching', 'bench.scaling'),
     ('Images per second by step count', 'bench.steps'),
+    ('Whisper backends', 'bench.whisper_backends'),
     ('Payloads', 'bench.payloads'),
     ('Start-up', 'bench.startup'),
 ]

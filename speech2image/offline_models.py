@@ -5,19 +5,24 @@
 - Images: no text-to-image weights are installable, so ``build_tiny_stable_diffusion`` builds a
   tiny, randomly initialised Stable Diffusion and ``save_pretrained``s it; the Executor then loads
   it through the same ``from_pretrained`` path as a real checkpoint. Its images are noise.
-- ``build_tiny_openai_whisper`` writes a random openai-whisper checkpoint, to exercise that
-  backend's loading and decoding code (its transcripts are gibberish).
+- ``convert_ct2_whisper_to_openai`` converts that same CTranslate2 model into an openai-whisper
+  checkpoint, so the reference PyTorch backend runs the same trained weights (float32).
 
 Run ``python -m speech2image.offline_models models/`` to build everything into ``models/``.
 """
 
 import argparse
 import json
+import re
+import struct
 from dataclasses import asdict
 from pathlib import Path
+from typing import Dict
+
+import numpy as np
 
 TINY_SD_DIR = 'tiny-stable-diffusion'
-TINY_OPENAI_WHISPER_FILE = 'tiny-random-openai-whisper.pt'
+OPENAI_WHISPER_FILE = 'whisper-tiny.en-openai.pt'
 FASTER_WHISPER_LINK = 'whisper-tiny.en-ct2'
 SEED = 0
 CLIP_SPECIAL_TOKENS = ('<|startoftext|>', '<|endoftext|>')
@@ -111,28 +116,167 @@ def build_tiny_stable_diffusion(directory: Path) -> Path:
     return directory
 
 
-def build_tiny_openai_whisper(path: Path) -> Path:
-    """Write a tiny random openai-whisper checkpoint (multilingual vocabulary) to ``path``."""
+# CTranslate2's DataType enum (include/ctranslate2/types.h); bfloat16 is read by hand.
+CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: 'bfloat16'}
+CT2_BINARY_VERSION = 6
+
+
+def read_ct2_model(path: Path) -> Dict[str, np.ndarray]:
+    """Variables (aliases resolved) of a CTranslate2 ``model.bin``, as ctranslate2's
+    ``ModelSpec._serialize`` writes it: version, spec name, revision, then per variable its name,
+    rank, shape, dtype id, byte count and raw little-endian data, then (alias, target) pairs.
+    Strings are a uint16 length (counting a trailing NUL), the UTF-8 bytes and the NUL."""
+    data = path.read_bytes()
+    position = 0
+
+    def unpack(fmt: str):
+        nonlocal position
+        (value,) = struct.unpack_from('<' + fmt, data, position)
+        position += struct.calcsize('<' + fmt)
+        return value
+
+    def string() -> str:
+        nonlocal position
+        length = unpack('H')
+        text = data[position:position + length - 1].decode('utf-8')
+        position += length
+        return text
+
+    version = unpack('I')
+    if version != CT2_BINARY_VERSION:
+        raise ValueError(f'{path}: CTranslate2 binary version {version}, expected {CT2_BINARY_VERSION}')
+    string()  # spec name, e.g. WhisperSpec
+    unpack('I')  # spec revision
+    variables = {}
+    for _ in range(unpack('I')):
+        name = string()
+        shape = tuple(unpack('I') for _ in range(unpack('B')))
+        dtype = CT2_DTYPES[unpack('B')]
+        size = unpack('I')
+        raw = data[position:position + size]
+        position += size
+        if dtype == 'bfloat16':
+            array = (np.frombuffer(raw, '<u2').astype(np.uint32) << 16).view(np.float32)
+        else:
+            array = np.frombuffer(raw, np.dtype(dtype).newbyteorder('<'))
+        variables[name] = array.reshape(shape)
+    # CTranslate2 stores a variable equal to an earlier one (tied or identical weights) once.
+    for _ in range(unpack('I')):
+        alias = string()
+        variables[alias] = variables[string()]
+    return variables
+
+
+def ct2_float32(variables: Dict[str, np.ndarray], name: str) -> np.ndarray:
+    """A variable as float32; int8/int16 weights are dequantized with their per-row
+    ``weight_scale`` (CTranslate2 stores ``round(weight * scale)``)."""
+    value = variables[name]
+    if value.dtype in (np.int8, np.int16):
+        scale = variables[name.rsplit('/', 1)[0] + '/weight_scale'].astype(np.float32)
+        return value.astype(np.float32) / scale.reshape(-1, *([1] * (value.ndim - 1)))
+    return value.astype(np.float32)
+
+
+def ct2_whisper_state_dict(variables: Dict[str, np.ndarray], n_audio_layer: int,
+                           n_text_layer: int) -> Dict[str, np.ndarray]:
+    """openai-whisper's state_dict names for a CTranslate2 WhisperSpec's variables. CTranslate2
+    fuses self-attention's q/k/v (and cross-attention's k/v) into one matrix; they are split,
+    and the key projection's bias (all zeros: Whisper's key has none) is dropped."""
+    out: Dict[str, np.ndarray] = {}
+
+    def get(name: str) -> np.ndarray:
+        return ct2_float32(variables, name)
+
+    def linear(target: str, source: str, bias: bool = True) -> None:
+        out[f'{target}.weight'] = get(f'{source}/weight')
+        if bias:
+            out[f'{target}.bias'] = get(f'{source}/bias')
+
+    def layer_norm(target: str, source: str) -> None:
+        out[f'{target}.weight'] = get(f'{source}/gamma')
+        out[f'{target}.bias'] = get(f'{source}/beta')
+
+    def split(source: str, targets) -> None:
+        weights = np.split(get(f'{source}/weight'), len(targets))
+        biases = np.split(get(f'{source}/bias'), len(targets))
+        for target, weight, bias in zip(targets, weights, biases):
+            out[f'{target}.weight'] = weight
+            if target.endswith('.key'):
+                if np.any(bias):
+                    raise ValueError(f'{source}: non-zero key bias, which openai-whisper lacks')
+            else:
+                out[f'{target}.bias'] = bias
+
+    def block(target: str, source: str, cross: bool) -> None:
+        attn = f'{source}/self_attention'
+        split(f'{attn}/linear_0', [f'{target}.attn.{p}' for p in ('query', 'key', 'value')])
+        linear(f'{target}.attn.out', f'{attn}/linear_1')
+        layer_norm(f'{target}.attn_ln', f'{attn}/layer_norm')
+        if cross:
+            cross_attn = f'{source}/attention'
+            linear(f'{target}.cross_attn.query', f'{cross_attn}/linear_0')
+            split(f'{cross_attn}/linear_1', [f'{target}.cross_attn.{p}' for p in ('key', 'value')])
+            linear(f'{target}.cross_attn.out', f'{cross_attn}/linear_2')
+            layer_norm(f'{target}.cross_attn_ln', f'{cross_attn}/layer_norm')
+        linear(f'{target}.mlp.0', f'{source}/ffn/linear_0')
+        linear(f'{target}.mlp.2', f'{source}/ffn/linear_1')
+        layer_norm(f'{target}.mlp_ln', f'{source}/ffn/layer_norm')
+
+    for conv in ('conv1', 'conv2'):
+        linear(f'encoder.{conv}', f'encoder/{conv}')
+    out['encoder.positional_embedding'] = get('encoder/position_encodings/encodings')
+    for i in range(n_audio_layer):
+        block(f'encoder.blocks.{i}', f'encoder/layer_{i}', cross=False)
+    layer_norm('encoder.ln_post', 'encoder/layer_norm')
+    out['decoder.token_embedding.weight'] = get('decoder/embeddings/weight')
+    out['decoder.positional_embedding'] = get('decoder/position_encodings/encodings')
+    for i in range(n_text_layer):
+        block(f'decoder.blocks.{i}', f'decoder/layer_{i}', cross=True)
+    layer_norm('decoder.ln', 'decoder/layer_norm')
+    return out
+
+
+def convert_ct2_whisper_to_openai(ct2_dir: Path, checkpoint: Path) -> Path:
+    """Convert a CTranslate2 Whisper model directory (``model.bin``) into an openai-whisper
+    checkpoint ``{'dims', 'model_state_dict'}`` at ``checkpoint``, in float32.
+
+    The dimensions are read from the weights' shapes; the output projection is tied to the token
+    embedding in both formats. Loaded into
+    ``whisper.model.Whisper`` with ``strict=True``, so a missing or extra weight fails here.
+    """
     import torch
     from whisper.model import ModelDimensions, Whisper
 
-    torch.manual_seed(SEED)
+    variables = read_ct2_model(Path(ct2_dir) / 'model.bin')
+    projection = variables.get('decoder/projection/weight')
+    if projection is not None and not np.array_equal(projection, variables['decoder/embeddings/weight']):
+        raise ValueError('the output projection is not the token embedding, as openai-whisper ties them')
+
+    def layers(prefix: str) -> int:
+        return len({match.group(1) for match in map(re.compile(rf'{prefix}/layer_(\d+)/').match, variables)
+                    if match})
+
+    n_audio_state, n_mels, _ = variables['encoder/conv1/weight'].shape
+    n_vocab, n_text_state = variables['decoder/embeddings/weight'].shape
     dims = ModelDimensions(
-        n_mels=80,
-        n_audio_ctx=1500,  # fixed by Whisper's 30 s window; the encoder asserts it
-        n_audio_state=64,
-        n_audio_head=2,
-        n_audio_layer=1,
-        n_vocab=51865,
-        n_text_ctx=448,
-        n_text_state=64,
-        n_text_head=2,
-        n_text_layer=1,
+        n_mels=n_mels,
+        n_audio_ctx=variables['encoder/position_encodings/encodings'].shape[0],
+        n_audio_state=n_audio_state,
+        n_audio_head=int(variables['encoder/num_heads']),
+        n_audio_layer=layers('encoder'),
+        n_vocab=n_vocab,
+        n_text_ctx=variables['decoder/position_encodings/encodings'].shape[0],
+        n_text_state=n_text_state,
+        n_text_head=int(variables['decoder/num_heads']),
+        n_text_layer=layers('decoder'),
     )
+    state = ct2_whisper_state_dict(variables, dims.n_audio_layer, dims.n_text_layer)
     model = Whisper(dims)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({'dims': asdict(dims), 'model_state_dict': model.state_dict()}, path)
-    return path
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
+                          strict=True)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'dims': asdict(dims), 'model_state_dict': model.state_dict()}, checkpoint)
+    return checkpoint
 
 
 def build_all(models_dir: Path) -> None:
@@ -140,11 +284,11 @@ def build_all(models_dir: Path) -> None:
     models_dir.mkdir(parents=True, exist_ok=True)
     if not (models_dir / TINY_SD_DIR / 'model_index.json').exists():
         build_tiny_stable_diffusion(models_dir / TINY_SD_DIR)
-    if not (models_dir / TINY_OPENAI_WHISPER_FILE).exists():
-        build_tiny_openai_whisper(models_dir / TINY_OPENAI_WHISPER_FILE)
     link = models_dir / FASTER_WHISPER_LINK
     if not link.exists():
         link.symlink_to(faster_whisper_tiny_en())
+    if not (models_dir / OPENAI_WHISPER_FILE).exists():
+        convert_ct2_whisper_to_openai(link, models_dir / OPENAI_WHISPER_FILE)
 
 
 def main() -> None:

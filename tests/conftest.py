@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / 'assets'
 MODELS = ROOT / 'models'
 TINY_SD = MODELS / offline_models.TINY_SD_DIR
-TINY_OPENAI_WHISPER = MODELS / offline_models.TINY_OPENAI_WHISPER_FILE
+OPENAI_WHISPER_TINY_EN = MODELS / offline_models.OPENAI_WHISPER_FILE
 WHISPER_TINY_EN = offline_models.faster_whisper_tiny_en()
 
 

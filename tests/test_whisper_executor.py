@@ -9,7 +9,7 @@ from speech2image.hub import ModelLoadError
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from speech2image.validation import RequestError
 from tests.audio_files import apple_samples
-from tests.conftest import ASSETS, TINY_OPENAI_WHISPER, WHISPER_TINY_EN
+from tests.conftest import ASSETS, OPENAI_WHISPER_TINY_EN, WHISPER_TINY_EN
 
 CONFIG = 'executors/whisper/config.yml'
 
@@ -86,14 +86,25 @@ def test_generate_endpoint_checks_prompts(whisper):
     assert doc.text == 'a cat'
 
 
-def test_openai_whisper_backend_loads_a_local_checkpoint_and_decodes_bounded():
-    """A random checkpoint: the transcript is gibberish, but loading and bounded decoding are real."""
-    executor = load_whisper(backend='openai-whisper', model=str(TINY_OPENAI_WHISPER), max_new_tokens=8)
-    transcript = executor.backend.transcribe(apple_samples(), task='translate', language=None)
-    assert transcript.language in executor.backend.languages
-    assert isinstance(transcript.text, str)
-    assert all(segment['end'] >= segment['start'] for segment in transcript.segments)
+def test_openai_whisper_backend_transcribes_the_spoken_clip_with_the_converted_weights():
+    """The same trained tiny.en as faster-whisper, converted from CTranslate2 to an openai-whisper
+    checkpoint (offline_models.convert_ct2_whisper_to_openai)."""
+    executor = load_whisper(backend='openai-whisper', model=str(OPENAI_WHISPER_TINY_EN))
+    assert not executor.backend.multilingual
+    [doc] = run(executor, [SpeechDoc(bytes_=(ASSETS / 'apple.wav').read_bytes())])
+    assert 'painting of a red apple on a wooden table' in doc.text.lower()
+    assert doc.tags['language'] == 'en'
+    assert doc.tags['task'] == 'transcribe'
+    [segment] = doc.tags['segments']
+    assert 0 <= segment['start'] < segment['end'] <= 3.1
 
+
+
+def test_openai_whisper_backend_decodes_at_most_max_new_tokens():
+    executor = load_whisper(backend='openai-whisper', model=str(OPENAI_WHISPER_TINY_EN), max_new_tokens=3)
+    transcript = executor.backend.transcribe(apple_samples(), task='transcribe', language=None)
+    assert 1 <= len(transcript.text.split()) <= 3
+    assert 'painting of a red apple'.startswith(transcript.text.lower())
 
 @pytest.mark.parametrize('backend', ['faster-whisper', 'openai-whisper'])
 def test_unavailable_model_fails_fast_with_its_name(backend):
