@@ -1,7 +1,7 @@
 """What the Flow costs: per-request latency and throughput through the gateway against calling
 the same Executors in-process, in one run, on the offline models.
 
-    python -m bench.flow_vs_inprocess [--requests 32] [--concurrency 1 4 16] [--repeats 3]
+    python -m bench.flow_vs_inprocess [--requests 24] [--concurrency 1 4 16] [--repeats 3]
 
 Workloads (bench/measure.py): ``speech``, the whole pipeline on assets/apple.wav; ``text``,
 ``/generate`` with one denoising step, where the Flow's own overhead shows most.
@@ -93,7 +93,7 @@ def run(requests: int, concurrencies: List[int], repeats: int) -> List[List[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--requests', type=int, default=32, help='requests per measurement')
+    parser.add_argument('--requests', type=int, default=24, help='requests per measurement')
     parser.add_argument('--concurrency', type=int, nargs='+', default=[1, 4, 16])
     parser.add_argument('--repeats', type=int, default=3)
     args = parser.parse_args()

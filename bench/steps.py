@@ -1,13 +1,16 @@
-"""Images per second at several step counts, through the StableDiffusionExecutor in-process.
+"""Images per second at several step counts and batch sizes, through the StableDiffusionExecutor
+in-process.
 
-    python -m bench.steps [--steps 1 2 4 8] [--repeats 5]
+    python -m bench.steps [--steps 1 2 4 8] [--batch-sizes 1 4] [--repeats 5]
     python -m bench.steps --full-size [--side 512] [--device cuda]
 
 By default on the offline tiny model (models/tiny-stable-diffusion, 64 px). ``--full-size``
 builds the Stable Diffusion 1.5 architecture (UNet, VAE and CLIP text encoder at their real
 sizes) with random weights, saves it once under models/, and loads it through the Executor's
 ``from_pretrained`` path: no hub has the weights here, but compute cost does not depend on them.
-Every figure is the median over ``--repeats`` requests after a warm-up, one image per request.
+Every figure is the median over ``--repeats`` calls after a warm-up; a batch of N is one
+``generate`` call for N prompts, as dynamic batching makes it, so the batch rows are the most
+batching can gain on this hardware.
 """
 
 import argparse
@@ -26,7 +29,8 @@ from speech2image.offline_models import build_clip_tokenizer, CLIP_MAX_LENGTH, S
 from speech2image.schema import SpeechDoc
 
 FULL_SIZE_DIR = MODELS / 'sd15-architecture-random'
-HEADER = ['model', 'device', 'side', 'steps', 'seconds per image', 'images/s', 'seconds per step']
+HEADER = ['model', 'device', 'side', 'steps', 'batch', 'seconds per image', 'images/s',
+          'seconds per step']
 
 
 def build_sd15_architecture(directory: Path) -> Path:
@@ -61,21 +65,23 @@ def build_sd15_architecture(directory: Path) -> Path:
     return directory
 
 
-def seconds_per_image(executor, side: int, steps: int, repeats: int) -> float:
-    """Median seconds of one ``/generate`` call for one image, after one warm-up call."""
+def seconds_per_image(executor, side: int, steps: int, batch: int, repeats: int) -> float:
+    """Median seconds per image of one ``/generate`` call for ``batch`` prompts, after one
+    warm-up call."""
     parameters = {'num_inference_steps': steps, 'width': side, 'height': side, 'seed': 1}
     timings: List[float] = []
     for _ in range(repeats + 1):
-        docs = DocList[SpeechDoc]([SpeechDoc(text='a red apple')])
+        docs = DocList[SpeechDoc]([SpeechDoc(text='a red apple') for _ in range(batch)])
         started = time.perf_counter()
         executor.generate(docs=docs, parameters=parameters)
-        timings.append(time.perf_counter() - started)
+        timings.append((time.perf_counter() - started) / batch)
     return statistics.median(timings[1:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--steps', type=int, nargs='+', default=[1, 2, 4, 8])
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 4])
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--full-size', action='store_true',
                         help='the SD 1.5 architecture with random weights instead of the tiny model')
@@ -93,9 +99,10 @@ def main() -> None:
     device = executor.pipeline.device.type
     rows = []
     for steps in args.steps:
-        seconds = seconds_per_image(executor, side, steps, args.repeats)
-        rows.append([model.name, device, str(side), str(steps), f'{seconds:.3f}',
-                     f'{1 / seconds:.2f}', f'{seconds / steps:.3f}'])
+        for batch in args.batch_sizes:
+            seconds = seconds_per_image(executor, side, steps, batch, args.repeats)
+            rows.append([model.name, device, str(side), str(steps), str(batch), f'{seconds:.3f}',
+                         f'{1 / seconds:.2f}', f'{seconds / steps:.3f}'])
     print(machine_summary())
     print(markdown_table(HEADER, rows))
 

@@ -45,7 +45,7 @@ def test_payloads_compare_every_form():
 
 
 def test_steps_reports_each_step_count():
-    output = run_bench('bench.steps', '--steps', '1', '2', '--repeats', '1')
+    output = run_bench('bench.steps', '--steps', '1', '2', '--batch-sizes', '1', '2', '--repeats', '1')
     rows = table_rows(output, 'model')
-    assert [row['steps'] for row in rows] == ['1', '2']
+    assert [(row['steps'], row['batch']) for row in rows] == [('1', '1'), ('1', '2'), ('2', '1'), ('2', '2')]
     assert all(row['model'] == 'tiny-stable-diffusion' and number(row['images/s']) > 0 for row in rows)
