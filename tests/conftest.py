@@ -1,7 +1,11 @@
 """Shared fixtures: the offline models, and the real Flow from flow.py served on 127.0.0.1."""
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +117,41 @@ def serve_flow(*extra_flags: str) -> Iterator[RunningFlow]:
         yield RunningFlow(
             args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring, flow
         )
+
+
+FLOW_START_TIMEOUT_S = 180
+
+
+@contextmanager
+def serve_flow_process(*extra_flags: str) -> Iterator[RunningFlow]:
+    """``python flow.py`` on the offline models in its own process group, stopped with SIGINT.
+
+    For Flows this process must not fork: jina forks the Flow's processes from the one that
+    builds it, and after many Flows this one holds gRPC and OpenTelemetry threads whose forked
+    copies crashed it (a segfault starting the tracing Flow, in two CI runs)."""
+    from jina import Client
+
+    flags = offline_flow_flags(*extra_flags)
+    args = flow_module.parse_args(flags)
+    process = subprocess.Popen([sys.executable, str(ROOT / 'flow.py'), *flags], cwd=ROOT,
+                               start_new_session=True)
+    try:
+        client = Client(host=f'grpc://127.0.0.1:{args.port_grpc}')
+        deadline = time.monotonic() + FLOW_START_TIMEOUT_S
+        while not client.is_flow_ready(timeout=1.0):
+            assert process.poll() is None, f'flow.py exited with {process.returncode}'
+            assert time.monotonic() < deadline, f'flow.py not ready in {FLOW_START_TIMEOUT_S} s'
+            time.sleep(0.2)
+        yield RunningFlow(args.port_grpc, args.port_http, args.port_websocket,
+                          args.port_monitoring)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 @pytest.fixture(scope='session')

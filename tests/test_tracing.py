@@ -1,9 +1,9 @@
 """OpenTelemetry tracing: one request gives one trace through gateway, Whisper and diffusion.
 
 A small in-process OTLP/gRPC collector (opentelemetry-proto's TraceService on grpcio) stands in
-for a real collector on 127.0.0.1 and keeps every span it is sent. It starts after the Flow: jina
-forks the gateway and Executors, and a forked copy of a running gRPC server crashes. The exporters
-connect lazily, at their first export, so nothing is lost.
+for a real collector on 127.0.0.1 and keeps every span it is sent. The Flow runs as ``python
+flow.py`` in its own process (``serve_flow_process``): its exporters connect lazily, at their
+first export, so nothing is lost while the collector starts.
 """
 
 import threading
@@ -18,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from speech2image.client import send
 from speech2image.schema import SpeechDoc
-from tests.conftest import ASSETS, free_ports, serve_flow
+from tests.conftest import ASSETS, free_ports, serve_flow_process
 
 SPAN_DEADLINE_SECONDS = 30
 # jina's BatchSpanProcessor exports every 5 s by default; sooner keeps the test short.
@@ -75,8 +75,9 @@ def test_a_request_is_one_trace_across_the_flow(monkeypatch):
     servicer = SpanCollector()
     [port] = free_ports(1)
     monkeypatch.setenv('OTEL_BSP_SCHEDULE_DELAY', EXPORT_DELAY_MS)
-    with serve_flow('--traces-exporter-host', 'http://127.0.0.1',
-                    '--traces-exporter-port', str(port)) as flow, serve_collector(servicer, port):
+    with serve_flow_process('--traces-exporter-host', 'http://127.0.0.1',
+                            '--traces-exporter-port', str(port)) as flow, \
+            serve_collector(servicer, port):
         [doc] = send(flow.grpc, '/', [SpeechDoc(bytes_=(ASSETS / 'apple.wav').read_bytes())],
                      {'seed': 1})
         assert doc.matches
