@@ -3,16 +3,15 @@ load, and what importing the light modules costs.
 
     python -m bench.startup [--repeats 3]
 
-The Flow runs on the offline models. "Ready" is the moment jina's Client reports the Flow ready
-over gRPC. Model load times are the Executors' own ``speech2image_model_load_seconds`` gauges
-(loading and configuring the model; the diffusion warm-up generation comes after). Import times
-are fresh interpreters importing a module, with the heavy libraries it pulled in.
+The Flow runs on the offline models, started as the tracing test starts it
+(``tests.conftest.serve_flow_process``). "Ready" is the moment jina's Client reports the Flow
+ready over gRPC. Model load times are the Executors' own ``speech2image_model_load_seconds``
+gauges (loading and configuring the model; the diffusion warm-up generation comes after). Import
+times are fresh interpreters importing a module, with the heavy libraries it pulled in.
 Every figure is the median over ``--repeats`` runs.
 """
 
 import argparse
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -21,13 +20,11 @@ import urllib.request
 from typing import Dict, List
 
 # bench.measure first: it sets the environment jina and torch read at import.
-from bench.measure import DIFFUSION_MODEL, ROOT, WHISPER_MODEL
+from bench.measure import ROOT
 from bench.report import machine_summary, markdown_table
-from jina import Client
 
-from tests.conftest import free_port_run, free_ports
+from tests.conftest import serve_flow_process
 
-READY_TIMEOUT_S = 300
 LOAD_METRIC = 'speech2image_model_load_seconds'
 HEAVY_MODULES = ('torch', 'diffusers', 'transformers', 'faster_whisper', 'ctranslate2', 'whisper')
 LIGHT_MODULES = ('speech2image.client', 'speech2image.schema', 'flow')
@@ -43,32 +40,12 @@ def model_load_seconds(port: int) -> float:
 
 
 def start_once() -> Dict[str, float]:
-    """Start flow.py, time it to ready, read both load gauges, stop it (SIGINT, as Ctrl-C)."""
-    grpc, http, websocket = free_ports(3)
-    monitoring = free_port_run(3)
-    command = [sys.executable, 'flow.py', '--host', '127.0.0.1', '--port-grpc', str(grpc),
-               '--port-http', str(http), '--port-websocket', str(websocket),
-               '--port-monitoring', str(monitoring), '--whisper-model', str(WHISPER_MODEL),
-               '--diffusion-model', str(DIFFUSION_MODEL)]
+    """Start flow.py, time it to ready, read both load gauges, stop it."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        client = Client(host=f'grpc://127.0.0.1:{grpc}')
-        while not client.is_flow_ready(timeout=1.0):
-            if process.poll() is not None or time.perf_counter() - started > READY_TIMEOUT_S:
-                raise RuntimeError(f'flow.py did not become ready (exit {process.returncode})')
-            time.sleep(0.1)
+    with serve_flow_process() as flow:
         ready = time.perf_counter() - started
-        return {'ready': ready, 'whisper': model_load_seconds(monitoring + 1),
-                'stablediffusion': model_load_seconds(monitoring + 2)}
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        return {'ready': ready, 'whisper': model_load_seconds(flow.port_monitoring + 1),
+                'stablediffusion': model_load_seconds(flow.port_monitoring + 2)}
 
 
 def import_cost(module: str) -> Dict[str, object]:

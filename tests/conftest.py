@@ -124,7 +124,8 @@ FLOW_START_TIMEOUT_S = 180
 
 @contextmanager
 def serve_flow_process(*extra_flags: str) -> Iterator[RunningFlow]:
-    """``python flow.py`` on the offline models in its own process group, stopped with SIGINT.
+    """``python flow.py`` on the offline models in its own process group, yielded once ready,
+    stopped with SIGINT (as Ctrl-C). The tracing test and bench/startup.py run it this way.
 
     For Flows this process must not fork: jina forks the Flow's processes from the one that
     builds it, and after many Flows this one holds gRPC and OpenTelemetry threads whose forked
@@ -133,8 +134,9 @@ def serve_flow_process(*extra_flags: str) -> Iterator[RunningFlow]:
 
     flags = offline_flow_flags(*extra_flags)
     args = flow_module.parse_args(flags)
+    # Its log goes to stderr (descriptor 2), so a caller's stdout stays its own.
     process = subprocess.Popen([sys.executable, str(ROOT / 'flow.py'), *flags], cwd=ROOT,
-                               start_new_session=True)
+                               stdout=2, start_new_session=True)
     try:
         client = Client(host=f'grpc://127.0.0.1:{args.port_grpc}')
         deadline = time.monotonic() + FLOW_START_TIMEOUT_S
