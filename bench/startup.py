@@ -20,7 +20,7 @@ import urllib.request
 from typing import Dict, List
 
 # bench.measure first: it sets the environment jina and torch read at import.
-from bench.measure import ROOT
+from bench.measure import ROOT, median_run
 from bench.report import machine_summary, markdown_table
 
 from tests.conftest import serve_flow_process
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3)
     args = parser.parse_args()
     runs: List[Dict[str, float]] = [start_once() for _ in range(args.repeats)]
-    median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    median = median_run(runs)
     print(machine_summary())
     print(markdown_table(['what', 'seconds'], [
         ['`python flow.py` to ready (offline models)', f'{median["ready"]:.1f}'],

@@ -16,7 +16,6 @@ batching can gain on this hardware.
 import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import List
 
 # bench.measure first: it sets the environment jina and torch read at import.
@@ -25,7 +24,7 @@ from bench.report import machine_summary, markdown_table
 from docarray import DocList
 from jina import Executor
 
-from speech2image.offline_models import build_clip_tokenizer, CLIP_MAX_LENGTH, SEED
+from speech2image.offline_models import build_random_stable_diffusion
 from speech2image.schema import SpeechDoc
 
 FULL_SIZE_DIR = MODELS / 'sd15-architecture-random'
@@ -33,36 +32,15 @@ HEADER = ['model', 'device', 'side', 'steps', 'batch', 'seconds per image', 'ima
           'seconds per step']
 
 
-def build_sd15_architecture(directory: Path) -> Path:
-    """Stable Diffusion 1.5's components at full size, randomly initialised, saved to
-    ``directory`` (about 4 GB in float32). The configs are SD 1.5's published ones."""
-    import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, StableDiffusionPipeline
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(SEED)
-    tokenizer = build_clip_tokenizer(directory / 'tokenizer')
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072,
-        num_attention_heads=12, num_hidden_layers=12, max_position_embeddings=CLIP_MAX_LENGTH,
-        hidden_act='quick_gelu', bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-        down_block_types=('DownEncoderBlock2D',) * 4, up_block_types=('UpDecoderBlock2D',) * 4,
-        sample_size=512,
-    )
-    pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012,
-                                              beta_schedule='scaled_linear', steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(directory)
-    return directory
+# Stable Diffusion 1.5's published component configs, as build_random_stable_diffusion takes them.
+SD15_SIZES = dict(
+    text_encoder=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                      num_hidden_layers=12, hidden_act='quick_gelu'),
+    unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+    vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+             down_block_types=('DownEncoderBlock2D',) * 4,
+             up_block_types=('UpDecoderBlock2D',) * 4, sample_size=512),
+)
 
 
 def seconds_per_image(executor, side: int, steps: int, batch: int, repeats: int) -> float:
@@ -92,7 +70,7 @@ def main() -> None:
     if args.full_size:
         model = FULL_SIZE_DIR
         if not (model / 'model_index.json').exists():
-            build_sd15_architecture(model)
+            build_random_stable_diffusion(model, **SD15_SIZES)  # about 4 GB in float32
     executor = Executor.load_config(str(ROOT / 'executors/stablediffusion/config.yml'),
                                     uses_with={'model': str(model), 'device': args.device})
     side = args.side or executor.defaults['width']

@@ -52,8 +52,42 @@ def build_clip_tokenizer(directory: Path):
     return CLIPTokenizer.from_pretrained(directory, model_max_length=CLIP_MAX_LENGTH)
 
 
-def build_tiny_stable_diffusion(directory: Path) -> Path:
-    """Build a tiny random Stable Diffusion pipeline and save it to ``directory``."""
+# Component sizes of the tiny model: keyword arguments of CLIPTextConfig, UNet2DConditionModel
+# and AutoencoderKL.
+TINY_SD_SIZES = dict(
+    text_encoder=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                      num_hidden_layers=2),
+    unet=dict(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,  # 64 px images: the VAE halves each side once
+        in_channels=4,
+        out_channels=4,
+        down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D'),
+        up_block_types=('CrossAttnUpBlock2D', 'UpBlock2D'),
+        cross_attention_dim=32,
+        norm_num_groups=32,
+    ),
+    vae=dict(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=('DownEncoderBlock2D', 'DownEncoderBlock2D'),
+        up_block_types=('UpDecoderBlock2D', 'UpDecoderBlock2D'),
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
+    ),
+)
+
+
+def build_random_stable_diffusion(directory: Path, text_encoder: Dict, unet: Dict, vae: Dict) -> Path:
+    """Build a randomly initialised Stable Diffusion 1.x pipeline and save it to ``directory``.
+
+    ``text_encoder``, ``unet`` and ``vae`` are the keyword arguments of CLIPTextConfig,
+    UNet2DConditionModel and AutoencoderKL; the tokenizer is ``build_clip_tokenizer``'s and the
+    scheduler SD 1.x's noise schedule.
+    """
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -65,45 +99,22 @@ def build_tiny_stable_diffusion(directory: Path) -> Path:
 
     torch.manual_seed(SEED)
     tokenizer = build_clip_tokenizer(directory / 'tokenizer')
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=CLIP_MAX_LENGTH,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,  # 64 px images: the VAE halves each side once
-        in_channels=4,
-        out_channels=4,
-        down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D'),
-        up_block_types=('CrossAttnUpBlock2D', 'UpBlock2D'),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=('DownEncoderBlock2D', 'DownEncoderBlock2D'),
-        up_block_types=('UpDecoderBlock2D', 'UpDecoderBlock2D'),
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=64,
-    )
+    # Built in this order, so a given seed always gives the same weights.
+    text_encoder_model = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **text_encoder,
+    ))
+    unet_model = UNet2DConditionModel(**unet)
+    vae_model = AutoencoderKL(**vae)
     pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
+        vae=vae_model,
+        text_encoder=text_encoder_model,
         tokenizer=tokenizer,
-        unet=unet,
+        unet=unet_model,
         # Stable Diffusion 1.x's noise schedule.
         scheduler=DPMSolverMultistepScheduler(
             beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', steps_offset=1
@@ -114,6 +125,11 @@ def build_tiny_stable_diffusion(directory: Path) -> Path:
     )
     pipeline.save_pretrained(directory)
     return directory
+
+
+def build_tiny_stable_diffusion(directory: Path) -> Path:
+    """Build the tiny random Stable Diffusion pipeline and save it to ``directory``."""
+    return build_random_stable_diffusion(directory, **TINY_SD_SIZES)
 
 
 # CTranslate2's DataType enum (include/ctranslate2/types.h); bfloat16 is read by hand.
