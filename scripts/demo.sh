@@ -3,17 +3,8 @@
 # transcript, write the images to out/, stop. Run it as `make demo` (which installs first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
-export HF_HUB_OFFLINE=1 JINA_OPTOUT_TELEMETRY=1
 GATEWAY=grpc://127.0.0.1:54322
-mkdir -p out
-
-$PY flow.py --host 127.0.0.1 \
-  --whisper-model models/whisper-tiny.en-ct2 \
-  --diffusion-model models/tiny-stable-diffusion \
-  --num-inference-steps 10 > out/flow.log 2>&1 &
-flow_pid=$!
-trap 'kill $flow_pid 2>/dev/null; wait $flow_pid 2>/dev/null || true' EXIT
+source scripts/offline_flow.sh
 
 echo "Starting the Flow (log: out/flow.log)..."
 $PY - "$flow_pid" <<'PYEOF'
