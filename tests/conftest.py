@@ -6,10 +6,10 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -122,30 +122,43 @@ def serve_flow(*extra_flags: str) -> Iterator[RunningFlow]:
 FLOW_START_TIMEOUT_S = 180
 
 
+def wait_flow_ready(running: RunningFlow, process: subprocess.Popen) -> None:
+    """Until jina's Client reports the Flow ready (its dry run reaches every Executor)."""
+    from jina import Client
+
+    client = Client(host=running.grpc)
+    deadline = time.monotonic() + FLOW_START_TIMEOUT_S
+    while not client.is_flow_ready(timeout=1.0):
+        assert process.poll() is None, f'flow.py exited with {process.returncode}'
+        assert time.monotonic() < deadline, f'flow.py not ready in {FLOW_START_TIMEOUT_S} s'
+        time.sleep(0.2)
+
+
 @contextmanager
-def serve_flow_process(*extra_flags: str) -> Iterator[RunningFlow]:
-    """``python flow.py`` on the offline models in its own process group, yielded once ready,
-    stopped with SIGINT (as Ctrl-C). The tracing test and bench/startup.py run it this way.
+def serve_flow_process(*extra_flags: str, env: Optional[Dict[str, str]] = None,
+                       log: Optional[Path] = None,
+                       wait_ready: Callable[[RunningFlow, subprocess.Popen], None] = wait_flow_ready,
+                       ) -> Iterator[RunningFlow]:
+    """``python flow.py`` on the offline models in its own process group, yielded once
+    ``wait_ready`` returns, stopped with SIGINT (as Ctrl-C). ``env`` is added to this process's
+    environment; the Flow's output goes to ``log``, else to stderr (a caller's stdout stays its
+    own). The default readiness check is a dry run, which a Flow that requires an API key refuses.
 
     For Flows this process must not fork: jina forks the Flow's processes from the one that
     builds it, and after many Flows this one holds gRPC and OpenTelemetry threads whose forked
     copies crashed it (a segfault starting the tracing Flow, in two CI runs)."""
-    from jina import Client
-
     flags = offline_flow_flags(*extra_flags)
     args = flow_module.parse_args(flags)
-    # Its log goes to stderr (descriptor 2), so a caller's stdout stays its own.
-    process = subprocess.Popen([sys.executable, str(ROOT / 'flow.py'), *flags], cwd=ROOT,
-                               stdout=2, start_new_session=True)
+    running = RunningFlow(args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring)
+    with ExitStack() as stack:
+        output = stack.enter_context(open(log, 'wb')) if log else 2
+        process = subprocess.Popen([sys.executable, str(ROOT / 'flow.py'), *flags], cwd=ROOT,
+                                   env={**os.environ, **(env or {})}, stdout=output,
+                                   stderr=subprocess.STDOUT if log else None,
+                                   start_new_session=True)
     try:
-        client = Client(host=f'grpc://127.0.0.1:{args.port_grpc}')
-        deadline = time.monotonic() + FLOW_START_TIMEOUT_S
-        while not client.is_flow_ready(timeout=1.0):
-            assert process.poll() is None, f'flow.py exited with {process.returncode}'
-            assert time.monotonic() < deadline, f'flow.py not ready in {FLOW_START_TIMEOUT_S} s'
-            time.sleep(0.2)
-        yield RunningFlow(args.port_grpc, args.port_http, args.port_websocket,
-                          args.port_monitoring)
+        wait_ready(running, process)
+        yield running
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGINT)

@@ -4,7 +4,6 @@ its own process, as deployed, with the token and the key in its environment."""
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import requests
 
 from speech2image.client import ServiceError, send
 from speech2image.schema import SpeechDoc
-from tests.conftest import ROOT, free_ports, offline_flow_flags
+from tests.conftest import ROOT, free_ports, serve_flow_process
 
 API_KEY = secrets.token_hex(16)
 HF_TOKEN = 'hf_' + secrets.token_hex(20)  # the value grepped for everywhere
@@ -26,38 +25,26 @@ START_SECONDS = 180
 @pytest.fixture(scope='module')
 def secured_flow(tmp_path_factory):
     """`python flow.py` on the offline models with HF_TOKEN and S2I_API_KEY set, logging at DEBUG
-    into a file; yields (flags' addresses, log path)."""
+    into a file; yields (its addresses, log path)."""
     log = tmp_path_factory.mktemp('secured') / 'flow.log'
-    flags = offline_flow_flags('--cors-origin', PAGE_ORIGIN)
-    ports = dict(zip(flags[0::2], flags[1::2]))
-    env = {**os.environ, 'HF_TOKEN': HF_TOKEN, 'S2I_API_KEY': API_KEY, 'JINA_LOG_LEVEL': 'DEBUG'}
-    with open(log, 'wb') as output:
-        process = subprocess.Popen([sys.executable, 'flow.py', *flags], cwd=ROOT, env=env,
-                                   stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    addresses = {
-        'grpc': f'grpc://127.0.0.1:{ports["--port-grpc"]}',
-        'http': f'http://127.0.0.1:{ports["--port-http"]}',
-        'websocket': f'websocket://127.0.0.1:{ports["--port-websocket"]}',
-        'metrics': [int(ports['--port-monitoring']) + offset for offset in range(3)],
-    }
-    try:
-        wait_until_serving(addresses['grpc'], process)
-        yield addresses, log
-    finally:
-        process.send_signal(signal.SIGINT)  # jina's Ctrl-C: close the Flow
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    env = {'HF_TOKEN': HF_TOKEN, 'S2I_API_KEY': API_KEY, 'JINA_LOG_LEVEL': 'DEBUG'}
+    with serve_flow_process('--cors-origin', PAGE_ORIGIN, env=env, log=log,
+                            wait_ready=wait_until_serving) as running:
+        yield {
+            'grpc': running.grpc,
+            'http': running.http,
+            'websocket': running.websocket,
+            'metrics': [running.port_monitoring + offset for offset in range(3)],
+        }, log
 
 
-def wait_until_serving(address, process):
+def wait_until_serving(running, process):
+    """Until a keyed request is answered: the readiness dry run carries no key."""
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         assert process.poll() is None, 'flow.py exited'
         try:
-            send(address, '/transcribe', [SpeechDoc(text='ready?')], {}, API_KEY)
+            send(running.grpc, '/transcribe', [SpeechDoc(text='ready?')], {}, API_KEY)
             return
         except ServiceError:
             time.sleep(1)
