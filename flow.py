@@ -13,17 +13,23 @@ flow.yml is this Flow exported with the default flags (``make flow.yml``); a tes
 """
 
 import argparse
+import functools
+import multiprocessing
 import os
+import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from speech2image import defaults
 from speech2image.settings import apply_environment
 
 ROOT = Path(__file__).resolve().parent
 ENV_PREFIX = 'S2I_'
 FLOW_NAME = 'speech2image'
-ENDPOINTS = ('/', '/transcribe', '/generate')
+# After the Flow is closed, how long its processes may take to exit before they are killed.
+CHILD_EXIT_SECONDS = 5.0
 # The gateway: jina's, with an API key, a pending-request bound and a drain (speech2image/gateway.py).
 GATEWAY_CONFIG = 'speech2image/gateway.yml'
 # JCloud resources, as `jc deploy flow.yml` reads them.
@@ -37,12 +43,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         description='Serve the speech2image Flow.', formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     gateway = parser.add_argument_group('gateway')
-    gateway.add_argument('--host', default='0.0.0.0', help='address the gateway binds')
-    gateway.add_argument('--port-grpc', type=int, default=54322)
-    gateway.add_argument('--port-http', type=int, default=54323)
-    gateway.add_argument('--port-websocket', type=int, default=54324)
-    gateway.add_argument('--port-monitoring', type=int, default=9090,
+    gateway.add_argument('--host', default=defaults.HOST,
+                         help='address the gateway binds (0.0.0.0: every interface)')
+    gateway.add_argument('--port-grpc', type=int, default=defaults.PORT_GRPC)
+    gateway.add_argument('--port-http', type=int, default=defaults.PORT_HTTP)
+    gateway.add_argument('--port-websocket', type=int, default=defaults.PORT_WEBSOCKET)
+    gateway.add_argument('--port-monitoring', type=int, default=defaults.PORT_MONITORING,
                          help='Prometheus /metrics of the gateway; Executors use the next ports')
+    gateway.add_argument('--monitoring-host',
+                         help='address the three /metrics servers bind; unset: the same as --host')
     gateway.add_argument('--timeout-send-ms', type=int, default=60_000,
                          help='longest wait for one Executor to answer one attempt, in ms')
     gateway.add_argument('--retries', type=int, default=1,
@@ -99,6 +108,10 @@ def given(**values: Any) -> Dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def monitoring_port(args: argparse.Namespace, executor: str) -> int:
+    return args.port_monitoring + defaults.EXECUTOR_MONITORING_OFFSETS[executor]
+
+
 def tracing_options(args: argparse.Namespace) -> Dict[str, Any]:
     """jina's tracing arguments, for the gateway and each Executor: none when tracing is off."""
     if not args.traces_exporter_host:
@@ -150,7 +163,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                 ),
                 'replicas': args.whisper_replicas,
                 'monitoring': True,
-                'port_monitoring': args.port_monitoring + 1,
+                'port_monitoring': monitoring_port(args, 'whisper'),
                 **tracing,
                 'jcloud': JCLOUD_WHISPER,
             },
@@ -172,7 +185,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                 'uses_dynamic_batching': {'generate': batching},  # every endpoint of generate()
                 'replicas': args.diffusion_replicas,
                 'monitoring': True,
-                'port_monitoring': args.port_monitoring + 2,
+                'port_monitoring': monitoring_port(args, 'stablediffusion'),
                 **tracing,
                 'jcloud': JCLOUD_DIFFUSION,
             },
@@ -198,6 +211,91 @@ def build_flow(args: argparse.Namespace):
     return flow
 
 
+def ports_in_use(args: argparse.Namespace) -> List[str]:
+    """Each port the Flow would bind on this machine that something already holds, as
+    "--flag N (held by ...)"; empty when all are free."""
+    monitoring_host = args.monitoring_host or args.host
+    wanted = [('--port-grpc', args.host, args.port_grpc), ('--port-http', args.host, args.port_http),
+              ('--port-websocket', args.host, args.port_websocket),
+              ('--port-monitoring', monitoring_host, args.port_monitoring),
+              *(('--port-monitoring', monitoring_host, monitoring_port(args, name))
+                for name in defaults.EXECUTOR_MONITORING_OFFSETS)]
+    busy = []
+    for flag, host, port in wanted:
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                busy.append(f'{flag} {port} on {host} (held by {holder_of(port)})')
+    return busy
+
+
+def holder_of(port: int) -> str:
+    """Which process listens on ``port``, as "pid N: command", when this user may see it."""
+    import psutil
+
+    try:
+        for connection in psutil.net_connections(kind='inet'):
+            if connection.laddr and connection.laddr.port == port and connection.pid:
+                process = psutil.Process(connection.pid)
+                return f'pid {connection.pid}: {" ".join(process.cmdline())[:120]}'
+    except (psutil.Error, OSError):
+        pass
+    return 'another process'
+
+
+def bind_metrics_to(host: str) -> None:
+    """Make the /metrics servers of the Flow's processes bind ``host``.
+
+    jina starts them with ``prometheus_client.start_http_server(port)``, which binds 0.0.0.0 and
+    takes no host from jina. The Flow's processes are forked from this one after this call, so
+    they inherit the default address given here. (In Kubernetes each container runs jina
+    directly and 0.0.0.0, the pod's address, is what Prometheus scrapes.)"""
+    import prometheus_client
+
+    prometheus_client.start_http_server = functools.partial(
+        prometheus_client.start_http_server, addr=host)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM stops the Flow as Ctrl-C does: jina's ``block()`` only handles KeyboardInterrupt,
+    and without this SIGTERM ends this process alone and leaves the Flow's running."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def end_leftover_processes() -> None:
+    """Kill any of the Flow's processes still alive ``CHILD_EXIT_SECONDS`` after the Flow closed
+    (their drain and grace are over by then: jina's close gives up waiting but does not kill)."""
+    for child in multiprocessing.active_children():
+        child.join(CHILD_EXIT_SECONDS)
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve the Flow until SIGINT or SIGTERM; every process it started is gone on return."""
+    busy = ports_in_use(args)
+    if busy:
+        print(f'speech2image: cannot start, ports already in use: {"; ".join(busy)}',
+              file=sys.stderr)
+        return 1
+    bind_metrics_to(args.monitoring_host or args.host)
+    stop_on_sigterm()  # the Flow's processes replace it with jina's own handlers as they start
+    try:
+        with build_flow(args) as flow:
+            flow.block()
+    except KeyboardInterrupt:  # a signal while the Flow was still starting
+        pass
+    finally:
+        end_leftover_processes()
+    return 0
+
+
 def export_yaml(args: argparse.Namespace, path: Path) -> None:
     import yaml
 
@@ -211,8 +309,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.export_yaml:
         export_yaml(args, args.export_yaml)
         return
-    with build_flow(args) as flow:
-        flow.block()
+    sys.exit(serve(args))
 
 
 if __name__ == '__main__':

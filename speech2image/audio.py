@@ -61,7 +61,7 @@ def samples_from_tensor(tensor: np.ndarray, max_seconds: float) -> np.ndarray:
     if tensor.dtype not in (np.int16, np.float32, np.float64):
         raise AudioError(f'tensor dtype must be float32 or int16, got {tensor.dtype}')
     # Length first: an enormous tensor is refused before anything the size of it is allocated.
-    check_duration(tensor.size / SAMPLE_RATE, max_seconds)
+    check_duration(tensor.size / SAMPLE_RATE, max_seconds, 'the tensor holds')
     if tensor.dtype == np.int16:
         samples = tensor.astype(np.float32) / INT16_SCALE
     else:
@@ -82,7 +82,7 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
             stream = container.streams.audio[0]
             declared_seconds = wav_header_seconds(data) or declared_duration(container, stream)
             if declared_seconds is not None:
-                check_duration(declared_seconds, max_seconds)
+                check_duration(declared_seconds, max_seconds, 'the file\'s header declares')
             samples = decode_stream(container, stream, max_seconds)
     except av.FFmpegError as error:
         raise AudioError(
@@ -108,11 +108,11 @@ def decode_stream(container, stream, max_seconds: float) -> np.ndarray:
             chunks.append(chunk)
             total += chunk.size
         if total > max_samples:
-            check_duration(total / SAMPLE_RATE, max_seconds)
+            check_duration(total / SAMPLE_RATE, max_seconds, 'decoding passed')
     for resampled in resampler.resample(None):
         chunks.append(resampled.to_ndarray().reshape(-1))
     samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-    check_duration(samples.size / SAMPLE_RATE, max_seconds)
+    check_duration(samples.size / SAMPLE_RATE, max_seconds, 'the file decodes to')
     if not np.all(np.isfinite(samples)):
         raise AudioError('the file decodes to NaN or infinite samples')
     return samples
@@ -137,9 +137,12 @@ def wav_header_seconds(data: bytes) -> Optional[float]:
         return None  # not a PCM WAV file: the container's own duration is used
 
 
-def check_duration(seconds: float, max_seconds: float) -> None:
+def check_duration(seconds: float, max_seconds: float, measured: str) -> None:
+    """Refuse audio over ``max_seconds``; ``measured`` says where ``seconds`` comes from
+    (a header's claim is not decoded audio), e.g. "the file's header declares"."""
     if seconds > max_seconds:
-        raise AudioError(f'audio is longer than the {max_seconds:g} s limit ({seconds:.1f} s)')
+        raise AudioError(
+            f'audio is longer than the {max_seconds:g} s limit: {measured} {seconds:.1f} s')
 
 
 def read_local_uri(uri: str, uri_root: Optional[Path]) -> bytes:

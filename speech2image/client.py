@@ -10,18 +10,18 @@ an API key gets it from the S2I_API_KEY environment variable.
 """
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from speech2image import defaults
+from speech2image.auth import api_key_from_environment, authorization_header
 from speech2image.gateway_errors import read_gateway_error
 from speech2image.schema import SpeechDoc
 
-DEFAULT_HOST = 'grpc://127.0.0.1:54322'
+DEFAULT_HOST = f'grpc://{defaults.HOST}:{defaults.PORT_GRPC}'
 DEFAULT_OUT_DIR = Path('out')
-API_KEY_ENV = 'S2I_API_KEY'
 # Addresses whose client sends HTTP headers; the others (grpc, grpcs, none) send gRPC metadata.
 HEADER_SCHEMES = ('http', 'https', 'ws', 'wss', 'websocket')
 
@@ -33,8 +33,15 @@ class ServiceError(RuntimeError):
 def server_error_message(error: Exception) -> str:
     """The server's own words from a failed jina request, without the transport's wrapping.
 
-    gRPC and WebSocket errors carry the response header; HTTP ones a ``{'detail': repr(exc)}``.
+    Errors in an answer carry its response header (gRPC, WebSocket) or the gateway's
+    ``{'detail': message}`` (HTTP); a call the gateway refused carries its gRPC status, which jina
+    wraps in an exception of its own.
     """
+    import grpc
+
+    for cause in (error, error.__cause__, error.__context__):
+        if isinstance(cause, grpc.RpcError) and callable(getattr(cause, 'details', None)):
+            return cause.details()
     header = error.args[0] if error.args else None
     status = getattr(header, 'status', None)
     if status is not None:
@@ -64,7 +71,7 @@ def credentials(host: str, api_key: Optional[str]) -> Dict:
     HTTP/WebSocket header. Empty without a key."""
     if not api_key:
         return {}
-    authorization = f'Bearer {api_key}'
+    authorization = authorization_header(api_key)
     if host.partition('://')[0] in HEADER_SCHEMES:
         return {'headers': {'Authorization': authorization}}
     return {'metadata': (('authorization', authorization),)}
@@ -151,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with console.status(f'Waiting for {args.host}{endpoint} ({len(docs)} prompt(s))...'):
             answered = send(args.host, endpoint, docs, request_parameters(args),
-                            os.environ.get(API_KEY_ENV))
+                            api_key_from_environment())
     except ServiceError as error:
         console.print(f'[red]error:[/red] {error}')
         return 1

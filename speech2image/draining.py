@@ -8,6 +8,7 @@ over to jina's own shutdown by sending SIGINT, which jina handles as it handled 
 """
 
 import asyncio
+import logging
 import os
 import signal
 import threading
@@ -17,7 +18,8 @@ from typing import Iterator
 
 from jina import Executor
 
-DEFAULT_DRAIN_SECONDS = 30.0
+from speech2image.defaults import SHUTDOWN_GRACE_SECONDS
+
 QUIET_SECONDS = 0.5
 POLL_SECONDS = 0.05
 
@@ -67,12 +69,29 @@ class Drain:
             await asyncio.sleep(POLL_SECONDS)
         if self.logger is not None:
             self.logger.info(f'drained ({self.in_flight} requests still in flight); shutting down')
+        exit_after(SHUTDOWN_GRACE_SECONDS, self.logger)
         os.kill(os.getpid(), signal.SIGINT)
 
     def idle(self) -> bool:
         """No request inside, and none for ``QUIET_SECONDS``."""
         with self._lock:
             return self.in_flight == 0 and time.monotonic() - self.last_active >= QUIET_SECONDS
+
+
+def exit_after(seconds: float, logger) -> None:
+    """End this process ``seconds`` from now unless it has ended by then (a daemon timer).
+
+    jina's shutdown waits for what is still running without bound (a stuck model call in a
+    worker thread, a hung request), so a drain would not be the last word without this."""
+
+    def end():
+        (logger or logging.getLogger(__name__)).warning(
+            f'still shutting down {seconds:g} s after the drain; exiting now')
+        os._exit(1)
+
+    timer = threading.Timer(seconds, end)
+    timer.daemon = True
+    timer.start()
 
 
 class DrainingExecutor(Executor):

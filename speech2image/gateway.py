@@ -1,33 +1,25 @@
-"""GuardedGateway: jina's gRPC, HTTP and WebSocket gateway with an API key, a bound on pending
-requests, a request-size cap, CORS for one origin, and a drain on SIGTERM.
+"""GuardedGateway: jina's gRPC, HTTP and WebSocket gateway behind one ``RequestGuard``.
 
-jina 3.34's gateway has none of these, so this is its composite gateway (jina's documented
-extension point, ``CompositeBaseServer``) built from jina's own three servers with one shared
-``RequestGuard`` in front of them:
+jina 3.34's gateway has no API key, bound on requests in flight, size cap, request timeout or
+drain, and its three protocols answer the same bad request differently (an error over gRPC, a
+hang over HTTP, sometimes a silent success over WebSocket). This is its composite gateway (jina's
+documented extension point, ``CompositeBaseServer``) built from jina's own three servers, each with
+an adapter in front that asks speech2image/request_policy.py what to let through:
 
-- gRPC: a server interceptor; HTTP and WebSocket: an ASGI middleware on jina's FastAPI apps.
-  A refused WebSocket handshake is an HTTP 403 (the ASGI server here cannot send a reason).
-- **API key**: read from the ``S2I_API_KEY`` environment variable (never from a flag, so it is not
-  in flow.yml, the command line or the logs). Unset: no key is asked for (local development).
-  Set: every call but the health checks must send ``Authorization: Bearer <key>``
-  (``speech2image`` the client sends it from the same variable).
-- **Pending requests**: at most ``max_pending_requests`` data calls (gRPC calls, HTTP POSTs,
-  WebSocket connections) at once across the three protocols; one more is refused at once with
-  gRPC RESOURCE_EXHAUSTED or HTTP 503, instead of queueing without bound.
-- **Request timeout**: a call with no answer after ``request_timeout_seconds`` ends with gRPC
-  DEADLINE_EXCEEDED or HTTP 504, however jina's per-Executor timeout and retries play out.
-- **Drain**: on SIGTERM new calls are refused (gRPC UNAVAILABLE, HTTP 503) while the ones in
-  flight finish, for up to ``drain_seconds``; then jina shuts down.
+- gRPC: a server interceptor. Executor errors travel in jina's response header, and the call
+  ends with the matching status code (INVALID_ARGUMENT for the user's mistakes, INTERNAL else).
+- HTTP: ASGI middleware on jina's FastAPI app. Bodies are checked before jina parses them;
+  Executor errors come back 422 (the user's) or 500 (ours) as ``{"detail": "<message>"}``.
+- WebSocket: ASGI middleware too. Each request message is checked, a refused one is answered
+  with an error response of its own; and after an error the gateway lets the client close the
+  connection first: jina's WebSocket client drops an error that arrives with the server's close.
 
 Loaded by jina from ``gateway.yml`` beside this file (``py_modules``), in the gateway process.
 """
 
 import asyncio
-import hmac
 import json
 import logging
-import math
-import os
 import time
 from typing import Callable, Iterable, List, Optional
 
@@ -39,15 +31,24 @@ from jina.serve.runtimes.gateway.http import HTTPGateway
 from jina.serve.runtimes.gateway.websocket import WebSocketGateway
 from jina.serve.runtimes.servers.composite import CompositeBaseServer
 
-from speech2image.client import API_KEY_ENV
-from speech2image.draining import DEFAULT_DRAIN_SECONDS
+from speech2image import defaults
+from speech2image.auth import api_key_from_environment
+from speech2image.draining import exit_after
+from speech2image.gateway_errors import read_gateway_error
+from speech2image.request_policy import (
+    Refusal,
+    RequestGuard,
+    check_data_request,
+    check_endpoint,
+    check_json_request,
+    error_response,
+    executor_refusal,
+    service_failure,
+    status_refusal,
+    too_large,
+)
 
-MEBIBYTE = 2**20
-DEFAULT_MAX_PENDING_REQUESTS = 64
-DEFAULT_MAX_REQUEST_MB = 32
-DEFAULT_REQUEST_TIMEOUT_SECONDS = 300.0
-DRAIN_POLL_SECONDS = 0.05
-# gRPC calls that carry documents to the Executors: the ones counted against the bound.
+# gRPC calls that carry documents to the Executors: the ones checked and counted.
 GRPC_DATA_METHODS = frozenset({
     '/jina.JinaRPC/Call',
     '/jina.JinaSingleDataRequestRPC/process_single_data',
@@ -58,127 +59,16 @@ GRPC_HEALTH_PREFIX = '/grpc.health.v1.Health/'
 HTTP_HEALTH_PATH = '/'
 # WebSocket close codes (RFC 6455).
 WS_POLICY_VIOLATION, WS_TOO_BIG = 1008, 1009
-
-UNAUTHORIZED_MESSAGE = 'missing or wrong API key: send the header "Authorization: Bearer <key>"'
-
-
-class Refusal(Exception):
-    """Why a call is turned away: a message for the client plus the status per protocol."""
-
-    def __init__(self, message: str, grpc_code: grpc.StatusCode, http_status: int):
-        super().__init__(message)
-        self.message = message
-        self.grpc_code = grpc_code
-        self.http_status = http_status
-
-
-class RequestGuard:
-    """What the three servers of one gateway share: the API key, the pending-call count, the drain.
-
-    All three servers run on the gateway's one asyncio loop, so the count needs no lock.
-    """
-
-    def __init__(self, api_key: Optional[str], max_pending: int, request_timeout: float):
-        if max_pending < 1:
-            raise ValueError(f'max_pending_requests must be at least 1, got {max_pending}')
-        self._api_key = api_key.encode() if api_key else None
-        self.max_pending = max_pending
-        self.request_timeout = request_timeout
-        self.pending = 0
-        self.draining = False
-
-    def check_credentials(self, authorization: Optional[str]) -> None:
-        """Raise ``Refusal`` unless the ``Authorization`` header carries the key (or none is set)."""
-        if self._api_key is None:
-            return
-        scheme, _, token = (authorization or '').partition(' ')
-        if scheme.lower() != 'bearer' or not hmac.compare_digest(token.strip().encode(), self._api_key):
-            raise Refusal(UNAUTHORIZED_MESSAGE, grpc.StatusCode.UNAUTHENTICATED, 401)
-
-    def admit(self) -> None:
-        """Count one more call in flight, or raise ``Refusal`` when draining or full."""
-        if self.draining:
-            raise Refusal(
-                'the gateway is shutting down; retry the request',
-                grpc.StatusCode.UNAVAILABLE, 503,
-            )
-        if self.pending >= self.max_pending:
-            raise Refusal(
-                f'server busy: {self.max_pending} requests are already in progress; retry later',
-                grpc.StatusCode.RESOURCE_EXHAUSTED, 503,
-            )
-        self.pending += 1
-
-    def release(self) -> None:
-        self.pending -= 1
-
-    def timed_out(self) -> Refusal:
-        return Refusal(
-            f'no answer within {self.request_timeout:g} s: the service is overloaded or an '
-            'Executor is stuck; retry later',
-            grpc.StatusCode.DEADLINE_EXCEEDED, 504,
-        )
-
-    async def drain(self, seconds: float) -> int:
-        """Refuse new calls and wait up to ``seconds`` for the ones in flight; return how many
-        were still running when the wait ended (0 after a clean drain)."""
-        self.draining = True
-        deadline = time.monotonic() + seconds
-        while self.pending and time.monotonic() < deadline:
-            await asyncio.sleep(DRAIN_POLL_SECONDS)
-        return self.pending
-
-
-def non_finite_parameter(struct) -> Optional[str]:
-    """The name of a request parameter holding NaN or infinity in a protobuf ``Struct``, if any.
-
-    jina cannot turn such a number back into JSON: the call fails with an obscure error and the
-    gateway then spins at full CPU when it shuts down. So they are refused on the way in."""
-    pending = [(name, value) for name, value in struct.fields.items()]
-    while pending:
-        name, value = pending.pop()
-        kind = value.WhichOneof('kind')
-        if kind == 'number_value' and not math.isfinite(value.number_value):
-            return name
-        if kind == 'struct_value':
-            pending += [(f'{name}.{key}', item) for key, item in value.struct_value.fields.items()]
-        elif kind == 'list_value':
-            pending += [(name, item) for item in value.list_value.values]
-    return None
-
-
-def check_parameters(request) -> None:
-    """Raise ``Refusal`` for a jina DataRequest whose parameters hold NaN or infinity."""
-    name = non_finite_parameter(request.proto_wo_data.parameters)
-    if name is not None:
-        raise Refusal(f"parameter '{name}' must be a finite number, got NaN or infinity",
-                      grpc.StatusCode.INVALID_ARGUMENT, 400)
-
-
-class RedactCredentials(logging.Filter):
-    """uvicorn's WebSocket server logs each handshake header at DEBUG ("< name: value"), the
-    Authorization header with the API key included; this replaces that value."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == 'authorization':
-            record.args = (args[0], '[redacted]')
-        return True
-
-
-REDACT_CREDENTIALS = RedactCredentials()
-# The logger uvicorn hands to the `websockets` library for its connections.
-WEBSOCKET_LOGGER = 'uvicorn.error'
-
-
-def api_key_from_environment() -> Optional[str]:
-    return os.environ.get(API_KEY_ENV) or None
+# jina's WebSocket client ends its request stream with this message ("end of iteration").
+WS_END_OF_ITERATION = bytes(True)
+# After an error response, how long the gateway waits for the client to close the WebSocket.
+WS_CLOSE_AFTER_ERROR_SECONDS = 2.0
 
 
 # --- gRPC -------------------------------------------------------------------------------------
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
-    """Checks the key on every gRPC call but health checks; counts and times the data calls."""
+    """Checks the key on every gRPC call but health checks; checks, counts and times data calls."""
 
     def __init__(self, guard: RequestGuard):
         self.guard = guard
@@ -224,24 +114,31 @@ async def abort(refusal: Refusal, request, context, kind: str) -> None:
     await context.abort(refusal.grpc_code, refusal.message)
 
 
+def refused(refusal: Refusal, kind: str) -> Callable:
+    async def refuse(request, context):
+        await abort(refusal, request, context, kind)
+
+    return refuse
+
+
 async def checked_stream(requests, context):
     """The client's stream of DataRequests, checked before jina reads them.
 
-    The first is read and checked before jina sees the call, so a refusal ends it cleanly.
-    A later bad one ends the stream early with INVALID_ARGUMENT: aborting while jina reads the
-    stream leaves jina counting a request that never ends, and its shutdown then spins."""
+    The first is read and checked before jina sees the call, so a refusal (or a stream with no
+    request at all) ends it cleanly. A later bad one ends the stream early with its status:
+    aborting while jina reads the stream leaves jina counting a request that never ends."""
     iterator = requests.__aiter__()
     try:
         first = await iterator.__anext__()
     except StopAsyncIteration:
-        return iterator
-    check_parameters(first)
+        raise Refusal('the call carried no request', grpc.StatusCode.INVALID_ARGUMENT, 422)
+    check_data_request(first)
 
     async def the_rest():
         yield first
         async for request in iterator:
             try:
-                check_parameters(request)
+                check_data_request(request)
             except Refusal as refusal:
                 context.set_code(refusal.grpc_code)
                 context.set_details(refusal.message)
@@ -252,23 +149,17 @@ async def checked_stream(requests, context):
 
 
 async def checked_request(request, context, kind: str):
-    """``request`` (a DataRequest, or a stream of them) after ``check_parameters``."""
+    """``request`` (a DataRequest, or a stream of them) after ``check_data_request``."""
     if kind.startswith('stream'):
         return await checked_stream(request, context)
-    check_parameters(request)
+    check_data_request(request)
     return request
 
 
-def refused(refusal: Refusal, kind: str) -> Callable:
-    async def refuse(request, context):
-        await abort(refusal, request, context, kind)
-
-    return refuse
-
-
 def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
-    """``behavior`` holding one pending slot from admission to its last response, and ended
-    with DEADLINE_EXCEEDED when it runs past the guard's request timeout."""
+    """``behavior`` holding one pending slot from admission to its last response, ended with
+    DEADLINE_EXCEEDED past the guard's request timeout, and ending with the status of the first
+    error an Executor answered with (the responses themselves pass unchanged)."""
     if kind.endswith('stream'):
         async def guarded_stream(request, context):
             try:
@@ -277,14 +168,14 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
                 await abort(refusal, request, context, kind)
                 return
             try:
-                request = await checked_request(request, context, kind)
-            except Refusal as refusal:
-                guard.release()
-                await abort(refusal, request, context, 'unary')
-                return
-            responses = behavior(request, context).__aiter__()
-            deadline = time.monotonic() + guard.request_timeout
-            try:
+                try:
+                    request = await checked_request(request, context, kind)
+                except Refusal as refusal:
+                    await abort(refusal, request, context, 'unary')
+                    return
+                first_error = None
+                responses = behavior(request, context).__aiter__()
+                deadline = time.monotonic() + guard.request_timeout
                 while True:
                     try:
                         response = await asyncio.wait_for(
@@ -293,7 +184,11 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
                         break
                     except asyncio.TimeoutError:
                         await abort(guard.timed_out(), request, context, 'unary')
+                    first_error = first_error or status_refusal(response.header.status)
                     yield response
+                if first_error is not None:
+                    context.set_code(first_error.grpc_code)
+                    context.set_details(first_error.message)
             finally:
                 guard.release()
 
@@ -306,7 +201,11 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
             return await abort(refusal, request, context, kind)
         try:
             request = await checked_request(request, context, kind)
-            return await asyncio.wait_for(behavior(request, context), guard.request_timeout)
+            response = await asyncio.wait_for(behavior(request, context), guard.request_timeout)
+            error = status_refusal(response.header.status)
+            if error is not None:
+                await abort(error, request, context, 'unary')
+            return response
         except Refusal as refusal:
             await abort(refusal, request, context, 'unary')
         except asyncio.TimeoutError:
@@ -320,7 +219,8 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
 # --- HTTP and WebSocket -----------------------------------------------------------------------
 
 class GuardMiddleware:
-    """ASGI middleware for jina's FastAPI apps: key check, pending bound, request-size cap."""
+    """ASGI middleware for jina's FastAPI apps: key check, request checks, pending bound,
+    request-size cap, and errors in one shape."""
 
     def __init__(self, app, guard: RequestGuard, max_request_bytes: int):
         self.app = app
@@ -342,23 +242,18 @@ class GuardMiddleware:
             self.guard.check_credentials(header(scope, b'authorization'))
             if scope['method'] != 'POST':
                 return await self.app(scope, receive, send)
+            check_endpoint(http_endpoint(scope['path']))
             body = await read_body(receive, self.max_request_bytes)
-            check_json_numbers(body)
+            check_json_request(header(scope, b'content-type'), body)
             self.guard.admit()
         except Refusal as refusal:
             return await send_refusal(send, refusal)
-        response_started = False
-
-        async def send_tracked(message):
-            nonlocal response_started
-            response_started = True
-            await send(message)
-
+        response = ErrorRewriter(send)
         try:
             await asyncio.wait_for(
-                self.app(scope, replay(body, receive), send_tracked), self.guard.request_timeout)
+                self.app(scope, replay(body, receive), response.send), self.guard.request_timeout)
         except asyncio.TimeoutError:
-            if not response_started:
+            if not response.started:
                 await send_refusal(send, self.guard.timed_out())
         finally:
             self.guard.release()
@@ -372,8 +267,10 @@ class GuardMiddleware:
             # Accepting first to send the reason makes jina's Python client wait forever.
             await send({'type': 'websocket.close', 'code': WS_POLICY_VIOLATION})
             return
+        connection = GuardedWebSocket(receive, send, self.max_request_bytes)
         try:
-            await self.app(scope, capped_messages(receive, send, self.max_request_bytes), send)
+            await self.app(scope, connection.receive, connection.send)
+            await connection.linger_after_error()  # the server closes when the app returns
         finally:
             self.guard.release()
 
@@ -385,11 +282,9 @@ def header(scope, name: bytes) -> Optional[str]:
     return None
 
 
-def too_large(limit: int) -> Refusal:
-    return Refusal(
-        f'request is larger than the {limit / MEBIBYTE:g} MiB limit',
-        grpc.StatusCode.RESOURCE_EXHAUSTED, 413,
-    )
+def http_endpoint(path: str) -> str:
+    """The Flow endpoint an HTTP path names: jina serves '/' at /default, the rest at their name."""
+    return path if path != defaults.HTTP_ROOT_ENDPOINT else '/'
 
 
 async def read_body(receive, limit: int) -> bytes:
@@ -409,24 +304,6 @@ async def read_body(receive, limit: int) -> bytes:
     return b''.join(chunks)
 
 
-NON_STANDARD_NUMBERS = (b'NaN', b'Infinity')
-
-
-def check_json_numbers(body: bytes) -> None:
-    """Refuse JSON with NaN or Infinity, which Python's parser accepts (see ``check_parameters``)."""
-    if not any(token in body for token in NON_STANDARD_NUMBERS):
-        return
-
-    def refuse(token):
-        raise Refusal(f'request body is not standard JSON: {token} is not a number',
-                      grpc.StatusCode.INVALID_ARGUMENT, 400)
-
-    try:
-        json.loads(body, parse_constant=refuse)
-    except ValueError:
-        pass  # not JSON at all: the gateway's own parser says so
-
-
 def replay(body: bytes, receive):
     """An ASGI ``receive`` that hands out ``body`` once, then defers to the real one."""
     sent = False
@@ -441,20 +318,38 @@ def replay(body: bytes, receive):
     return receive_again
 
 
-def capped_messages(receive, send, limit: int):
-    """An ASGI ``receive`` that closes the WebSocket on a message over ``limit`` bytes."""
+class ErrorRewriter:
+    """An ASGI ``send`` that passes successes through and turns jina's error answers (500 with
+    ``{"detail": "RequestError('...')"}``, FastAPI's 422 list) into the gateway's own shape:
+    the user's mistakes 422, the service's failures 500, ``{"detail": "<message>"}``."""
 
-    async def receive_capped():
-        message = await receive()
-        if message['type'] == 'websocket.receive':
-            size = len(message.get('bytes') or b'') + len((message.get('text') or '').encode())
-            if size > limit:
-                await send({'type': 'websocket.close', 'code': WS_TOO_BIG,
-                            'reason': too_large(limit).message})
-                return {'type': 'websocket.disconnect', 'code': WS_TOO_BIG}
-        return message
+    def __init__(self, send):
+        self._send = send
+        self.started = False
+        self._error_status = None
+        self._error_body = b''
 
-    return receive_capped
+    async def send(self, message):
+        if message['type'] == 'http.response.start':
+            self.started = True
+            if message['status'] >= 400:
+                self._error_status = message['status']
+                return
+        elif message['type'] == 'http.response.body' and self._error_status is not None:
+            self._error_body += message.get('body', b'')
+            if not message.get('more_body'):
+                await send_refusal(self._send, self.refusal())
+            return
+        await self._send(message)
+
+    def refusal(self) -> Refusal:
+        try:
+            error = read_gateway_error(json.loads(self._error_body))
+        except ValueError:
+            return service_failure(self._error_body.decode(errors='replace') or 'the service failed')
+        if self._error_status < 500 and not error.refused:
+            return Refusal(error.message, grpc.StatusCode.INVALID_ARGUMENT, self._error_status)
+        return executor_refusal('RequestError' if error.refused else 'Exception', error.message)
 
 
 async def send_refusal(send, refusal: Refusal) -> None:
@@ -467,6 +362,106 @@ async def send_refusal(send, refusal: Refusal) -> None:
         headers.append((b'retry-after', b'1'))
     await send({'type': 'http.response.start', 'status': refusal.http_status, 'headers': headers})
     await send({'type': 'http.response.body', 'body': body})
+
+
+class GuardedWebSocket:
+    """The ASGI ``receive`` and ``send`` of one WebSocket connection to jina's app.
+
+    ``receive`` closes the connection on a message over the size cap, and answers a request
+    that ``check_data_request`` refuses with an error response instead of passing it on.
+    After an error response, the server's close waits until the client has closed (at most
+    ``WS_CLOSE_AFTER_ERROR_SECONDS``): jina's client loses an error whose response and close
+    arrive together, and returns no documents as if the request had succeeded."""
+
+    def __init__(self, receive, send, max_request_bytes: int):
+        self._receive = receive
+        self._send = send
+        self.max_request_bytes = max_request_bytes
+        self.error_sent = False
+        self.client_closed = False
+
+    async def receive(self):
+        while True:
+            message = await self._receive()
+            if message['type'] == 'websocket.disconnect':
+                self.client_closed = True
+            if message['type'] != 'websocket.receive':
+                return message
+            data = message.get('bytes')
+            size = len(data or b'') + len((message.get('text') or '').encode())
+            if size > self.max_request_bytes:
+                await self._send({'type': 'websocket.close', 'code': WS_TOO_BIG,
+                                  'reason': too_large(self.max_request_bytes).message})
+                self.client_closed = True
+                return {'type': 'websocket.disconnect', 'code': WS_TOO_BIG}
+            if not data or data == WS_END_OF_ITERATION:  # b'' is jina's dry run
+                return message
+            refusal = self.refusal_for(data)
+            if refusal is None:
+                return message
+            await self.send({'type': 'websocket.send', 'bytes': refusal.SerializeToString()})
+
+    @staticmethod
+    def refusal_for(data: bytes):
+        """The error response for a request message the Flow must not get, else None."""
+        from jina.types.request.data import DataRequest
+
+        request = DataRequest(data)
+        try:
+            check_data_request(request)
+        except Refusal as refusal:
+            return error_response(request, refusal)
+        except Exception:  # noqa: BLE001 - not a DataRequest: jina's own parser answers it
+            return None
+        return None
+
+    async def send(self, message):
+        if message['type'] == 'websocket.send' and message.get('bytes'):
+            self.error_sent = self.error_sent or is_error_response(message['bytes'])
+        elif message['type'] == 'websocket.close':
+            await self.linger_after_error()
+            if self.client_closed:
+                return
+        await self._send(message)
+
+    async def linger_after_error(self) -> None:
+        """After an error response, read (and drop) what the client still sends until it
+        closes, for a bounded time, so that the server's close does not overtake the error."""
+        if not self.error_sent:
+            return
+        deadline = time.monotonic() + WS_CLOSE_AFTER_ERROR_SECONDS
+        try:
+            while not self.client_closed:
+                message = await asyncio.wait_for(self._receive(), deadline - time.monotonic())
+                self.client_closed = message['type'] == 'websocket.disconnect'
+        except asyncio.TimeoutError:
+            pass
+
+
+def is_error_response(data: bytes) -> bool:
+    """Whether a serialised jina DataRequest is an error response (reads its header only)."""
+    from jina.types.request.data import DataRequest
+
+    try:
+        return status_refusal(DataRequest(data).header.status) is not None
+    except Exception:  # noqa: BLE001 - not a DataRequest (a dry-run status): not an error
+        return False
+
+
+class RedactCredentials(logging.Filter):
+    """uvicorn's WebSocket server logs each handshake header at DEBUG ("< name: value"), the
+    Authorization header with the API key included; this replaces that value."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == 'authorization':
+            record.args = (args[0], '[redacted]')
+        return True
+
+
+REDACT_CREDENTIALS = RedactCredentials()
+# The logger uvicorn hands to the `websockets` library for its connections.
+WEBSOCKET_LOGGER = 'uvicorn.error'
 
 
 def guarded_app(app, guard: RequestGuard, max_request_bytes: int, cors_origins: List[str]):
@@ -494,21 +489,25 @@ class GuardedGRPCGateway(GRPCGateway):
         ]
 
 
-class GuardedHTTPGateway(HTTPGateway):
-    def __init__(self, guard: RequestGuard, max_request_bytes: int, cors_origins: List[str], **kwargs):
+class GuardedASGIGateway:
+    """What the HTTP and WebSocket servers add to jina's: the guard's middleware on their app."""
+
+    def __init__(self, guard: RequestGuard, max_request_bytes: int, cors_origins: List[str],
+                 **kwargs):
         super().__init__(**kwargs)
         self.guard, self.max_request_bytes, self.cors_origins = guard, max_request_bytes, cors_origins
 
+    def guarded(self, app):
+        return guarded_app(app, self.guard, self.max_request_bytes, self.cors_origins)
+
+
+class GuardedHTTPGateway(GuardedASGIGateway, HTTPGateway):
     @property
     def app(self):
-        return guarded_app(super().app, self.guard, self.max_request_bytes, self.cors_origins)
+        return self.guarded(super().app)
 
 
-class GuardedWebSocketGateway(WebSocketGateway):
-    def __init__(self, guard: RequestGuard, max_request_bytes: int, cors_origins: List[str], **kwargs):
-        super().__init__(**kwargs)
-        self.guard, self.max_request_bytes, self.cors_origins = guard, max_request_bytes, cors_origins
-
+class GuardedWebSocketGateway(GuardedASGIGateway, WebSocketGateway):
     # jina's WebSocket server builds its app in setup_server() and assigns it to self.app.
     @property
     def app(self):
@@ -516,7 +515,7 @@ class GuardedWebSocketGateway(WebSocketGateway):
 
     @app.setter
     def app(self, app):
-        self._app = guarded_app(app, self.guard, self.max_request_bytes, self.cors_origins)
+        self._app = self.guarded(app)
 
 
 SERVER_CLASSES = {
@@ -531,11 +530,11 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
 
     def __init__(
         self,
-        max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS,
-        max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
+        max_pending_requests: int = defaults.MAX_PENDING_REQUESTS,
+        max_request_mb: float = defaults.MAX_REQUEST_MB,
         cors_origins: Iterable[str] = (),
-        drain_seconds: float = DEFAULT_DRAIN_SECONDS,
-        request_timeout_seconds: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
+        drain_seconds: float = defaults.DRAIN_SECONDS,
+        request_timeout_seconds: float = defaults.REQUEST_TIMEOUT_SECONDS,
         **kwargs,
     ):
         """
@@ -544,18 +543,18 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
             WebSocket message).
         :param cors_origins: origins browsers may call this gateway from; none allows no other
             origin than the gateway's own.
-        :param drain_seconds: how long SIGTERM waits for calls in flight before shutting down.
+        :param drain_seconds: how long SIGTERM waits for calls in flight before shutting down;
+            the process ends ``SHUTDOWN_GRACE_SECONDS`` later whatever is still running.
         :param request_timeout_seconds: a gRPC call or HTTP request with no answer by then ends
             with gRPC DEADLINE_EXCEEDED or HTTP 504, whatever the Executors are doing (retries
             included); WebSocket connections are long-lived and not timed.
         """
         super().__init__(**kwargs)
         logging.getLogger(WEBSOCKET_LOGGER).addFilter(REDACT_CREDENTIALS)
-        self.guard = RequestGuard(
-            api_key_from_environment(), max_pending_requests, request_timeout_seconds
-        )
+        api_key = api_key_from_environment()
+        self.guard = RequestGuard(api_key, max_pending_requests, request_timeout_seconds)
         self.drain_seconds = drain_seconds
-        max_request_bytes = int(max_request_mb * MEBIBYTE)
+        max_request_bytes = int(max_request_mb * defaults.MEBIBYTE)
         self.servers = []
         for server_kwargs in self._server_kwargs:
             server_kwargs['grpc_server_options'] = {
@@ -570,13 +569,17 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
             self.servers.append(server_class(guard=self.guard, **server_kwargs))
         self.gateways = self.servers  # the name jina's older code reads
         self.logger.info(
-            f'API key {"required" if api_key_from_environment() else "not required"}; '
+            f'API key {"required" if api_key else "not required"}; '
             f'at most {max_pending_requests} pending requests of up to {max_request_mb:g} MiB'
         )
 
     async def shutdown(self):
-        """Drain, then let jina stop the servers and close the connections to the Executors."""
+        """Drain, then let jina stop the servers and close the connections to the Executors.
+        jina's own shutdown waits for whatever is still running, without bound: so the process
+        ends ``SHUTDOWN_GRACE_SECONDS`` after the drain, however far that got."""
         left = await self.guard.drain(self.drain_seconds)
         if left:
             self.logger.warning(f'{left} requests still running after {self.drain_seconds:g} s of drain')
+        exit_after(defaults.SHUTDOWN_GRACE_SECONDS, self.logger)
         await super().shutdown()
+

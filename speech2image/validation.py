@@ -16,8 +16,10 @@ class RequestError(ValueError):
 
 
 def document_error(index: int, doc: SpeechDoc, reason: str) -> RequestError:
-    """An error that says which document of the request failed, by position and id."""
-    return RequestError(f'document {index} (id {doc.id}): {reason}')
+    """An error that says which document of the request failed, by position and by the id the
+    client gave it (a document sent over HTTP without one has none)."""
+    name = f'document {index}' if doc.id is None else f'document {index} (id {doc.id})'
+    return RequestError(f'{name}: {reason}')
 
 
 def check_prompt(index: int, doc: SpeechDoc) -> str:

@@ -16,7 +16,6 @@ Every flag can also be given as an ``S2I_WEB_*`` environment variable: ``--gatew
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +23,16 @@ from typing import List, Optional
 
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
 
-from speech2image.client import API_KEY_ENV
+from speech2image import defaults
+from speech2image.auth import api_key_from_environment, authorization_header
 from speech2image.gateway_errors import read_gateway_error
 from speech2image.settings import apply_environment
 
 ENV_PREFIX = 'S2I_WEB_'
 PAGE_DIR = Path(__file__).resolve().parent / 'webpage'
-# The page's names for the Flow's endpoints; the gateway serves '/' at /default.
-ENDPOINTS = ('default', 'transcribe', 'generate')
-MEBIBYTE = 2**20
+# The page's names for the Flow's endpoints: the gateway's HTTP paths without their slash.
+ENDPOINTS = tuple((defaults.HTTP_ROOT_ENDPOINT if name == '/' else name).strip('/')
+                  for name in defaults.ENDPOINTS)
 # The page loads only its own files; images and recordings are blob: URLs made by the page.
 SECURITY_HEADERS = {
     'Content-Security-Policy': "default-src 'self'; img-src 'self' blob:; media-src 'self' blob:",
@@ -69,10 +69,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         description='Serve the speech2image web page.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument('--host', default='0.0.0.0', help='address the page is served on')
-    parser.add_argument('--port', type=int, default=54325, help='port the page is served on')
+    parser.add_argument('--host', default=defaults.HOST,
+                        help='address the page is served on (0.0.0.0: every interface)')
+    parser.add_argument('--port', type=int, default=defaults.PORT_WEB,
+                        help='port the page is served on')
     parser.add_argument(
-        '--gateway', default='http://127.0.0.1:54323', help="base URL of the Flow's HTTP gateway"
+        '--gateway', default=f'http://{defaults.HOST}:{defaults.PORT_HTTP}',
+        help="base URL of the Flow's HTTP gateway",
     )
     parser.add_argument(
         '--max-in-flight',
@@ -117,6 +120,9 @@ async def forward(request: web.Request) -> web.Response:
         return error_response(
             404, f'unknown endpoint {endpoint!r}; use one of {", ".join(ENDPOINTS)}'
         )
+    if request.content_type != defaults.JSON_CONTENT_TYPE:
+        return error_response(
+            415, f'send the request as {defaults.JSON_CONTENT_TYPE}, not {request.content_type}')
     settings = request.app[SETTINGS]
     load = request.app[LOAD]
     if load.in_flight >= settings.max_in_flight:
@@ -152,9 +158,10 @@ async def send_to_gateway(request: web.Request, endpoint: str, settings: Setting
         ) as answer:
             if answer.status == 200:
                 return web.Response(body=await answer.read(), content_type='application/json')
+            # The gateway answers the user's mistakes 4xx and its own failures 5xx already.
             error = read_gateway_error(await answer.json(content_type=None))
             logger.info('gateway failed /%s (%s): %s', endpoint, answer.status, error.message)
-            return error_response(422 if error.refused else answer.status, error.message)
+            return error_response(answer.status, error.message)
     except asyncio.TimeoutError:
         return error_response(504, f'the service did not answer within {settings.timeout_s:g} s')
     except ClientConnectionError as error:
@@ -174,10 +181,10 @@ async def gateway_session(app: web.Application):
 def gateway_headers() -> dict:
     """Headers for the gateway: JSON, and the API key from ``S2I_API_KEY`` when the gateway
     requires one (the browser never sees it)."""
-    headers = {'Content-Type': 'application/json'}
-    api_key = os.environ.get(API_KEY_ENV)
+    headers = {'Content-Type': defaults.JSON_CONTENT_TYPE}
+    api_key = api_key_from_environment()
     if api_key:
-        headers['Authorization'] = f'Bearer {api_key}'
+        headers['Authorization'] = authorization_header(api_key)
     return headers
 
 
@@ -187,7 +194,7 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
 
 def create_app(settings: Settings) -> web.Application:
     """The page at ``/``, its files under ``/static/``, the gateway's endpoints under ``/api/``."""
-    app = web.Application(client_max_size=settings.max_request_mb * MEBIBYTE)
+    app = web.Application(client_max_size=settings.max_request_mb * defaults.MEBIBYTE)
     app[SETTINGS] = settings
     app[LOAD] = Load()
     app.cleanup_ctx.append(gateway_session)

@@ -14,7 +14,8 @@ from typing import Dict, List, Optional
 from docarray import DocList
 from jina import dynamic_batching, requests
 
-from speech2image.draining import DEFAULT_DRAIN_SECONDS, DrainingExecutor
+from speech2image.defaults import DRAIN_SECONDS
+from speech2image.draining import DrainingExecutor
 from speech2image.schema import ImageDoc, SpeechDoc
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import DiffusionMetrics, instrumented, registry_of
@@ -110,7 +111,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         vae_tiling: bool = False,
         compile_unet: bool = False,
         warmup: bool = True,
-        drain_seconds: float = DEFAULT_DRAIN_SECONDS,
+        drain_seconds: float = DRAIN_SECONDS,
         **kwargs,
     ):
         """

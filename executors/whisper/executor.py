@@ -22,7 +22,8 @@ from docarray import DocList
 from jina import requests
 
 from speech2image.audio import AudioError, load_audio
-from speech2image.draining import DEFAULT_DRAIN_SECONDS, DrainingExecutor
+from speech2image.defaults import DRAIN_SECONDS
+from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import WhisperMetrics, instrumented, registry_of
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
@@ -159,7 +160,7 @@ class WhisperExecutor(DrainingExecutor):
         vad_filter: bool = True,
         max_audio_seconds: float = 60.0,
         audio_dir: Optional[str] = None,
-        drain_seconds: float = DEFAULT_DRAIN_SECONDS,
+        drain_seconds: float = DRAIN_SECONDS,
         **kwargs,
     ):
         """

@@ -1,0 +1,29 @@
+"""Every default and vocabulary shared by the Flow, the gateway, the clients and the web page,
+written once. Light on purpose: importing it loads no jina, torch or PyAV.
+"""
+
+# The Flow's endpoints. '/' runs the whole pipeline; jina's HTTP gateway serves it at /default.
+ENDPOINTS = ('/', '/transcribe', '/generate')
+HTTP_ROOT_ENDPOINT = '/default'
+
+# Addresses of a Flow served by `python flow.py`. 127.0.0.1 unless told otherwise: only a person
+# who means to expose the service should. The metrics ports are not 9090, Prometheus' own.
+HOST = '127.0.0.1'
+PORT_GRPC = 54322
+PORT_HTTP = 54323
+PORT_WEBSOCKET = 54324
+PORT_WEB = 54325
+PORT_MONITORING = 54326  # the gateway's /metrics; the Executors' follow: Whisper +1, diffusion +2
+EXECUTOR_MONITORING_OFFSETS = {'whisper': 1, 'stablediffusion': 2}
+
+MEBIBYTE = 2**20
+JSON_CONTENT_TYPE = 'application/json'
+
+# The gateway's guard (speech2image/request_policy.py).
+MAX_PENDING_REQUESTS = 64
+MAX_REQUEST_MB = 32
+REQUEST_TIMEOUT_SECONDS = 300.0
+# On SIGTERM, how long the gateway and the Executors let requests in flight finish.
+DRAIN_SECONDS = 30.0
+# After the drain, how long a process may take to shut down before it is ended for good.
+SHUTDOWN_GRACE_SECONDS = 5.0
