@@ -3,16 +3,18 @@
 # transcript, write the images to out/, stop. Run it as `make demo` (which installs first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GATEWAY=grpc://127.0.0.1:54322
+# S2I_* variables are flow.py's flags (S2I_PORT_GRPC is --port-grpc); the client follows them.
+PORT_GRPC=${S2I_PORT_GRPC:-54322}
+GATEWAY=grpc://127.0.0.1:$PORT_GRPC
 source scripts/offline_flow.sh
 
 echo "Starting the Flow (log: out/flow.log)..."
-$PY - "$flow_pid" <<'PYEOF'
+$PY - "$flow_pid" "$PORT_GRPC" <<'PYEOF'
 import os, socket, sys, time
-pid, deadline = int(sys.argv[1]), time.monotonic() + 180
+pid, port, deadline = int(sys.argv[1]), int(sys.argv[2]), time.monotonic() + 180
 while True:  # the gateway's port opens once every Executor is ready
     try:
-        socket.create_connection(('127.0.0.1', 54322), timeout=1).close()
+        socket.create_connection(('127.0.0.1', port), timeout=1).close()
         break
     except OSError:
         pass

@@ -36,6 +36,7 @@ EXECUTOR_IMAGES = {
     'whisper': f'speech2image/whisper:{IMAGE_TAG}',
     'stablediffusion': f'speech2image/stablediffusion:{IMAGE_TAG}',
 }
+CLUSTER_HOST = '0.0.0.0'
 # gRPC channel option of the gateway: one connection per resolved address, calls spread over all.
 GATEWAY_CHANNEL_OPTIONS = {'grpc.lb_policy_name': 'round_robin'}
 # Executors send GOAWAY after this long (plus a grace for calls in flight), so the gateway
@@ -57,7 +58,9 @@ def cluster_spec(flow: Dict[str, Any]) -> Dict[str, Any]:
         raise SystemExit(f'no container image is named for Executor(s) {sorted(unknown)}: '
                          f'add them to EXECUTOR_IMAGES in {Path(__file__).name}')
     spec = {key: value for key, value in flow.items() if key != 'jcloud'}
-    spec['with'] = {**flow['with'], 'grpc_channel_options': GATEWAY_CHANNEL_OPTIONS}
+    # In a pod every process binds all interfaces: the pod's address is what others reach.
+    spec['with'] = {**flow['with'], 'host': CLUSTER_HOST,
+                    'grpc_channel_options': GATEWAY_CHANNEL_OPTIONS}
     if 'gateway' in flow:  # the project's gateway class runs from the project's gateway image
         spec['gateway'] = {**flow['gateway'], 'uses': f'docker://{GATEWAY_IMAGE}'}
     spec['executors'] = [

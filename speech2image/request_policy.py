@@ -34,8 +34,9 @@ JINA_INTERNAL_ENDPOINTS = ('_jina_dry_run_',)
 KNOWN_ENDPOINTS = frozenset((*ENDPOINTS, HTTP_ROOT_ENDPOINT, *JINA_INTERNAL_ENDPOINTS))
 # Exceptions raised by Executors (or by jina while it validates documents) for what the user sent.
 USER_ERROR_TYPES = ('RequestError', 'ValidationError')
-# The name jina clients show for errors the gateway writes itself: the user's, or the service's.
-USER_ERROR_NAME, SERVICE_ERROR_NAME = 'RequestError', 'ServiceError'
+# The name jina clients show for errors the gateway writes itself (WebSocket): an unknown
+# endpoint, another mistake of the user's, or the service's failure.
+NOT_FOUND_NAME, USER_ERROR_NAME, SERVICE_ERROR_NAME = 'NotFound', 'RequestError', 'ServiceError'
 
 UNAUTHORIZED_MESSAGE = 'missing or wrong API key: send the header "Authorization: Bearer <key>"'
 NO_DOCUMENTS_MESSAGE = 'the request has no documents: send at least one in "data"'
@@ -52,7 +53,10 @@ class Refusal(Exception):
 
     @property
     def exception_name(self) -> str:
-        """How a jina client names this error: the user's mistake or the service's."""
+        """How a jina client names this error: an unknown endpoint, the user's mistake, or the
+        service's failure."""
+        if self.http_status == 404:
+            return NOT_FOUND_NAME
         return USER_ERROR_NAME if self.http_status < 500 else SERVICE_ERROR_NAME
 
 
@@ -213,7 +217,7 @@ def check_json_request(content_type: Optional[str], body: bytes) -> None:
             f'not {media_type or "a body without a Content-Type"}; audio goes base64-encoded in '
             '"bytes_"', grpc.StatusCode.INVALID_ARGUMENT, 415)
     try:
-        request = json.loads(body, parse_constant=reject_constant)
+        request = json.loads(body)  # NaN and Infinity parse, and are refused below by name
     except ValueError as error:
         raise Refusal(f'the request body is not valid JSON: {error}',
                       grpc.StatusCode.INVALID_ARGUMENT, 400) from None
@@ -241,9 +245,9 @@ def check_json_document(index: int, document: Any) -> None:
     if not isinstance(document, dict):
         raise invalid(f'document {index}: must be an object, got {type(document).__name__}')
     name = f'document {index} (id {document["id"]})' if 'id' in document else f'document {index}'
-    where = non_finite_number(document, 'data')
-    if where is not None:
-        raise invalid(f'{name}: numbers must be finite')
+    for key, value in document.items():
+        if non_finite_number(value) is not None:
+            raise invalid(f'{name}: {key} contains NaN or infinite numbers')
     try:
         SpeechDoc.model_validate(document)
     except ValidationError as error:
@@ -251,11 +255,6 @@ def check_json_document(index: int, document: Any) -> None:
                              f'{item["msg"].removeprefix("Value error, ")}'
                              for item in error.errors())
         raise invalid(f'{name}: {problems}') from None
-
-
-def reject_constant(token: str):
-    """Python's JSON parser accepts NaN and Infinity; the standard (and jina) do not."""
-    raise invalid(f'the request body is not standard JSON: {token} is not a number')
 
 
 # --- an Executor's error, as the client sees it ----------------------------------------------

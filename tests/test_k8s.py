@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from scripts import export_k8s
+from tests.support import KUBECTL, VENV_BIN
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / 'k8s'
 FLOW_YAML = ROOT / 'flow.yml'
-VENV_BIN = Path(sys.executable).parent
 # Two Kubernetes minors: the first with gRPC probes GA, and a recent one.
 KUBERNETES_VERSIONS = ('1.27.0', '1.33.0')
 CUSTOM_KINDS = {'ServiceMonitor', 'PrometheusRule'}  # prometheus-operator CRDs: no schema ships offline
@@ -34,7 +34,7 @@ MIN_STARTUP_SECONDS = 20 * 60  # a first start downloads the model before the po
 
 def built_manifests() -> List[Dict]:
     """``kubectl kustomize k8s/``: every object the deploy command applies."""
-    result = subprocess.run([str(VENV_BIN / 'kubectl'), 'kustomize', str(K8S)], capture_output=True, text=True,
+    result = subprocess.run([str(KUBECTL), 'kustomize', str(K8S)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

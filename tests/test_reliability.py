@@ -31,7 +31,9 @@ CLEAR_ERRORS = ('server busy', 'no answer within', 'shutting down', 'may be down
 MEMORY_REQUESTS = 1000
 MEMORY_GROWTH_LIMIT_MB = 25
 REVIVAL_SECONDS = 60
-SLOW = {'num_inference_steps': 40}  # seconds of work on the tiny model: still running at SIGTERM
+SLOW = {'num_inference_steps': 40}
+# 4 clients: at most the requests in flight on the killed replica, and a retry's bad luck.
+KILLED_REPLICA_MAX_FAILED_SHARE = 0.25  # seconds of work on the tiny model: still running at SIGTERM
 
 
 @pytest.fixture(scope='module')
@@ -72,10 +74,13 @@ def diffusion_documents(pod) -> float:
     return 0.0
 
 
-def assert_nothing_lost(report):
-    """Every request answered: with documents, or with an error that says what happened."""
+def assert_nothing_lost(report, max_failed_share: float):
+    """Every request answered: with documents, or with an error that says what happened, and
+    errors no more than ``max_failed_share`` of what was sent; each error printed with its count."""
+    print('errors:', report.errors)
     assert report.lost == 0, report.summary()
     assert report.sent == report.answered + report.failed
+    assert report.failed <= max_failed_share * report.sent, report.summary()
     for message in report.errors:
         assert any(clear in message for clear in CLEAR_ERRORS), message
 
@@ -96,7 +101,7 @@ def post_many(address, count, parameters, timeout=60):
 def test_load_every_request_is_answered(flow):
     report = asyncio.run(run_load(flow.grpc, clients=6, seconds=8, timeout=REQUEST_TIMEOUT_S + 10))
     print('load:', report.summary())
-    assert_nothing_lost(report)
+    assert_nothing_lost(report, max_failed_share=0.0)  # within the bounds: nothing may fail
     assert report.answered > 0
 
 
@@ -104,7 +109,7 @@ def test_memory_stays_flat_over_1000_requests(flow):
     """Cheapest full path: text through /transcribe crosses the gateway and both Executors."""
     processes = {name: psutil.Process(pid) for name, pid in all_pids(flow).items()}
     warm_up = asyncio.run(run_load(flow.grpc, 8, 60, 200, '/transcribe', {}, timeout=30))
-    assert_nothing_lost(warm_up)
+    assert_nothing_lost(warm_up, max_failed_share=0.0)
     before = {name: p.memory_info().rss for name, p in processes.items()}
     report = asyncio.run(run_load(flow.grpc, 8, 120, MEMORY_REQUESTS, '/transcribe', {}, timeout=30))
     after = {name: p.memory_info().rss for name, p in processes.items()}
@@ -126,7 +131,8 @@ def test_killed_replica_under_load_loses_nothing_and_is_used_again_once_back(flo
 
     report = asyncio.run(kill_during_load())
     print('replica killed under load:', report.summary())
-    assert_nothing_lost(report)
+    # Only the requests on the killed replica at that moment may fail (jina retries once).
+    assert_nothing_lost(report, max_failed_share=KILLED_REPLICA_MAX_FAILED_SHARE)
     assert report.answered > 0
 
     # The replica comes back on the same address, as a restarted pod would.
@@ -162,7 +168,7 @@ def test_stuck_executor_gives_a_timeout_error_and_pending_requests_are_bounded(f
         refused, refused_after, http, stuck_errors, stuck_after = asyncio.run(pile_up())
     finally:
         os.kill(whisper, signal.SIGCONT)
-    assert 'RESOURCE_EXHAUSTED' in refused and 'server busy' in refused
+    assert 'server busy' in refused
     assert refused_after < 2
     assert http.status_code == 503 and 'server busy' in http.json()['detail']
     assert all(f'no answer within {REQUEST_TIMEOUT_S} s' in error for error in stuck_errors)
@@ -177,23 +183,29 @@ def test_stuck_executor_gives_a_timeout_error_and_pending_requests_are_bounded(f
 
 
 def test_sigterm_on_an_executor_lets_its_requests_finish(flow):
-    """Terminates the second diffusion replica for good."""
-    second = pods(flow, 'stablediffusion')[1]
+    """Terminates the second diffusion replica for good. The replica is working on a batch when
+    SIGTERM arrives (its own metrics say so); every request is answered; and the other replica
+    did only the rest of the work, so the draining replica itself answered its batch (a retry
+    onto the other one would show there as the same documents done twice)."""
+    first, second = pods(flow, 'stablediffusion')
     process = psutil.Process(second.worker.pid)
-    documents_before = diffusion_documents(second)
+    first_before, second_before = diffusion_documents(first), diffusion_documents(second)
+    requests_sent = 4
 
     async def terminate_while_busy():
-        answers = asyncio.create_task(post_many(flow.grpc, 4, SLOW))
-        for _ in range(100):  # until the replica is working on a batch
-            await asyncio.sleep(0.1)
-            if await asyncio.to_thread(diffusion_documents, second) > documents_before:
+        answers = asyncio.create_task(post_many(flow.grpc, requests_sent, SLOW))
+        while True:  # until the replica is working on a batch (post_many's timeout bounds it)
+            await asyncio.sleep(0.05)
+            working = await asyncio.to_thread(diffusion_documents, second) - second_before
+            if working or answers.done():
                 break
         process.send_signal(signal.SIGTERM)
-        return answers.done(), await answers
+        return working, await answers
 
-    done_at_sigterm, answers = asyncio.run(terminate_while_busy())
-    assert not done_at_sigterm
-    assert answers == [None] * 4
+    working, answers = asyncio.run(terminate_while_busy())
+    assert working > 0, 'the second replica never got a batch'
+    assert answers == [None] * requests_sent
+    assert diffusion_documents(first) - first_before <= requests_sent - working
     process.wait(timeout=30)
 
 
@@ -212,5 +224,5 @@ def test_sigterm_on_the_gateway_drains_and_refuses_new_requests(flow):
     done_at_sigterm, answers, late = asyncio.run(terminate_while_busy())
     assert not done_at_sigterm
     assert answers == [None, None]
-    assert 'UNAVAILABLE' in late and 'shutting down' in late
+    assert 'shutting down' in late
     gateway.wait(timeout=30)

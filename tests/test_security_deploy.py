@@ -9,6 +9,7 @@ import yaml
 from kubernetes_validate import validate
 
 from tests.conftest import ROOT
+from tests.support import KUBECTL
 
 SECURITY = ROOT / 'k8s' / 'security'
 K8S_VERSION = '1.30'
@@ -114,7 +115,7 @@ def kustomized(tmp_path):
         'resources': ['deployments.yml'],
         'patches': [{'path': 'hardening-patch.yml'}, {'path': 'gateway-api-key-patch.yml'}],
     }))
-    output = subprocess.run(['kubectl', 'kustomize', str(tmp_path)], check=True, timeout=60,
+    output = subprocess.run([str(KUBECTL), 'kustomize', str(tmp_path)], check=True, timeout=60,
                             capture_output=True, text=True).stdout
     return {doc['metadata']['name']: doc for doc in yaml.safe_load_all(output)}
 

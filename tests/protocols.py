@@ -1,0 +1,153 @@
+"""One request, sent the way each kind of user sends it, and its answer in one shape.
+
+``Answer`` holds what a client can observe: success or the status class of the error, the
+message, the documents. The senders below speak each protocol at the wire (raw gRPC stub, HTTP
+JSON, raw WebSocket frames) so the tests see the real status, and through the clients users run
+(the jina Client via ``speech2image.client.send``, the ``speech2image`` CLI, the web service).
+"""
+
+import asyncio
+import base64
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import aiohttp
+import grpc
+import numpy as np
+import requests
+from docarray import DocList
+from jina.proto import jina_pb2_grpc
+from jina.types.request.data import DataRequest
+
+from speech2image.defaults import HTTP_ROOT_ENDPOINT
+from speech2image.request_policy import NOT_FOUND_NAME, USER_ERROR_NAME
+from speech2image.schema import SpeechDoc
+
+# Status classes, one name for what each protocol says.
+OK, INVALID, NOT_FOUND = 'ok', 'invalid', 'not found'
+GRPC_CLASSES = {grpc.StatusCode.OK: OK, grpc.StatusCode.INVALID_ARGUMENT: INVALID,
+                grpc.StatusCode.NOT_FOUND: NOT_FOUND}
+HTTP_CLASSES = {200: OK, 422: INVALID, 404: NOT_FOUND}
+WEBSOCKET_CLASSES = {USER_ERROR_NAME: INVALID, NOT_FOUND_NAME: NOT_FOUND}
+ANSWER_TIMEOUT_S = 60
+WS_END_OF_ITERATION = bytes(True)
+
+
+@dataclass
+class Answer:
+    status: str  # OK, INVALID, NOT_FOUND, or the protocol's own word for anything else
+    message: str = ''
+    docs: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def data_request(endpoint: str, docs: List[SpeechDoc], parameters: Dict) -> DataRequest:
+    request = DataRequest()
+    request.header.exec_endpoint = endpoint
+    request.data.docs = DocList[SpeechDoc](docs)
+    if parameters:
+        request.parameters = parameters
+    return request
+
+
+def over_grpc(address: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict) -> Answer:
+    """jina's own gRPC call (``JinaRPC/Call``), as the jina Client makes it, without the client."""
+    with grpc.insecure_channel(address.removeprefix('grpc://')) as channel:
+        call = jina_pb2_grpc.JinaRPCStub(channel).Call(
+            iter([data_request(endpoint, docs, parameters)]), timeout=ANSWER_TIMEOUT_S)
+        try:
+            responses = list(call)
+        except grpc.RpcError as error:
+            return Answer(GRPC_CLASSES.get(error.code(), error.code().name), error.details())
+    for response in responses:
+        response.document_array_cls = DocList[SpeechDoc]
+    return Answer(OK, '', [doc.dict() for response in responses for doc in response.data.docs])
+
+
+def json_document(doc: SpeechDoc) -> Dict[str, Any]:
+    """A document as a browser or curl sends it: base64 bytes, samples as a list."""
+    body: Dict[str, Any] = {'id': doc.id}
+    if doc.text is not None:
+        body['text'] = doc.text
+    if doc.bytes_ is not None:
+        body['bytes_'] = base64.b64encode(bytes(doc.bytes_)).decode()
+    if doc.tensor is not None:
+        body['tensor'] = np.asarray(doc.tensor).tolist()
+    return body
+
+
+def json_body(docs: List[SpeechDoc], parameters: Dict) -> bytes:
+    """The HTTP body; non-finite numbers as Python writes them (NaN, Infinity), as a careless
+    client would."""
+    return json.dumps({'data': [json_document(doc) for doc in docs],
+                       'parameters': parameters}).encode()
+
+
+def http_path(endpoint: str) -> str:
+    return HTTP_ROOT_ENDPOINT if endpoint == '/' else endpoint
+
+
+def over_http(base_url: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict,
+              body: Optional[bytes] = None) -> Answer:
+    """A JSON POST, as curl or a browser makes it (``body`` replaces the one built from docs)."""
+    response = requests.post(f'{base_url}{http_path(endpoint)}',
+                             data=json_body(docs, parameters) if body is None else body,
+                             headers={'Content-Type': 'application/json'},
+                             timeout=ANSWER_TIMEOUT_S)
+    return http_answer(response, 'detail')
+
+
+def http_answer(response: requests.Response, error_key: str) -> Answer:
+    status = HTTP_CLASSES.get(response.status_code, str(response.status_code))
+    payload = response.json()
+    if response.status_code == 200:
+        return Answer(OK, '', payload['data'])
+    return Answer(status, payload[error_key])
+
+
+def over_web_service(web_url: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict,
+                     body: Optional[bytes] = None) -> Answer:
+    """What the web page sends: ``POST /api/<endpoint>`` to speech2image.web."""
+    response = requests.post(f'{web_url}/api{http_path(endpoint)}',
+                             data=json_body(docs, parameters) if body is None else body,
+                             headers={'Content-Type': 'application/json'},
+                             timeout=ANSWER_TIMEOUT_S)
+    return http_answer(response, 'error')
+
+
+def over_websocket(address: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict) -> Answer:
+    """jina's WebSocket exchange at the frame level: the request, the end-of-iteration mark,
+    then every response until the server closes."""
+    return asyncio.run(_over_websocket(address.replace('websocket://', 'ws://'), endpoint, docs,
+                                       parameters))
+
+
+async def _over_websocket(url: str, endpoint: str, docs, parameters) -> Answer:
+    request = data_request(endpoint, docs, parameters)
+    timeout = aiohttp.ClientTimeout(total=ANSWER_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.ws_connect(f'{url}/', protocols=('bytes',)) as websocket:
+            await websocket.send_bytes(request.SerializeToString())
+            await websocket.send_bytes(WS_END_OF_ITERATION)
+            async for message in websocket:
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    break
+                response = DataRequest(message.data)
+                status = response.header.status
+                if status.code == status.ERROR:
+                    name = WEBSOCKET_CLASSES.get(status.exception.name, status.exception.name)
+                    return Answer(name, status.exception.args[0] if status.exception.args
+                                  else status.description)
+                response.document_array_cls = DocList[SpeechDoc]
+                return Answer(OK, '', [doc.dict() for doc in response.data.docs])
+    return Answer('closed without an answer')
+
+
+def over_cli(address: str, args: List[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The ``speech2image`` command line client, as a user runs it."""
+    return subprocess.run([sys.executable, '-m', 'speech2image.client', '--host', address,
+                           '--out', str(cwd / 'out'), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=ANSWER_TIMEOUT_S * 2)

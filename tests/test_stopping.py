@@ -1,0 +1,169 @@
+"""Every way users stop the Flow leaves nothing running and every port free.
+
+``python flow.py`` is started in a session of its own; each test stops it as a user does (SIGTERM
+to flow.py alone, as `kill`, a container stop or a script's trap send it; SIGINT to flow.py alone;
+the demo script ending) and then asserts that no process of that session is left and that every
+port the Flow held can be bound again. Waits are for events (processes ending, ports opening),
+bounded by the drain time plus the shutdown grace and a margin, never fixed sleeps.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import List
+
+import psutil
+import pytest
+
+import flow as flow_module
+from speech2image import defaults
+from speech2image.client import ServiceError, send
+from speech2image.schema import SpeechDoc
+from tests.conftest import (
+    ROOT,
+    RunningFlow,
+    free_port_run,
+    free_ports,
+    offline_flow_flags,
+    wait_flow_ready,
+)
+
+DRAIN_SECONDS = 3
+# On top of the drain and the shutdown grace: process start-up and teardown on a busy machine.
+STOP_MARGIN_SECONDS = 20
+STOP_BOUND_SECONDS = DRAIN_SECONDS + defaults.SHUTDOWN_GRACE_SECONDS + STOP_MARGIN_SECONDS
+LONG_REQUEST = {'num_inference_steps': 100}
+
+
+def start_flow(*flags: str):
+    """``python flow.py`` on the offline models in a new session; its RunningFlow once ready."""
+    all_flags = offline_flow_flags('--drain-seconds', str(DRAIN_SECONDS), *flags)
+    args = flow_module.parse_args(all_flags)
+    process = subprocess.Popen([sys.executable, str(ROOT / 'flow.py'), *all_flags], cwd=ROOT,
+                               start_new_session=True)
+    running = RunningFlow(args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring)
+    wait_flow_ready(running, process)
+    return process, running, flow_ports(args)
+
+
+def flow_ports(args) -> List[int]:
+    return [args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring,
+            *(flow_module.monitoring_port(args, name) for name in defaults.EXECUTOR_MONITORING_OFFSETS)]
+
+
+def session_processes(session_id: int) -> List[psutil.Process]:
+    """The live processes of a session (zombies are gone in all but name)."""
+    found = []
+    for process in psutil.process_iter(['pid', 'status']):
+        try:
+            if os.getsid(process.pid) == session_id and process.info['status'] != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return found
+
+
+def assert_all_gone(session_id: int, ports: List[int], within: float) -> None:
+    """Every process of the session ends within ``within`` seconds, and then every port binds."""
+    alive = session_processes(session_id)
+    gone, still = psutil.wait_procs(alive, timeout=within)
+    try:
+        assert not still, f'still running {within:g} s after the stop: ' + ', '.join(
+            f'{p.pid} {" ".join(p.cmdline())[:80]}' for p in still)
+    finally:
+        for process in still:  # never leave them behind, even when the test fails
+            process.kill()
+    for port in ports:
+        with socket.socket() as probe:
+            probe.bind(('127.0.0.1', port))  # raises if anything still holds it
+
+
+@pytest.mark.parametrize('stop_signal', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_flow_py_alone_stops_every_process(stop_signal):
+    process, running, ports = start_flow()
+    children = session_processes(process.pid)
+    assert len(children) >= 4, 'flow.py, the gateway and two Executors'
+    process.send_signal(stop_signal)  # to flow.py only, as `kill` or a container stop does
+    assert process.wait(timeout=STOP_BOUND_SECONDS) == 0
+    assert_all_gone(process.pid, ports, within=STOP_MARGIN_SECONDS)
+
+
+def test_sigterm_with_a_request_still_running_ends_within_the_drain_bound():
+    """A request that outlasts the drain: the caller gets its answer or a clear error, never a
+    hang, and every process is gone within the drain time plus the shutdown grace."""
+    process, running, ports = start_flow()
+    outcome = {}
+
+    def long_request():
+        try:
+            outcome['docs'] = send(running.grpc, '/generate', [SpeechDoc(text='slow')], LONG_REQUEST)
+        except ServiceError as error:
+            outcome['error'] = str(error)
+
+    caller = threading.Thread(target=long_request)
+    caller.start()
+    wait_for_pending_request(running)
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=STOP_BOUND_SECONDS)
+    assert_all_gone(process.pid, ports, within=STOP_BOUND_SECONDS - (time.monotonic() - stopped_at))
+    caller.join(timeout=STOP_MARGIN_SECONDS)
+    assert not caller.is_alive(), 'the caller still waits after the Flow is gone'
+    assert outcome, 'the caller got neither an answer nor an error'
+
+
+def wait_for_pending_request(running: RunningFlow, timeout: float = 60) -> None:
+    """Until the gateway's metrics show a request in flight."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = requests.get(f'http://127.0.0.1:{running.port_monitoring}/metrics', timeout=5).text
+        for family in text_string_to_metric_families(text):
+            if family.name == 'jina_number_of_pending_requests':
+                if any(sample.value >= 1 for sample in family.samples):
+                    return
+        time.sleep(0.05)
+    pytest.fail('the long request never reached the gateway')
+
+
+def test_the_demo_ends_with_nothing_left_running():
+    grpc_port, http_port, websocket_port = free_ports(3)
+    monitoring = str(free_port_run(3))
+    env = {**os.environ, 'S2I_PORT_GRPC': str(grpc_port), 'S2I_PORT_HTTP': str(http_port),
+           'S2I_PORT_WEBSOCKET': str(websocket_port), 'S2I_PORT_MONITORING': monitoring}
+    env.pop('OMP_NUM_THREADS', None)  # the demo runs as users run it
+    demo = subprocess.Popen(['bash', 'scripts/demo.sh'], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    output, _ = demo.communicate(timeout=600)
+    assert demo.returncode == 0, output
+    assert '0-apple-0-seed42.png' in output, output
+    args = flow_module.parse_args(['--port-grpc', str(grpc_port), '--port-http', str(http_port),
+                                   '--port-websocket', str(websocket_port),
+                                   '--port-monitoring', monitoring])
+    # Leftovers keep the session of the demo's shell (its pid) even once orphaned.
+    assert_all_gone(demo.pid, flow_ports(args), within=STOP_MARGIN_SECONDS)
+
+
+def test_a_port_in_use_gives_one_clear_line():
+    holder = socket.socket()
+    holder.bind(('127.0.0.1', 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        flags = offline_flow_flags('--port-http', str(port))
+        result = subprocess.run([sys.executable, str(ROOT / 'flow.py'), *flags], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert f'--port-http {port} on 127.0.0.1' in result.stderr
+    assert f'pid {os.getpid()}' in result.stderr, 'it names what holds the port'
+    assert 'Traceback' not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
