@@ -93,29 +93,26 @@ def http_path(endpoint: str) -> str:
 def over_http(base_url: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict,
               body: Optional[bytes] = None) -> Answer:
     """A JSON POST, as curl or a browser makes it (``body`` replaces the one built from docs)."""
-    response = requests.post(f'{base_url}{http_path(endpoint)}',
-                             data=json_body(docs, parameters) if body is None else body,
-                             headers={'Content-Type': 'application/json'},
-                             timeout=ANSWER_TIMEOUT_S)
-    return http_answer(response, 'detail')
-
-
-def http_answer(response: requests.Response, error_key: str) -> Answer:
-    status = HTTP_CLASSES.get(response.status_code, str(response.status_code))
-    payload = response.json()
-    if response.status_code == 200:
-        return Answer(OK, '', payload['data'])
-    return Answer(status, payload[error_key])
+    return post_json(f'{base_url}{http_path(endpoint)}', docs, parameters, body, 'detail')
 
 
 def over_web_service(web_url: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict,
                      body: Optional[bytes] = None) -> Answer:
     """What the web page sends: ``POST /api/<endpoint>`` to speech2image.web."""
-    response = requests.post(f'{web_url}/api{http_path(endpoint)}',
-                             data=json_body(docs, parameters) if body is None else body,
+    return post_json(f'{web_url}/api{http_path(endpoint)}', docs, parameters, body, 'error')
+
+
+def post_json(url: str, docs: List[SpeechDoc], parameters: Dict, body: Optional[bytes],
+              error_key: str) -> Answer:
+    """POST the request as JSON; the answer, with the error message read from ``error_key``."""
+    response = requests.post(url, data=json_body(docs, parameters) if body is None else body,
                              headers={'Content-Type': 'application/json'},
                              timeout=ANSWER_TIMEOUT_S)
-    return http_answer(response, 'error')
+    status = HTTP_CLASSES.get(response.status_code, str(response.status_code))
+    payload = response.json()
+    if response.status_code == 200:
+        return Answer(OK, '', payload['data'])
+    return Answer(status, payload[error_key])
 
 
 def over_websocket(address: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict) -> Answer:
