@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -30,6 +31,8 @@ ENV_PREFIX = 'S2I_'
 FLOW_NAME = 'speech2image'
 # After the Flow is closed, how long its processes may take to exit before they are killed.
 CHILD_EXIT_SECONDS = 5.0
+# How often the main thread wakes to run a signal's handler (see wait_for_a_stop_signal).
+SIGNAL_POLL_SECONDS = 0.2
 # The gateway: jina's, with an API key, a pending-request bound and a drain (speech2image/gateway.py).
 GATEWAY_CONFIG = 'speech2image/gateway.yml'
 # JCloud resources, as `jc deploy flow.yml` reads them.
@@ -258,13 +261,24 @@ def bind_metrics_to(host: str) -> None:
 
 
 def stop_on_sigterm() -> None:
-    """SIGTERM stops the Flow as Ctrl-C does: jina's ``block()`` only handles KeyboardInterrupt,
-    and without this SIGTERM ends this process alone and leaves the Flow's running."""
+    """SIGTERM stops the Flow as Ctrl-C does (a KeyboardInterrupt in the main thread): without
+    this, SIGTERM ends this process alone and leaves the Flow's processes running."""
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def wait_for_a_stop_signal() -> None:
+    """Sleep in short slices until SIGINT or SIGTERM raises KeyboardInterrupt.
+
+    Not jina's ``Flow.block()``: it waits on an event without a timeout, and a signal that the
+    kernel delivers to another of this process's threads (gRPC's, jina's) then runs its Python
+    handler only when the main thread next runs bytecode, which it never does: the Flow then
+    ignores SIGTERM, as the stop tests saw now and then."""
+    while True:
+        time.sleep(SIGNAL_POLL_SECONDS)
 
 
 def end_leftover_processes() -> None:
@@ -287,9 +301,9 @@ def serve(args: argparse.Namespace) -> int:
     bind_metrics_to(args.monitoring_host or args.host)
     stop_on_sigterm()  # the Flow's processes replace it with jina's own handlers as they start
     try:
-        with build_flow(args) as flow:
-            flow.block()
-    except KeyboardInterrupt:  # a signal while the Flow was still starting
+        with build_flow(args):
+            wait_for_a_stop_signal()
+    except KeyboardInterrupt:  # SIGINT or SIGTERM, while starting or serving
         pass
     finally:
         end_leftover_processes()

@@ -17,6 +17,7 @@ from speech2image.client import ServiceError, send
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from tests.audio_files import apple_samples, wav_bytes
 from tests.conftest import ASSETS
+from tests.support import gateway_pending_requests
 from tests.protocols import (
     INVALID,
     NOT_FOUND,
@@ -215,3 +216,26 @@ def test_an_executor_failure_is_5xx_not_the_users_fault():
     assert executor_refusal('ValidationError', 'x').http_status == 422
     assert executor_refusal('RuntimeError', 'CUDA out of memory').http_status == 500
     assert executor_refusal('RuntimeError', 'x').grpc_code.name == 'INTERNAL'
+
+
+def test_refused_requests_are_answered_at_once_and_hold_no_slot(running_flow):
+    """Twice the pending-request bound of empty and overflowing requests, all at once: each is
+    refused within seconds, none is counted as pending afterwards, and a good request is served
+    (an empty request used to hang for 120 s holding a slot, and 64 of them locked everyone out)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from speech2image.defaults import MAX_PENDING_REQUESTS
+
+    bodies = [b'{"data": []}', b'{"data": [{"text": "a"}], "parameters": {"seed": 1e400}}']
+
+    def refused(index: int) -> int:
+        return requests.post(f'{running_flow.http}/generate', data=bodies[index % 2],
+                             headers={'Content-Type': 'application/json'}, timeout=10).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(refused, range(2 * MAX_PENDING_REQUESTS)))
+    assert statuses == [422] * len(statuses)
+    assert gateway_pending_requests(running_flow.port_monitoring) == 0
+    assert_still_serving(running_flow)

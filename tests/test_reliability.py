@@ -18,8 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load import one_request, run_load
 from tests.conftest import serve_flow
+from tests.support import gateway_pending_requests, poll_until
 
 REQUEST_TIMEOUT_S = 12
+# How much later than the request timeout its error may arrive, on a busy machine.
+TIMEOUT_MARGIN_S = 5
 MAX_PENDING = 12
 FLOW_FLAGS = (
     '--diffusion-replicas', '2', '--timeout-send-ms', '10000', '--retries', '1',
@@ -155,7 +158,8 @@ def test_stuck_executor_gives_a_timeout_error_and_pending_requests_are_bounded(f
     try:
         async def pile_up():
             stuck = asyncio.create_task(post_many(flow.grpc, MAX_PENDING, {}, timeout=60))
-            await asyncio.sleep(1.0)
+            await asyncio.to_thread(poll_until, lambda: gateway_pending_requests(
+                flow.port_monitoring) >= MAX_PENDING, 30, 'the requests did not pile up')
             started = time.monotonic()
             [refused] = await post_many(flow.grpc, 1, {}, timeout=10)
             refused_after = time.monotonic() - started
@@ -169,10 +173,10 @@ def test_stuck_executor_gives_a_timeout_error_and_pending_requests_are_bounded(f
     finally:
         os.kill(whisper, signal.SIGCONT)
     assert 'server busy' in refused
-    assert refused_after < 2
+    assert refused_after < REQUEST_TIMEOUT_S / 2, 'refused at once, not after waiting its turn'
     assert http.status_code == 503 and 'server busy' in http.json()['detail']
     assert all(f'no answer within {REQUEST_TIMEOUT_S} s' in error for error in stuck_errors)
-    assert stuck_after < REQUEST_TIMEOUT_S + 2
+    assert stuck_after < REQUEST_TIMEOUT_S + TIMEOUT_MARGIN_S
 
     for _ in range(20):  # thawed, it serves again
         if asyncio.run(post_many(flow.grpc, 1, {'num_inference_steps': 1}))[0] is None:
@@ -215,14 +219,18 @@ def test_sigterm_on_the_gateway_drains_and_refuses_new_requests(flow):
 
     async def terminate_while_busy():
         answers = asyncio.create_task(post_many(flow.grpc, 2, SLOW))
-        await asyncio.sleep(1.0)
+        await asyncio.to_thread(poll_until, lambda: gateway_pending_requests(
+            flow.port_monitoring) >= 2, 30, 'the two requests did not reach the gateway')
         gateway.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        [late] = await post_many(flow.grpc, 1, {'num_inference_steps': 1}, timeout=10)
+        late = None
+        while late is None or 'shutting down' not in late:  # until the drain has begun
+            [late] = await post_many(flow.grpc, 1, {'num_inference_steps': 1}, timeout=10)
+            if answers.done():
+                break
         return answers.done(), await answers, late
 
-    done_at_sigterm, answers, late = asyncio.run(terminate_while_busy())
-    assert not done_at_sigterm
+    done_before_refusal, answers, late = asyncio.run(terminate_while_busy())
+    assert not done_before_refusal, 'new requests were refused while the two were in flight'
     assert answers == [None, None]
     assert 'shutting down' in late
     gateway.wait(timeout=30)

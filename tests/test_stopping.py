@@ -14,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List
+from contextlib import contextmanager
+from typing import Iterator, List, Tuple
 
 import psutil
 import pytest
@@ -31,6 +32,7 @@ from tests.conftest import (
     offline_flow_flags,
     wait_flow_ready,
 )
+from tests.support import gateway_pending_requests, poll_until
 
 DRAIN_SECONDS = 3
 # On top of the drain and the shutdown grace: process start-up and teardown on a busy machine.
@@ -39,15 +41,27 @@ STOP_BOUND_SECONDS = DRAIN_SECONDS + defaults.SHUTDOWN_GRACE_SECONDS + STOP_MARG
 LONG_REQUEST = {'num_inference_steps': 100}
 
 
-def start_flow(*flags: str):
-    """``python flow.py`` on the offline models in a new session; its RunningFlow once ready."""
+@contextmanager
+def started_flow(*flags: str) -> Iterator[Tuple[subprocess.Popen, RunningFlow, List[int]]]:
+    """``python flow.py`` on the offline models in a new session, yielded once ready; whatever
+    the test does, no process of that session outlives it."""
     all_flags = offline_flow_flags('--drain-seconds', str(DRAIN_SECONDS), *flags)
     args = flow_module.parse_args(all_flags)
     process = subprocess.Popen([sys.executable, str(ROOT / 'flow.py'), *all_flags], cwd=ROOT,
                                start_new_session=True)
-    running = RunningFlow(args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring)
-    wait_flow_ready(running, process)
-    return process, running, flow_ports(args)
+    try:
+        running = RunningFlow(args.port_grpc, args.port_http, args.port_websocket,
+                              args.port_monitoring)
+        wait_flow_ready(running, process)
+        yield process, running, flow_ports(args)
+    finally:
+        kill_session(process.pid)
+        process.wait()
+
+
+def kill_session(session_id: int) -> None:
+    for leftover in session_processes(session_id):
+        leftover.kill()
 
 
 def flow_ports(args) -> List[int]:
@@ -71,12 +85,8 @@ def assert_all_gone(session_id: int, ports: List[int], within: float) -> None:
     """Every process of the session ends within ``within`` seconds, and then every port binds."""
     alive = session_processes(session_id)
     gone, still = psutil.wait_procs(alive, timeout=within)
-    try:
-        assert not still, f'still running {within:g} s after the stop: ' + ', '.join(
-            f'{p.pid} {" ".join(p.cmdline())[:80]}' for p in still)
-    finally:
-        for process in still:  # never leave them behind, even when the test fails
-            process.kill()
+    assert not still, f'still running {within:g} s after the stop: ' + ', '.join(
+        f'{p.pid} {" ".join(p.cmdline())[:80]}' for p in still)
     for port in ports:
         with socket.socket() as probe:
             probe.bind(('127.0.0.1', port))  # raises if anything still holds it
@@ -84,9 +94,18 @@ def assert_all_gone(session_id: int, ports: List[int], within: float) -> None:
 
 @pytest.mark.parametrize('stop_signal', [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_to_flow_py_alone_stops_every_process(stop_signal):
-    process, running, ports = start_flow()
+    with started_flow() as (process, running, ports):
+        stop_and_check(process, ports, stop_signal)
+
+
+def stop_and_check(process, ports, stop_signal):
     children = session_processes(process.pid)
     assert len(children) >= 4, 'flow.py, the gateway and two Executors'
+    listening = {(connection.laddr.ip, connection.laddr.port) for child in children
+                 for connection in child.net_connections(kind='inet')
+                 if connection.status == psutil.CONN_LISTEN}
+    assert {port for _, port in listening} >= set(ports), 'every port, /metrics included, is up'
+    assert {ip for ip, _ in listening} <= {'127.0.0.1', '::ffff:127.0.0.1'}, listening
     process.send_signal(stop_signal)  # to flow.py only, as `kill` or a container stop does
     assert process.wait(timeout=STOP_BOUND_SECONDS) == 0
     assert_all_gone(process.pid, ports, within=STOP_MARGIN_SECONDS)
@@ -95,7 +114,12 @@ def test_a_signal_to_flow_py_alone_stops_every_process(stop_signal):
 def test_sigterm_with_a_request_still_running_ends_within_the_drain_bound():
     """A request that outlasts the drain: the caller gets its answer or a clear error, never a
     hang, and every process is gone within the drain time plus the shutdown grace."""
-    process, running, ports = start_flow()
+    with started_flow() as (process, running, ports):
+        outcome = stop_during_a_long_request(process, running, ports)
+    assert outcome, 'the caller got neither an answer nor an error'
+
+
+def stop_during_a_long_request(process, running, ports) -> dict:
     outcome = {}
 
     def long_request():
@@ -106,30 +130,15 @@ def test_sigterm_with_a_request_still_running_ends_within_the_drain_bound():
 
     caller = threading.Thread(target=long_request)
     caller.start()
-    wait_for_pending_request(running)
+    poll_until(lambda: gateway_pending_requests(running.port_monitoring) >= 1, 60,
+               'the long request never reached the gateway')
     stopped_at = time.monotonic()
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=STOP_BOUND_SECONDS)
     assert_all_gone(process.pid, ports, within=STOP_BOUND_SECONDS - (time.monotonic() - stopped_at))
     caller.join(timeout=STOP_MARGIN_SECONDS)
     assert not caller.is_alive(), 'the caller still waits after the Flow is gone'
-    assert outcome, 'the caller got neither an answer nor an error'
-
-
-def wait_for_pending_request(running: RunningFlow, timeout: float = 60) -> None:
-    """Until the gateway's metrics show a request in flight."""
-    import requests
-    from prometheus_client.parser import text_string_to_metric_families
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = requests.get(f'http://127.0.0.1:{running.port_monitoring}/metrics', timeout=5).text
-        for family in text_string_to_metric_families(text):
-            if family.name == 'jina_number_of_pending_requests':
-                if any(sample.value >= 1 for sample in family.samples):
-                    return
-        time.sleep(0.05)
-    pytest.fail('the long request never reached the gateway')
+    return outcome
 
 
 def test_the_demo_ends_with_nothing_left_running():
@@ -141,14 +150,17 @@ def test_the_demo_ends_with_nothing_left_running():
     demo = subprocess.Popen(['bash', 'scripts/demo.sh'], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    output, _ = demo.communicate(timeout=600)
-    assert demo.returncode == 0, output
-    assert '0-apple-0-seed42.png' in output, output
-    args = flow_module.parse_args(['--port-grpc', str(grpc_port), '--port-http', str(http_port),
-                                   '--port-websocket', str(websocket_port),
-                                   '--port-monitoring', monitoring])
-    # Leftovers keep the session of the demo's shell (its pid) even once orphaned.
-    assert_all_gone(demo.pid, flow_ports(args), within=STOP_MARGIN_SECONDS)
+    try:
+        output, _ = demo.communicate(timeout=600)
+        assert demo.returncode == 0, output
+        assert '0-apple-0-seed42.png' in output, output
+        args = flow_module.parse_args(['--port-grpc', str(grpc_port), '--port-http', str(http_port),
+                                       '--port-websocket', str(websocket_port),
+                                       '--port-monitoring', monitoring])
+        # Leftovers keep the session of the demo's shell (its pid) even once orphaned.
+        assert_all_gone(demo.pid, flow_ports(args), within=STOP_MARGIN_SECONDS)
+    finally:
+        kill_session(demo.pid)
 
 
 def test_a_port_in_use_gives_one_clear_line():
