@@ -38,7 +38,8 @@ demo: models
 web: models
 	scripts/web.sh
 
-test: system-deps models
+# models first: the Python check in install stops a machine with no 3.11 before apt-get runs.
+test: models system-deps
 	$(PY) -m pytest
 
 bench: models

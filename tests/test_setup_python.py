@@ -176,12 +176,14 @@ def test_uv_without_a_download_stops_with_the_line(tmp_path):
     assert 'uv python install 3.11 failed: ' in result.stderr.splitlines()[1]
 
 
-def test_make_install_stops_before_installing(tmp_path):
-    """`make install` with only a 3.12: the line is the first output, make fails, no venv exists
-    and no recipe line ran (make echoes each one on stdout before running it)."""
+@pytest.mark.parametrize('target', ['install', 'demo', 'test'])
+def test_make_stops_before_installing(tmp_path, target):
+    """`make install/demo/test` with only a 3.12: the line is the first output, make fails, no
+    venv exists and no recipe line ran (make echoes each one on stdout before running it): not
+    pip, nor the apt-get of `make test`'s system-deps."""
     venv = tmp_path / 'venv'
     bin_dir = make_path(tmp_path, {'python3': required_interpreter('3.12')})
-    result = run([MAKE, 'install', f'VENV={venv}'], isolated_env(tmp_path, bin_dir))
+    result = run([MAKE, target, f'VENV={venv}'], isolated_env(tmp_path, bin_dir))
     assert result.returncode != 0 and result.stdout == '', result
     assert_the_line_first(result.stderr, '3.12')
     assert 'Stop.' in result.stderr.splitlines()[1] and not venv.exists()
