@@ -10,13 +10,21 @@
 set -uo pipefail
 
 REQUIRED=3.11
-UV_VERSION=0.13.8  # the uv the README names; kept equal to requirements-dev.txt's pin
+DEV_REQUIREMENTS="${BASH_SOURCE[0]%/*}/../requirements-dev.txt"  # pins the uv the line names
 
 # Prints the interpreter's own path when $1 runs and is Python $REQUIRED; fails otherwise.
 print_if_required() {
   "$1" -I -c "import sys
 if '%d.%d' % sys.version_info[:2] != '$REQUIRED': sys.exit(1)
 print(sys.executable)" 2>/dev/null
+}
+
+# Prints the uv version requirements-dev.txt pins (bash alone: PATH may hold nothing else).
+uv_pin() {
+  local line
+  while read -r line; do
+    [[ $line == uv==* ]] && echo "${line#uv==}" && return
+  done < "$DEV_REQUIREMENTS"
 }
 
 # Prints what python3 is here, for the message: "Python 3.12.1" or "missing".
@@ -43,7 +51,7 @@ fi
 
 echo "speech2image needs Python $REQUIRED (jina 3.34 does not run on Python 3.12 or newer;" \
   "python3 here: $(python3_version)) and found none: get one with" \
-  "'pipx install uv==$UV_VERSION && uv python install $REQUIRED', then run make again" \
+  "'pipx install uv==$(uv_pin) && uv python install $REQUIRED', then run make again" \
   "(or: make PYTHON=/path/to/python$REQUIRED)." >&2
 if [ -n "$uv_said" ]; then
   uv_reason=${uv_said##*$'\n'}  # uv's last line, its most specific cause

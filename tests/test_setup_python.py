@@ -30,7 +30,9 @@ SCRIPT_TIMEOUT_S = 60
 # The one line's parts: what is needed, why, and the command that gets it.
 NEEDS = 'speech2image needs Python 3.11'
 WHY = 'jina 3.34 does not run on Python 3.12 or newer'
-GET_IT = 'uv python install 3.11'
+UV_PIN = next(line.strip() for line in (ROOT / 'requirements-dev.txt').read_text().splitlines()
+              if line.startswith('uv=='))
+GET_IT = f'pipx install {UV_PIN} && uv python install 3.11'
 
 
 @lru_cache(maxsize=None)
