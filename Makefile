@@ -1,5 +1,8 @@
 # speech2image: `make demo` runs the demo, `make test` runs the tests; both install what they need.
-PYTHON ?= python3
+# The Python .venv is made from: a 3.11 (jina 3.34 does not run on 3.12+), which scripts/find_python.sh
+# finds or has uv install, or it says in one line what is missing. Looked up once, and only when
+# .venv is (re)made; `make PYTHON=/path/to/python3.11` chooses one instead.
+PYTHON ?= $(eval PYTHON := $(shell scripts/find_python.sh))$(or $(PYTHON),$(error no Python 3.11, see the line above))
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build on machines that have it locally; elsewhere PyPI's default (CUDA on Linux x86_64).
@@ -35,7 +38,8 @@ demo: models
 web: models
 	scripts/web.sh
 
-test: system-deps models
+# models first: the Python check in install stops a machine with no 3.11 before apt-get runs.
+test: models system-deps
 	$(PY) -m pytest
 
 bench: models

@@ -27,7 +27,7 @@ while True:  # the gateway's port opens once every Executor is ready
     time.sleep(1)
 PYEOF
 
-echo "Sending assets/apple.wav (\"$(python3 -c 'import json;print(json.load(open("assets/clips.json"))["apple.wav"])')\")..."
+echo "Sending assets/apple.wav (\"$($PY -c 'import json;print(json.load(open("assets/clips.json"))["apple.wav"])')\")..."
 $PY -m speech2image.client --host "$GATEWAY" --out out --num-images 2 --seed 42 assets/apple.wav
 cat <<'NOTE'
 
