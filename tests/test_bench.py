@@ -1,4 +1,4 @@
-"""The cheap benchmarks run end to end and print the tables the README quotes, so `make bench`
+"""The cheap benchmarks run end to end and print docs/benchmarks.md's tables, so `make bench`
 does not rot. Sizes are checked (they are facts of the encodings); timings are not."""
 
 import subprocess

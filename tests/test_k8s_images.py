@@ -1,7 +1,7 @@
 """The container images' Dockerfiles: hadolint-clean, and built the way the manifests run them
 (pinned base, non-root user, model cache volume, config.yml started by `jina executor`, no
 secrets, dependencies before code). scripts/build_image_offline.sh builds one for real (slow,
-so not here; README)."""
+so not here; docs/deployment.md)."""
 
 import re
 import subprocess

@@ -1,7 +1,7 @@
 """Monitoring, for real: the Flow with monitoring on, a real Prometheus scraping its three metrics
 endpoints, known traffic (some of it failing), then checks through Prometheus' HTTP API.
 
-Prometheus is started from k8s/monitoring/prometheus-local.yml (the file the README uses), with
+Prometheus is started from k8s/monitoring/prometheus-local.yml (as in docs/monitoring.md), with
 the test Flow's ports, a 1 s scrape interval and the alert rules of k8s/monitoring/alerts.yml.
 """
 
