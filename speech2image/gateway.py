@@ -40,6 +40,7 @@ from jina.serve.runtimes.gateway.websocket import WebSocketGateway
 from jina.serve.runtimes.servers.composite import CompositeBaseServer
 
 from speech2image.client import API_KEY_ENV
+from speech2image.cold_start import cold_start_seconds_from_environment, hold_calls_for_replicas
 from speech2image.draining import DEFAULT_DRAIN_SECONDS
 
 MEBIBYTE = 2**20
@@ -569,6 +570,8 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
                                      cors_origins=list(cors_origins))
             self.servers.append(server_class(guard=self.guard, **server_kwargs))
         self.gateways = self.servers  # the name jina's older code reads
+        # Scale to zero: calls wait (bounded) for an Executor with no replica yet (cold_start.py).
+        hold_calls_for_replicas(self.streamer._connection_pool, cold_start_seconds_from_environment())
         self.logger.info(
             f'API key {"required" if api_key_from_environment() else "not required"}; '
             f'at most {max_pending_requests} pending requests of up to {max_request_mb:g} MiB'
