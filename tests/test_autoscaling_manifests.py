@@ -14,6 +14,8 @@ import jsonschema
 import pytest
 import yaml
 
+from speech2image.cold_start import COLD_START_ENV
+from speech2image.gateway import DEFAULT_REQUEST_TIMEOUT_SECONDS
 from tests.test_k8s import K8S, of_kind
 
 VENV_BIN = Path(sys.executable).parent
@@ -21,6 +23,8 @@ KEDA_CRD = K8S / 'crds' / 'keda-v2.20.2-scaledobjects.yaml'
 KEDA = 'autoscaling/keda'
 SCALE_TO_ZERO = 'autoscaling/scale-to-zero'
 DIFFUSION = 'stablediffusion'
+DEMAND_TRIGGER = 'requests-in-flight'  # the one that scales on load
+STARTING_GATEWAY_TRIGGER = 'gateway-starting'  # scale to zero only
 
 
 def build(tmp_path: Path, *components: str) -> List[Dict]:
@@ -61,9 +65,10 @@ def closed(schema: Dict) -> Dict:
     return schema
 
 
-def trigger(scaled_object: Dict) -> Dict:
-    [only] = scaled_object['spec']['triggers']
-    return only
+def trigger(scaled_object: Dict, name: str = DEMAND_TRIGGER) -> Dict:
+    """The ScaledObject's trigger called ``name``."""
+    [named] = [rule for rule in scaled_object['spec']['triggers'] if rule['name'] == name]
+    return named
 
 
 @pytest.fixture(scope='module')
@@ -134,17 +139,29 @@ def test_trigger_scales_on_requests_in_flight_per_replica(keda_docs):
     assert 1 <= scaled['spec']['minReplicaCount'] < scaled['spec']['maxReplicaCount']
 
 
-def test_scale_to_zero_is_opt_in_with_an_idle_time(keda_docs, scale_to_zero_docs):
+def test_scale_to_zero_is_opt_in_with_an_idle_time_and_a_bounded_hold(keda_docs, scale_to_zero_docs):
     default = of_kind(keda_docs, 'ScaledObject')[DIFFUSION]['spec']
     zero = of_kind(scale_to_zero_docs, 'ScaledObject')[DIFFUSION]['spec']
-    assert default['minReplicaCount'] >= 1
+    assert default['minReplicaCount'] >= 1 and [rule['name'] for rule in default['triggers']] == [DEMAND_TRIGGER]
     assert zero['minReplicaCount'] == 0
     assert zero['cooldownPeriod'] > 0
-    # One waiting request wakes it: activation is "more than 0 in flight".
-    assert float(trigger(of_kind(scale_to_zero_docs, 'ScaledObject')[DIFFUSION])['metadata'][
-        'activationThreshold']) == 0
-    assert {key: value for key, value in zero.items() if key not in ('minReplicaCount', 'cooldownPeriod')} == \
-        {key: value for key, value in default.items() if key != 'minReplicaCount'}
+    scaled = of_kind(scale_to_zero_docs, 'ScaledObject')[DIFFUSION]
+    # One waiting request wakes it; so does a gateway pod that is starting.
+    assert float(trigger(scaled)['metadata']['activationThreshold']) == 0
+    starting = trigger(scaled, STARTING_GATEWAY_TRIGGER)['metadata']
+    assert 'deployment="gateway"' in starting['query'] and float(starting['activationThreshold']) == 0
+    unchanged = ('minReplicaCount', 'cooldownPeriod', 'triggers')
+    assert {key: value for key, value in zero.items() if key not in unchanged} == \
+        {key: value for key, value in default.items() if key not in unchanged}
+    # The gateway holds the first request while a pod starts, less long than its own timeout.
+    assert COLD_START_ENV not in gateway_env(keda_docs)
+    assert 0 < float(gateway_env(scale_to_zero_docs)[COLD_START_ENV]) < DEFAULT_REQUEST_TIMEOUT_SECONDS
+
+
+def gateway_env(docs: List[Dict]) -> Dict[str, str]:
+    """The gateway container's environment variables with a plain value."""
+    [container] = of_kind(docs, 'Deployment')['gateway']['spec']['template']['spec']['containers']
+    return {variable['name']: variable['value'] for variable in container.get('env', []) if 'value' in variable}
 
 
 def test_keda_build_passes_kubernetes_schemas_strictly(keda_docs, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import RunningFlow, serve_flow_process
-from tests.test_autoscaling_manifests import KEDA, build, trigger
+from tests.test_autoscaling_manifests import KEDA, SCALE_TO_ZERO, build, trigger
 from tests.test_k8s import of_kind
 from tests.test_monitoring import MONITORING, Prometheus, prometheus_config, serve_prometheus, wait_for
 
@@ -106,8 +106,7 @@ def test_trigger_query_tracks_requests_in_flight_and_the_threshold_scales_at_hea
     flow, prometheus = monitored_flow
     rule = keda_trigger(tmp_path)
     query, threshold = rule['metadata']['query'], float(rule['metadata']['threshold'])
-    idle = prometheus.value(query)
-    assert idle == 0, f'{query} = {idle} with no traffic'
+    wait_for(lambda: prometheus.value(query) == 0, f'{query} = 0 before any traffic')
 
     observed = {}
     for clients in (LIGHT_LOAD, HEAVY_LOAD):
@@ -124,3 +123,13 @@ def test_trigger_query_tracks_requests_in_flight_and_the_threshold_scales_at_hea
     assert desired_replicas(heavy, threshold) >= 2, observed
 
     wait_for(lambda: prometheus.value(query) == 0, f'{query} back to 0 once idle')
+
+
+def test_every_trigger_query_evaluates(monitored_flow, tmp_path):
+    """Each query of the scale-to-zero build (both triggers) is valid PromQL to a real Prometheus;
+    kube-state-metrics' series are not scraped here, so the gateway-starting one is empty."""
+    _, prometheus = monitored_flow
+    scaled = of_kind(build(tmp_path, KEDA, SCALE_TO_ZERO), 'ScaledObject')['stablediffusion']
+    for rule in scaled['spec']['triggers']:
+        result = prometheus.query(rule['metadata']['query'])
+        assert len(result) <= 1, f'KEDA refuses a query that returns several series: {rule["name"]}'
