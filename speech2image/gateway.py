@@ -569,9 +569,9 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
                 server_kwargs.update(max_request_bytes=max_request_bytes,
                                      cors_origins=list(cors_origins))
             self.servers.append(server_class(guard=self.guard, **server_kwargs))
-        self.gateways = self.servers  # the name jina's older code reads
         # Scale to zero: calls wait (bounded) for an Executor with no replica yet (cold_start.py).
         hold_calls_for_replicas(self.streamer._connection_pool, cold_start_seconds_from_environment())
+        self.gateways = self.servers  # the name jina's older code reads
         self.logger.info(
             f'API key {"required" if api_key_from_environment() else "not required"}; '
             f'at most {max_pending_requests} pending requests of up to {max_request_mb:g} MiB'

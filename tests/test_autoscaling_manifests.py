@@ -4,6 +4,7 @@ KEDA's own CRD schema (k8s/crds/, kept with its version), aimed at the diffusion
 scaling on the gateway's requests in flight; scale to zero only when asked for."""
 
 import copy
+import inspect
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from speech2image.cold_start import COLD_START_ENV
-from speech2image.gateway import DEFAULT_REQUEST_TIMEOUT_SECONDS
+from speech2image.gateway import GuardedGateway
 from tests.test_k8s import K8S, of_kind
 
 VENV_BIN = Path(sys.executable).parent
@@ -155,7 +156,8 @@ def test_scale_to_zero_is_opt_in_with_an_idle_time_and_a_bounded_hold(keda_docs,
         {key: value for key, value in default.items() if key not in unchanged}
     # The gateway holds the first request while a pod starts, less long than its own timeout.
     assert COLD_START_ENV not in gateway_env(keda_docs)
-    assert 0 < float(gateway_env(scale_to_zero_docs)[COLD_START_ENV]) < DEFAULT_REQUEST_TIMEOUT_SECONDS
+    request_timeout = inspect.signature(GuardedGateway).parameters['request_timeout_seconds'].default
+    assert 0 < float(gateway_env(scale_to_zero_docs)[COLD_START_ENV]) < request_timeout
 
 
 def gateway_env(docs: List[Dict]) -> Dict[str, str]:
