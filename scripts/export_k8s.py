@@ -38,10 +38,15 @@ EXECUTOR_IMAGES = {
 }
 CLUSTER_HOST = '0.0.0.0'
 # gRPC channel option of the gateway: one connection per resolved address, calls spread over all.
-GATEWAY_CHANNEL_OPTIONS = {'grpc.lb_policy_name': 'round_robin'}
+GATEWAY_CHANNEL_OPTIONS = {
+    'grpc.lb_policy_name': 'round_robin',
+    # Resolve again at each GOAWAY below: gRPC's default waits 30 s between DNS resolutions.
+    'grpc.dns_min_time_between_resolutions_ms': 1_000,
+}
 # Executors send GOAWAY after this long (plus a grace for calls in flight), so the gateway
-# reconnects, re-resolves the headless Service and picks up replicas added since.
-MAX_CONNECTION_AGE_MS = 60_000
+# reconnects, re-resolves the headless Service and picks up replicas added since: an autoscaled
+# replica gets traffic seconds after it is ready (docs/autoscaling.md, measured there).
+MAX_CONNECTION_AGE_MS = 5_000
 MAX_CONNECTION_AGE_GRACE_MS = 600_000
 EXECUTOR_SERVER_OPTIONS = {
     'grpc.max_connection_age_ms': MAX_CONNECTION_AGE_MS,

@@ -33,6 +33,7 @@ from jina.serve.runtimes.servers.composite import CompositeBaseServer
 
 from speech2image import defaults
 from speech2image.auth import api_key_from_environment
+from speech2image.cold_start import cold_start_seconds_from_environment, hold_calls_for_replicas
 from speech2image.draining import exit_after
 from speech2image.gateway_errors import read_gateway_error
 from speech2image.request_policy import (
@@ -567,6 +568,8 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
                 server_kwargs.update(max_request_bytes=max_request_bytes,
                                      cors_origins=list(cors_origins))
             self.servers.append(server_class(guard=self.guard, **server_kwargs))
+        # Scale to zero: calls wait (bounded) for an Executor with no replica yet (cold_start.py).
+        hold_calls_for_replicas(self.streamer._connection_pool, cold_start_seconds_from_environment())
         self.gateways = self.servers  # the name jina's older code reads
         self.logger.info(
             f'API key {"required" if api_key else "not required"}; '

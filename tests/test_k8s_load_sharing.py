@@ -18,7 +18,7 @@ import time
 import urllib.request
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Sequence
 
 import grpc
 import pytest
@@ -51,14 +51,15 @@ def replace_flag(args: List[str], flag: str, *values: str) -> List[str]:
 
 
 @contextmanager
-def jina_process(args: List[str], home: Path, log: Path) -> Iterator[subprocess.Popen]:
+def jina_process(args: List[str], home: Path, log: Path, prefix: Sequence[str] = ()) -> Iterator[subprocess.Popen]:
     """``jina ARGS`` in its own process group, stopped (group and all) on exit. Its own HOME:
-    jina serialises Executor start-up through a lock file under ~/.cache."""
+    jina serialises Executor start-up through a lock file under ~/.cache. ``prefix``: a command
+    that runs jina (``exec``), such as one that gives it its own view of the files."""
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, 'HOME': str(home), 'PYTHONPATH': str(ROOT), 'JINA_OPTOUT_TELEMETRY': '1',
            'HF_HUB_OFFLINE': '1'}
     with open(log, 'wb') as output:
-        process = subprocess.Popen([JINA, *args], cwd=ROOT, env=env, stdout=output,
+        process = subprocess.Popen([*prefix, JINA, *args], cwd=ROOT, env=env, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield process
@@ -73,20 +74,21 @@ def jina_process(args: List[str], home: Path, log: Path) -> Iterator[subprocess.
             process.wait(timeout=15)
 
 
-def wait_serving(port: int, process: subprocess.Popen, log: Path) -> None:
-    """Until the gRPC health service on ``port`` answers SERVING (what the manifests' probes ask)."""
+def wait_serving(port: int, process: subprocess.Popen, log: Path, host: str = '127.0.0.1') -> None:
+    """Until the gRPC health service on ``host``:``port`` answers SERVING (what the manifests'
+    probes ask)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         assert process.poll() is None, f'exited {process.returncode}:\n{log.read_text()[-3000:]}'
         try:
-            with grpc.insecure_channel(f'127.0.0.1:{port}') as channel:
+            with grpc.insecure_channel(f'{host}:{port}') as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
         except grpc.RpcError:
             pass
         time.sleep(0.5)
-    raise AssertionError(f'port {port} not serving after {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}')
+    raise AssertionError(f'{host}:{port} not serving after {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}')
 
 
 def successes(monitoring_port: int) -> float:

@@ -13,7 +13,7 @@ import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -74,16 +74,17 @@ def prometheus_config(flow: RunningFlow, rules: Path) -> Dict:
 
 
 @contextmanager
-def serve_prometheus(flow: RunningFlow, workdir: Path) -> Iterator[Prometheus]:
-    """Run the Debian ``prometheus`` binary on 127.0.0.1 against ``flow``."""
+def serve_prometheus(flow: RunningFlow, workdir: Path, config: Optional[Dict] = None) -> Iterator[Prometheus]:
+    """Run the Debian ``prometheus`` binary on 127.0.0.1 against ``flow``, with ``config``
+    (default: ``prometheus_config`` with the alert rules)."""
     binary = shutil.which('prometheus')
     assert binary, 'prometheus is not installed: run `make system-deps`'
-    config = workdir / 'prometheus.yml'
-    config.write_text(yaml.safe_dump(prometheus_config(flow, MONITORING / 'alerts.yml')))
+    config_file = workdir / 'prometheus.yml'
+    config_file.write_text(yaml.safe_dump(config or prometheus_config(flow, MONITORING / 'alerts.yml')))
     [port] = free_ports(1)
     log = (workdir / 'prometheus.log').open('w')
     process = subprocess.Popen(
-        [binary, f'--config.file={config}', f'--storage.tsdb.path={workdir / "tsdb"}',
+        [binary, f'--config.file={config_file}', f'--storage.tsdb.path={workdir / "tsdb"}',
          f'--web.listen-address=127.0.0.1:{port}'],
         stdout=log, stderr=subprocess.STDOUT,
     )
