@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -31,8 +30,9 @@ ENV_PREFIX = 'S2I_'
 FLOW_NAME = 'speech2image'
 # After the Flow is closed, how long its processes may take to exit before they are killed.
 CHILD_EXIT_SECONDS = 5.0
-# How often the main thread wakes to run a signal's handler (see wait_for_a_stop_signal).
+# How often the main thread looks for a stop signal, and which signals stop the Flow.
 SIGNAL_POLL_SECONDS = 0.2
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 # The gateway: jina's, with an API key, a pending-request bound and a drain (speech2image/gateway.py).
 GATEWAY_CONFIG = 'speech2image/gateway.yml'
 # JCloud resources, as `jc deploy flow.yml` reads them.
@@ -260,25 +260,26 @@ def bind_metrics_to(host: str) -> None:
         prometheus_client.start_http_server, addr=host)
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM stops the Flow as Ctrl-C does (a KeyboardInterrupt in the main thread): without
-    this, SIGTERM ends this process alone and leaves the Flow's processes running."""
+def hold_stop_signals() -> None:
+    """Block SIGINT and SIGTERM in this process, before any thread exists, so that every thread
+    started later blocks them too and only ``wait_for_a_stop_signal`` receives them; the Flow's
+    processes, forked from here, unblock them at once and install jina's own handlers.
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+    Python's own handlers proved unreliable here: a SIGTERM that arrived right after the Flow was
+    ready was now and then caught and lost (the stop tests saw it; a second one worked), and
+    without any handler SIGTERM ends this process alone, leaving the Flow's processes running."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    os.register_at_fork(after_in_child=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK,
+                                                                      STOP_SIGNALS))
 
-    signal.signal(signal.SIGTERM, interrupt)
 
-
-def wait_for_a_stop_signal() -> None:
-    """Sleep in short slices until SIGINT or SIGTERM raises KeyboardInterrupt.
-
-    Not jina's ``Flow.block()``: it waits on an event without a timeout, and a signal that the
-    kernel delivers to another of this process's threads (gRPC's, jina's) then runs its Python
-    handler only when the main thread next runs bytecode, which it never does: the Flow then
-    ignores SIGTERM, as the stop tests saw now and then."""
+def wait_for_a_stop_signal() -> int:
+    """Until SIGINT or SIGTERM arrives (also one that arrived while the Flow was starting);
+    returns its number."""
     while True:
-        time.sleep(SIGNAL_POLL_SECONDS)
+        received = signal.sigtimedwait(STOP_SIGNALS, SIGNAL_POLL_SECONDS)
+        if received is not None:
+            return received.si_signo
 
 
 def end_leftover_processes() -> None:
@@ -299,12 +300,10 @@ def serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     bind_metrics_to(args.monitoring_host or args.host)
-    stop_on_sigterm()  # the Flow's processes replace it with jina's own handlers as they start
+    hold_stop_signals()
     try:
         with build_flow(args):
             wait_for_a_stop_signal()
-    except KeyboardInterrupt:  # SIGINT or SIGTERM, while starting or serving
-        pass
     finally:
         end_leftover_processes()
     return 0
