@@ -67,6 +67,8 @@ STOP_AFTER_S = 3.0
 START_TIMEOUT_S = 300
 SERVE_AGAIN_TIMEOUT_S = 120
 USER = '10001'
+# Added to every container: no hub is reachable here, so the Executors read the cache only.
+OFFLINE = ['-e', 'HF_HUB_OFFLINE=1']
 
 
 def run(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -258,7 +260,8 @@ class ContainerFlow:
         run('rm', '--force', container, check=False)
         started = time.monotonic()
         run('run', '--detach', '--name', container,
-            *self.deployments.podman_run_args(name, args, self.models, values), timeout=600)
+            *OFFLINE, *self.deployments.podman_run_args(name, args, self.models, values),
+            timeout=600)
         return started
 
     def start_executors(self) -> Dict[str, float]:
