@@ -237,7 +237,14 @@ def containers_running(names: List[str]) -> Iterator[None]:
         yield
     finally:
         for name in reversed(names):
-            run('rm', '--force', '--time', '5', name, check=False, timeout=60)
+            try:
+                removed = run('rm', '--force', '--time', '5', name, check=False, timeout=120)
+            except subprocess.TimeoutExpired:
+                removed = None
+            if removed is None or removed.returncode != 0:
+                print(f'could not remove container {name}: '
+                      f'{removed.stderr.strip() if removed else "timed out"}; '
+                      f'scripts/podman.sh rm --force {name}', file=sys.stderr)
 
 
 class ContainerFlow:
