@@ -43,7 +43,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.load import run_load  # noqa: E402
-from speech2image.client import API_KEY_ENV, ServiceError, make_docs, send  # noqa: E402
+from speech2image.client import ServiceError, make_docs, send  # noqa: E402
 from tests.conftest import free_ports  # noqa: E402
 from tests.test_k8s import built_manifests, of_kind  # noqa: E402
 from tests.test_k8s_load_sharing import replace_flag  # noqa: E402
@@ -104,14 +104,13 @@ def hub_cache(directory: Path) -> Path:
     sources = {'whisper': WHISPER_MODEL, 'stablediffusion': DIFFUSION_MODEL}
     for name, repo_id in default_models().items():
         repo = directory / 'hub' / ('models--' + repo_id.replace('/', '--'))
-        commit = hashlib.sha1(repo_id.encode()).hexdigest()
+        commit = hashlib.sha1(repo_id.encode()).hexdigest()  # any 40 hex digits: refs/main names it
         # copyfile, not copy: the offline builder's safetensors files are 0600, which uid 10001
         # cannot read; fresh copies get the umask's modes.
         shutil.copytree(sources[name].resolve(), repo / 'snapshots' / commit,
                         copy_function=shutil.copyfile)
         (repo / 'refs').mkdir()
         (repo / 'refs/main').write_text(commit)
-    directory.chmod(0o755)
     return directory
 
 
@@ -237,11 +236,16 @@ def containers_running(names: List[str]) -> Iterator[None]:
         yield
     finally:
         for name in reversed(names):
-            try:
-                removed = run('rm', '--force', '--time', '5', name, check=False, timeout=120)
-            except subprocess.TimeoutExpired:
-                removed = None
-            if removed is None or removed.returncode != 0:
+            # Twice: podman 4.3's rm --force fails when the container stops by itself between
+            # its SIGTERM and its SIGKILL ("container state improper: stopped").
+            for _ in range(2):
+                try:
+                    removed = run('rm', '--force', '--time', '5', name, check=False, timeout=120)
+                except subprocess.TimeoutExpired:
+                    removed = None
+                if removed is not None and removed.returncode == 0:
+                    break
+            else:
                 print(f'could not remove container {name}: '
                       f'{removed.stderr.strip() if removed else "timed out"}; '
                       f'scripts/podman.sh rm --force {name}', file=sys.stderr)
