@@ -2,13 +2,16 @@
 # Builds a project image with podman on a machine with no Docker engine and no container registry
 # (only Debian's mirror and PyPI reachable), then checks it starts its Executor.
 #
-#   sudo scripts/build_image_offline.sh [whisper|gateway|diffusion]    # default: whisper
+#   sudo scripts/build_image_offline.sh [whisper|gateway|diffusion|diffusion-cpu]    # default: whisper
 #
 # The pinned python:*-slim base cannot be pulled here, so a Debian bookworm base (Python 3.11, as in
 # python:3.11-slim-bookworm) is made with debootstrap and imported into podman. The Dockerfile is
 # the one CI lints and users build; only BASE_IMAGE differs. Whisper is built CPU-only
-# (CUDA_LIBS empty) to keep the download small. Needs root, podman, buildah and debootstrap
-# (apt-get install podman buildah debootstrap). Slow (minutes): not part of `make test`.
+# (CUDA_LIBS empty) to keep the download small. diffusion is the CUDA image the manifests run;
+# diffusion-cpu the CPU-only one (tag 0.1.0-cpu), its torch from the local wheels in
+# $S2I_TORCH_WHEELS (default /opt/wheels) where that folder exists, else from PyTorch's CPU index.
+# Needs root, podman, buildah and debootstrap (apt-get install podman buildah debootstrap).
+# Slow (minutes): not part of `make test`. scripts/run_containers.py runs the three images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,20 +20,24 @@ TAG=0.1.0
 WORK=${S2I_BUILD_DIR:-/var/tmp/speech2image-build}
 BASE=localhost/speech2image-base:bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+TORCH_WHEELS=${S2I_TORCH_WHEELS:-/opt/wheels}
 case "$IMAGE" in
   whisper) DOCKERFILE=Dockerfile.whisper; BUILD_ARGS=(--build-arg CUDA_LIBS=) ;;
   gateway) DOCKERFILE=Dockerfile.gateway; BUILD_ARGS=() ;;
   diffusion) DOCKERFILE=Dockerfile.diffusion; BUILD_ARGS=() ;;
-  *) echo "unknown image '$IMAGE': choose whisper, gateway or diffusion" >&2; exit 2 ;;
+  diffusion-cpu)
+    DOCKERFILE=Dockerfile.diffusion; TAG=$TAG-cpu
+    if [ -d "$TORCH_WHEELS" ]; then
+      # Mounted for the build only: pip prefers the local +cpu wheel to PyPI's CUDA one.
+      BUILD_ARGS=(--volume "$TORCH_WHEELS:/wheels:ro" --build-arg TORCH_PIP_OPTIONS="--find-links /wheels")
+    else
+      BUILD_ARGS=(--build-arg TORCH_PIP_OPTIONS="--index-url https://download.pytorch.org/whl/cpu")
+    fi ;;
+  *) echo "unknown image '$IMAGE': choose whisper, gateway, diffusion or diffusion-cpu" >&2; exit 2 ;;
 esac
-NAME=speech2image/${IMAGE/diffusion/stablediffusion}:$TAG
-
-# Root podman without systemd or overlayfs: vfs storage, runc, cgroupfs, private storage dirs.
-podman() {
-  command podman --root "$WORK/storage" --runroot "$WORK/run" --storage-driver vfs \
-    --runtime runc --cgroup-manager cgroupfs "$@"
-}
-mkdir -p "$WORK"
+STAGE=${IMAGE%-cpu}
+NAME=speech2image/${STAGE/diffusion/stablediffusion}:$TAG
+podman() { scripts/podman.sh "$@"; }
 # This machine's limits cap what runc may set: keep containers at 1024 open files and processes.
 LIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 
@@ -47,19 +54,19 @@ fi
 echo "== build $NAME from $DOCKERFILE"
 start=$(date +%s)
 # The host's CA bundle, read-only and for the build only: it may hold a proxy's CA that PyPI needs.
-podman build --network host "${LIMITS[@]}" \
+# --layers=false: vfs stores every layer as a full copy of the tree, so one layer per stage.
+podman build --network host --layers=false "${LIMITS[@]}" \
   --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
   --build-arg BASE_IMAGE="$BASE" "${BUILD_ARGS[@]}" -f "$DOCKERFILE" -t "$NAME" .
 echo "built $NAME in $(( $(date +%s) - start )) s"
 podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$NAME"
 
 echo "== check: runs as uid 10001, its entrypoint answers"
-[ "$(podman run --rm "${LIMITS[@]}" --network none --entrypoint id "$NAME" -u)" = 10001 ]
-podman run --rm "${LIMITS[@]}" --network none "$NAME" --version
-if [ "$IMAGE" != gateway ]; then
-  podman run --rm "${LIMITS[@]}" --network none --entrypoint python "$NAME" -c \
-    'import speech2image, executor; print("imports ok:", executor.__file__)'
-fi
+# One container for all of it: on vfs each container start copies the whole image.
+CHECK='import os, speech2image; assert os.getuid() == 10001, os.getuid(); print("uid", os.getuid())'
+[ "$IMAGE" != gateway ] && CHECK+='; import executor; print("imports ok:", executor.__file__)'
+[ "$STAGE" = diffusion ] && CHECK+='; import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
+podman run --rm "${LIMITS[@]}" --network none --entrypoint sh "$NAME" -c "jina --version && python -c '$CHECK'"
 
 # The Whisper image serves a transcription for real, on the offline model (make models) if present.
 MODEL=models/whisper-tiny.en-ct2
