@@ -82,7 +82,7 @@ def speak(kokoro, language: str, voice: str, speed: float, text: str, out: Path)
             file.setsampwidth(2)
             file.setframerate(KOKORO_RATE)
             file.writeframes(pcm.tobytes())
-        subprocess.run(['sox', raw.name, '-r', '16000', '-c', '1', '-b', '16', str(out)], check=True)
+        subprocess.run(['sox', raw.name, '-D', '-r', '16000', '-c', '1', '-b', '16', str(out)], check=True)
 
 
 def main() -> None:
