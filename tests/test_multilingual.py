@@ -25,7 +25,7 @@ OPENAI_WHISPER_BASE = MODELS / offline_models.OPENAI_WHISPER_BASE_FILE
 CLIPS = json.loads((ASSETS / 'clips_multilingual.json').read_text())
 # clip -> (words of its transcript in the language spoken, words of its English translation)
 HEARD = {
-    'phare.wav': (['la nuit', 'la mer'], ['night', 'sea']),
+    'phare.wav': (['la nuit', 'au bord de la'], ['night', 'sea']),
     'barco.wav': (['barco de vela', 'mar'], ['boat', 'sea']),
     'fuchs.wav': (['roter', 'schnee'], ['red fox', 'snow']),
 }
