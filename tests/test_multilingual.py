@@ -111,17 +111,27 @@ def test_the_cli_shows_what_was_heard_and_the_settings_from_speech(base_flow, tm
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason='needs Debian chromium (make system-deps)')
-@pytest.mark.parametrize('task, words', [('translate', 'boat'), ('transcribe', 'barco de vela')])
-def test_the_pages_prompt_language_setting(base_flow, task, words):
+@pytest.mark.parametrize('task, name, words, heard', [
+    ('translate', 'barco.wav', 'boat', ''),
+    ('transcribe', 'barco.wav', 'barco de vela', ''),
+    ('translate', 'dibuja.wav', 'in the snow', 'from speech: num_images 2'),
+])
+def test_the_pages_prompt_language_setting(base_flow, task, name, words, heard):
     with serve_web('--gateway', base_flow.http) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
-            with open_page(browser, url, DESKTOP, f'web-language-{task}.png') as page:
+            with open_page(browser, url, DESKTOP, f'web-language-{task}-{name}.png') as page:
                 page.click('#settings summary')
                 page.select_option('[name=task]', task)
-                page.set_input_files('#file', str(ASSETS / 'barco.wav'))
+                page.set_input_files('#file', str(ASSETS / name))
                 page.wait_for_selector('#result:not([hidden])', timeout=ANSWER_TIMEOUT_S * 1000)
                 assert words in page.inner_text('#transcript').lower()
                 assert 'language es (' in page.inner_text('#transcript-info')
+                if heard:
+                    assert 'heard “draw' in page.inner_text('#spoken').lower()
+                    assert heard in page.inner_text('#spoken')
+                    assert page.eval_on_selector_all('#images img', 'images => images.length') == 2
+                else:
+                    assert page.is_hidden('#spoken')
         finally:
             browser.close()

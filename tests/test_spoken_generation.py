@@ -62,3 +62,19 @@ def test_bad_spoken_settings_name_the_document(diffusion, settings, message):
     bad = spoken_doc('a cat', **settings)
     with pytest.raises(RequestError, match=rf'document 1 \(id {bad.id}\): spoken settings: {message}'):
         generate(diffusion, [SpeechDoc(text='a dog'), bad])
+
+
+@pytest.mark.parametrize('parameters, seeds', [({}, [42, 43]), ({'seed': 7}, [7, 8])])
+def test_a_spoken_command_through_the_flow(running_flow, parameters, seeds):
+    """assets/fox_command.wav says "draw two pictures of a red fox in the snow, with seed 42";
+    a request's own seed wins over the spoken one."""
+    from speech2image.client import send
+    from tests.conftest import ASSETS
+
+    audio = SpeechDoc(bytes_=(ASSETS / 'fox_command.wav').read_bytes())
+    [doc] = send(running_flow.grpc, '/', [audio], parameters)
+    assert doc.text.lower() == 'a red fox in the snow'
+    assert doc.tags['transcript'].lower().startswith('draw two pictures of a red fox')
+    assert doc.tags['spoken_settings'] == {'num_images': 2, 'seed': 42}
+    assert [image.tags['seed'] for image in doc.matches] == seeds
+    assert {image.tags['prompt'] for image in doc.matches} == {doc.text}
