@@ -188,3 +188,16 @@ def test_explicit_request_parameters_always_win():
 def test_bad_spoken_settings_are_refused_by_name(spoken, message):
     with pytest.raises(ValueError, match=message):
         generation_parameters(spoken, {}, DEFAULTS, **CAPS)
+
+
+def test_the_flow_flag_or_its_environment_variable_turns_the_parser_off(monkeypatch):
+    import flow
+
+    def whisper_arguments(argv):
+        return flow.flow_spec(flow.parse_args(argv))['executors'][0]['uses_with']
+
+    assert 'spoken_settings' not in whisper_arguments([])  # the Executor's default (on) applies
+    assert whisper_arguments(['--spoken-settings', 'off'])['spoken_settings'] is False
+    monkeypatch.setenv('S2I_SPOKEN_SETTINGS', 'off')
+    assert whisper_arguments([])['spoken_settings'] is False
+    assert whisper_arguments(['--spoken-settings', 'on'])['spoken_settings'] is True
