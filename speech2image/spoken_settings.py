@@ -191,7 +191,7 @@ def generation_parameters(spoken: Any, explicit: Mapping[str, Any], defaults: Ma
         parameters['num_images'] = min(parameters['num_images'], max_images)
     quality = spoken.get('quality')
     if quality is not None:
-        if quality not in QUALITY_STEP_FACTORS:
+        if not isinstance(quality, str) or quality not in QUALITY_STEP_FACTORS:
             raise ValueError(f"spoken quality must be one of {', '.join(QUALITY_STEP_FACTORS)}, got {quality!r}")
         parameters.setdefault('num_inference_steps',
                               max(1, round(defaults['num_inference_steps'] * QUALITY_STEP_FACTORS[quality])))
@@ -199,7 +199,7 @@ def generation_parameters(spoken: Any, explicit: Mapping[str, Any], defaults: Ma
         parameters['num_inference_steps'] = min(parameters['num_inference_steps'], max_inference_steps)
     orientation = spoken.get('orientation')
     if orientation is not None:
-        if orientation not in ORIENTATIONS:
+        if not isinstance(orientation, str) or orientation not in ORIENTATIONS:
             raise ValueError(f"spoken orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}")
         parameters['width'], parameters['height'] = scaled_sides(
             orientation, defaults['width'], defaults['height'], max_side)

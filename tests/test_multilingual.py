@@ -111,18 +111,18 @@ def test_the_cli_shows_what_was_heard_and_the_settings_from_speech(base_flow, tm
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason='needs Debian chromium (make system-deps)')
-@pytest.mark.parametrize('task, name, words, heard', [
-    ('translate', 'barco.wav', 'boat', ''),
-    ('transcribe', 'barco.wav', 'barco de vela', ''),
-    ('translate', 'dibuja.wav', 'in the snow', 'from speech: num_images 2'),
+@pytest.mark.parametrize('language, name, words, heard', [
+    ('English', 'barco.wav', 'boat', ''),
+    ('as spoken', 'barco.wav', 'barco de vela', ''),
+    ('English', 'dibuja.wav', 'in the snow', 'from speech: num_images 2'),
 ])
-def test_the_pages_prompt_language_setting(base_flow, task, name, words, heard):
+def test_the_pages_prompt_language_setting(base_flow, language, name, words, heard):
     with serve_web('--gateway', base_flow.http) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
-            with open_page(browser, url, DESKTOP, f'web-language-{task}-{name}.png') as page:
+            with open_page(browser, url, DESKTOP, f'web-language-{language}-{name}.png') as page:
                 page.click('#settings summary')
-                page.select_option('[name=task]', task)
+                page.select_option('[name=task]', label=language)
                 page.set_input_files('#file', str(ASSETS / name))
                 page.wait_for_selector('#result:not([hidden])', timeout=ANSWER_TIMEOUT_S * 1000)
                 assert words in page.inner_text('#transcript').lower()

@@ -184,6 +184,8 @@ def test_explicit_request_parameters_always_win():
     ('four', "tag 'spoken_settings' must be an object"),
     ({'orientation': 'diagonal'}, 'spoken orientation must be one of portrait, landscape'),
     ({'quality': 'best'}, 'spoken quality must be one of quick, detailed'),
+    ({'quality': ['quick']}, 'spoken quality must be one of quick, detailed'),
+    ({'orientation': {'portrait': 1}}, 'spoken orientation must be one of'),
 ])
 def test_bad_spoken_settings_are_refused_by_name(spoken, message):
     with pytest.raises(ValueError, match=message):
