@@ -16,7 +16,7 @@ from playwright.sync_api import sync_playwright
 from speech2image import offline_models
 from speech2image.client import send
 from speech2image.schema import SpeechDoc
-from tests.conftest import ASSETS, MODELS, ROOT, serve_flow
+from tests.conftest import ASSETS, MODELS, ROOT, serve_flow_process
 from tests.test_web import ANSWER_TIMEOUT_S, CHROMIUM, CHROMIUM_FLAGS, DESKTOP, open_page, serve_web
 
 CONFIG = 'executors/whisper/config.yml'
@@ -83,7 +83,9 @@ def test_openai_whisper_backend_detects_and_translates_with_the_converted_base()
 
 @pytest.fixture(scope='module')
 def base_flow():
-    with serve_flow('--whisper-model', str(WHISPER_BASE)) as running:
+    # Its own process: this module runs Whisper in-process, and a Flow forked from a process that
+    # ran CTranslate2 can hang (tests/test_fuzz_requests.py).
+    with serve_flow_process('--whisper-model', str(WHISPER_BASE)) as running:
         yield running
 
 
