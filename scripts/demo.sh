@@ -25,12 +25,12 @@ while True:  # the gateway's port opens once every Executor is ready
     time.sleep(1)
 PYEOF
 
-echo "Sending assets/apple.wav (\"$(python3 -c 'import json;print(json.load(open("assets/clips.json"))["apple.wav"])')\") and assets/phare.wav (French, \"un phare la nuit au bord de la mer\")..."
-$PY -m speech2image.client --host "$GATEWAY" --out out --num-images 2 --seed 42 assets/apple.wav assets/phare.wav
+echo "Sending assets/apple.wav (\"$(python3 -c 'import json;print(json.load(open("assets/clips.json"))["apple.wav"])')\")..."
+$PY -m speech2image.client --host "$GATEWAY" --out out --num-images 2 --seed 42 assets/apple.wav
 cat <<'NOTE'
 
-Note: the transcripts come from a real Whisper model (base, multilingual: phare.wav is French,
-translated to English; docs/languages.md). The images come from an
+Note: the transcript comes from a real Whisper model (base, multilingual; try a French clip:
+speech2image assets/phare.wav, docs/languages.md). The images come from an
 untrained, randomly initialised Stable Diffusion built offline (models/tiny-stable-diffusion),
 so they are noise. For real images, serve real weights, e.g.:
   python flow.py --diffusion-model stable-diffusion-v1-5/stable-diffusion-v1-5 --whisper-model base

@@ -186,10 +186,10 @@ class WhisperExecutor(DrainingExecutor):
         beam_size: int = 1,
         max_new_tokens: int = 128,
         vad_filter: bool = True,
+        spoken_settings: bool = True,
         max_audio_seconds: float = 60.0,
         audio_dir: Optional[str] = None,
         drain_seconds: float = DEFAULT_DRAIN_SECONDS,
-        spoken_settings: bool = True,
         **kwargs,
     ):
         """
@@ -201,11 +201,11 @@ class WhisperExecutor(DrainingExecutor):
         :param max_new_tokens: cap on tokens decoded per 30 s window.
         :param vad_filter: drop non-speech with Silero VAD first (faster-whisper only), so
             noise gives "no speech" instead of hallucinated text.
+        :param spoken_settings: take settings said in the prompt ("four pictures of ...,
+            seed 42"); a request's ``spoken_settings`` parameter overrides it.
         :param max_audio_seconds: longer audio is refused.
         :param audio_dir: directory that ``uri`` paths may read from; None refuses ``uri``.
         :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
-        :param spoken_settings: take settings said in the prompt ("four pictures of ...,
-            seed 42"); a request's ``spoken_settings`` parameter overrides it.
         """
         super().__init__(**kwargs)
         if backend not in BACKENDS:
