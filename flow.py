@@ -83,6 +83,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     whisper.add_argument('--whisper-compute-type', help='faster-whisper precision, e.g. int8, float16')
     whisper.add_argument('--max-audio-seconds', type=float)
     whisper.add_argument('--audio-dir', help='directory that request `uri` paths may read')
+    whisper.add_argument('--spoken-settings', choices=['on', 'off'],
+                         help='take settings said in the prompt ("four pictures of ..., seed 42"); '
+                              "off sends the transcript as is (a request's spoken_settings wins)")
     whisper.add_argument('--whisper-replicas', type=int, default=1)
     diffusion = parser.add_argument_group('StableDiffusionExecutor (unset: the Executor default)')
     diffusion.add_argument('--diffusion-model', help='diffusers checkpoint: hub id or local directory')
@@ -163,6 +166,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     max_audio_seconds=args.max_audio_seconds,
                     audio_dir=args.audio_dir,
                     drain_seconds=args.drain_seconds,
+                    spoken_settings=None if args.spoken_settings is None else args.spoken_settings == 'on',
                 ),
                 'replicas': args.whisper_replicas,
                 'monitoring': True,

@@ -16,6 +16,7 @@ BENCHMARKS = [
     ('Replicas and dynamic batching', 'bench.scaling'),
     ('Images per second by step count', 'bench.steps'),
     ('Whisper backends', 'bench.whisper_backends'),
+    ('Whisper models: tiny.en and base', 'bench.whisper_models'),
     ('Payloads', 'bench.payloads'),
     ('Start-up', 'bench.startup'),
 ]

@@ -31,7 +31,8 @@ echo "Sending assets/apple.wav (\"$($PY -c 'import json;print(json.load(open("as
 $PY -m speech2image.client --host "$GATEWAY" --out out --num-images 2 --seed 42 assets/apple.wav
 cat <<'NOTE'
 
-Note: the transcript comes from a real Whisper model (tiny.en). The images come from an
+Note: the transcript comes from a real Whisper model (base, multilingual; try a French clip:
+speech2image assets/phare.wav, docs/languages.md). The images come from an
 untrained, randomly initialised Stable Diffusion built offline (models/tiny-stable-diffusion),
 so they are noise. For real images, serve real weights, e.g.:
   python flow.py --diffusion-model stable-diffusion-v1-5/stable-diffusion-v1-5 --whisper-model base

@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE=1 JINA_OPTOUT_TELEMETRY=1
 mkdir -p out
 
 $PY flow.py --host 127.0.0.1 \
-  --whisper-model models/whisper-tiny.en-ct2 \
+  --whisper-model models/whisper-base-ct2 \
   --diffusion-model models/tiny-stable-diffusion \
   --num-inference-steps 10 > out/flow.log 2>&1 &
 flow_pid=$!

@@ -112,6 +112,24 @@ def save_images(doc: SpeechDoc, index: int, out_dir: Path) -> List[Path]:
     return paths
 
 
+def heard_lines(doc: SpeechDoc) -> List[str]:
+    """What Whisper heard, when the prompt differs from it or came from another language, and
+    the settings taken from speech; nothing for a typed prompt."""
+    tags = doc.tags
+    if 'transcript' not in tags:
+        return []
+    lines = []
+    language = f"{tags.get('language')}, {100 * float(tags.get('language_probability', 0)):.0f}%"
+    if tags['transcript'] != doc.text or tags.get('language') != 'en':
+        lines.append(f'  heard ({language}): {tags["transcript"]}')
+    spoken = tags.get('spoken_settings') or {}
+    if spoken:
+        said = ', '.join(f'{name} {value:g}' if isinstance(value, float) else f'{name} {value}'
+                         for name, value in spoken.items())
+        lines.append(f'  from speech: {said}')
+    return lines
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='speech2image', description=__doc__.splitlines()[0],
@@ -125,6 +143,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--task', choices=['translate', 'transcribe'],
                         help='translate speech to English (server default) or keep its language')
     parser.add_argument('--language', help='language hint, e.g. de')
+    parser.add_argument('--no-spoken-settings', dest='spoken_settings', action='store_const',
+                        const=False, help='send the transcript as the prompt, taking no settings '
+                                          'from it ("four pictures of ..., seed 42")')
     parser.add_argument('-n', '--num-images', type=int)
     parser.add_argument('--steps', type=int, dest='num_inference_steps')
     parser.add_argument('--guidance', type=float, dest='guidance_scale')
@@ -142,7 +163,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def request_parameters(args: argparse.Namespace) -> Dict:
-    names = ('task', 'language', 'num_images', 'num_inference_steps', 'guidance_scale', 'seed',
+    names = ('task', 'language', 'spoken_settings', 'num_images', 'num_inference_steps', 'guidance_scale', 'seed',
              'width', 'height', 'negative_prompt')
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
@@ -165,6 +186,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     console.print(f'answered in {time.monotonic() - started:.1f} s')
     for index, doc in enumerate(answered):
         print(f'[{doc.tags.get("source")}] {doc.text}')
+        for line in heard_lines(doc):
+            print(line)
         for path in save_images(doc, index, args.out):
             print(f'  {path}')
     return 0

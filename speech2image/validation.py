@@ -68,6 +68,16 @@ def float_parameter(
     return float(value)
 
 
+def bool_parameter(parameters: Mapping[str, Any], name: str, default: bool) -> bool:
+    """Read a true/false request parameter."""
+    value = parameters.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise RequestError(f"parameter '{name}' must be true or false, got {value!r}")
+    return value
+
+
 def choice_parameter(
     parameters: Mapping[str, Any], name: str, default: Optional[str], choices
 ) -> Optional[str]:

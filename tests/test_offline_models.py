@@ -94,3 +94,24 @@ def test_conversion_gives_back_the_weights(tmp_path, quantization, tolerance):
         # int8 rounds each row to 1/127 of its largest magnitude: relative to that maximum.
         scale = original[name].abs().amax() if quantization == 'int8' else 1
         assert torch.allclose(value, original[name], rtol=tolerance, atol=tolerance * scale), name
+
+
+def test_whisper_base_halves_that_do_not_join_into_the_released_model_are_refused(tmp_path, monkeypatch):
+    from speech2image import offline_models
+
+    halves = [tmp_path / 'model.bin.part1', tmp_path / 'model.bin.part2']
+    for half in halves:
+        half.write_bytes(b'not the model')
+    monkeypatch.setattr(offline_models, 'whisper_base_parts', lambda: halves)
+    with pytest.raises(ValueError, match='26 bytes with SHA-256 .*; expected 145217532 bytes'):
+        offline_models.assemble_whisper_base(tmp_path / 'base')
+    assert list((tmp_path / 'base').iterdir()) == []
+
+
+def test_whisper_base_is_assembled_from_its_two_packages():
+    from speech2image import offline_models
+    from tests.conftest import MODELS
+
+    model = MODELS / offline_models.WHISPER_BASE_DIR
+    assert (model / 'model.bin').stat().st_size == offline_models.WHISPER_BASE_BYTES
+    assert {path.name for path in model.iterdir()} == {'model.bin', *offline_models.WHISPER_BASE_FILES}

@@ -31,6 +31,8 @@ def test_real_tiny_en_transcribes_the_spoken_clip(whisper):
     [doc] = run(whisper, [SpeechDoc(bytes_=(ASSETS / 'apple.wav').read_bytes())])
     assert 'painting of a red apple on a wooden table' in doc.text.lower()
     assert doc.tags['language'] == 'en'
+    assert doc.tags['language_probability'] == 1  # English-only: English is certain
+    assert doc.tags['task'] == 'transcribe'
     assert doc.tags['audio_seconds'] == pytest.approx(3.03, abs=0.01)
     [segment] = doc.tags['segments']
     assert 0 <= segment['start'] < segment['end'] <= 3.1
@@ -72,11 +74,30 @@ def test_document_with_neither_audio_nor_text(whisper):
         ({'task': 'summarise'}, "parameter 'task' must be one of transcribe, translate"),
         ({'language': 'xx'}, "parameter 'language' must be one of"),
         ({'language': 'de'}, "the model is English-only"),
+        ({'task': 'translate'}, "'translate', but the model is English-only: it cannot translate"),
+        ({'spoken_settings': 'no'}, "parameter 'spoken_settings' must be true or false"),
     ],
 )
 def test_bad_parameters(whisper, parameters, message):
     with pytest.raises(RequestError, match=message):
         run(whisper, [SpeechDoc(text='hi')], parameters)
+
+
+def test_spoken_settings_are_taken_from_the_transcript(whisper):
+    [doc] = run(whisper, [SpeechDoc(bytes_=(ASSETS / 'fox_command.wav').read_bytes())])
+    assert 'draw two pictures of a red fox in the snow' in doc.tags['transcript'].lower()
+    assert doc.text.lower() == 'a red fox in the snow'
+    assert doc.tags['spoken_settings'] == {'num_images': 2, 'seed': 42}
+
+
+@pytest.mark.parametrize('executor_setting, parameters', [(True, {'spoken_settings': False}),
+                                                          (False, {})])
+def test_spoken_settings_turned_off_keep_the_transcript(executor_setting, parameters):
+    executor = load_whisper(model=str(WHISPER_TINY_EN), spoken_settings=executor_setting)
+    [doc] = run(executor, [SpeechDoc(bytes_=(ASSETS / 'fox_command.wav').read_bytes())], parameters)
+    assert doc.text == doc.tags['transcript']
+    assert 'draw two pictures of a red fox' in doc.text.lower()
+    assert 'spoken_settings' not in doc.tags
 
 
 def test_generate_endpoint_checks_prompts(whisper):

@@ -19,10 +19,12 @@ from speech2image.draining import DrainingExecutor
 from speech2image.schema import ImageDoc, SpeechDoc
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import DiffusionMetrics, instrumented, registry_of
+from speech2image.spoken_settings import SPOKEN_SETTINGS_TAG, generation_parameters
 from speech2image.validation import (
     RequestError,
     check_prompt,
     choice_parameter,
+    document_error,
     float_parameter,
     int_parameter,
 )
@@ -235,24 +237,44 @@ class StableDiffusionExecutor(DrainingExecutor):
             **sides,
         )
 
+    def document_settings(self, index: int, doc: SpeechDoc, parameters: Dict,
+                          request_settings: GenerationSettings) -> GenerationSettings:
+        """A document's settings: the request's, with what its speaker said (the
+        ``spoken_settings`` tag, from the WhisperExecutor) under the request's explicit ones."""
+        spoken = doc.tags.get(SPOKEN_SETTINGS_TAG)
+        if not spoken:
+            return request_settings
+        try:
+            return self.settings_from(generation_parameters(
+                spoken, parameters, self.defaults, self.max_images, self.max_inference_steps,
+                self.max_side))
+        except ValueError as error:  # RequestError included
+            raise document_error(index, doc, f'spoken settings: {error}') from None
+
     @requests(on=['/default', '/generate'])  # /default: jina's catch-all, so also '/'
     @dynamic_batching(preferred_batch_size=4, timeout=50)
     @instrumented
     def generate(self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs) -> DocList[SpeechDoc]:
-        """Generate ``num_images`` images per document in one pipeline call for the batch."""
-        settings = self.settings_from(parameters)
+        """Generate ``num_images`` images per document, one pipeline call per set of settings
+        in the batch (documents differ only when their speakers said settings)."""
+        request_settings = self.settings_from(parameters)
         prompts = [check_prompt(index, doc) for index, doc in enumerate(docs)]
+        groups: Dict[GenerationSettings, List[int]] = {}
+        for index, doc in enumerate(docs):
+            groups.setdefault(self.document_settings(index, doc, parameters, request_settings),
+                              []).append(index)
         self.metrics.batch_documents.observe(len(docs))
-        seeds = [settings.seeds() for _ in docs]
-        started = time.perf_counter()
-        images = self.run_pipeline(prompts, seeds, settings)
-        self.metrics.observe_pipeline_call(len(images), time.perf_counter() - started,
-                                           self.pipeline.device)
-        images = iter(images)
-        for doc, prompt, doc_seeds in zip(docs, prompts, seeds):
-            doc.matches = DocList[ImageDoc](
-                self.image_doc(next(images), prompt, seed, settings) for seed in doc_seeds
-            )
+        for settings, indices in groups.items():
+            seeds = [settings.seeds() for _ in indices]
+            started = time.perf_counter()
+            images = self.run_pipeline([prompts[i] for i in indices], seeds, settings)
+            self.metrics.observe_pipeline_call(len(images), time.perf_counter() - started,
+                                               self.pipeline.device)
+            images = iter(images)
+            for index, doc_seeds in zip(indices, seeds):
+                docs[index].matches = DocList[ImageDoc](
+                    self.image_doc(next(images), prompts[index], seed, settings) for seed in doc_seeds
+                )
         return docs
 
     @requests(on='/transcribe')

@@ -27,7 +27,14 @@ from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import WhisperMetrics, instrumented, registry_of
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
-from speech2image.validation import RequestError, check_prompt, choice_parameter, document_error
+from speech2image.spoken_settings import SPOKEN_SETTINGS_TAG, TRANSCRIPT_TAG, parse_command
+from speech2image.validation import (
+    RequestError,
+    bool_parameter,
+    check_prompt,
+    choice_parameter,
+    document_error,
+)
 
 BACKENDS = ('faster-whisper', 'openai-whisper')
 TASKS = ('translate', 'transcribe')
@@ -38,10 +45,12 @@ TEMPERATURES = (0.0, 0.2, 0.4)
 
 @dataclass
 class Transcript:
-    """What a backend heard: text, detected language, and timed segments."""
+    """What a backend heard: text, the language (detected, or as given) and its probability,
+    and timed segments."""
 
     text: str
     language: str
+    language_probability: float
     segments: List[Dict] = field(default_factory=list)
 
 
@@ -95,7 +104,8 @@ class FasterWhisperBackend:
             {'start': round(s.start, 2), 'end': round(s.end, 2), 'text': s.text.strip()}
             for s in segments
         ]
-        return Transcript(' '.join(s['text'] for s in timed).strip(), info.language, timed)
+        return Transcript(' '.join(s['text'] for s in timed).strip(), info.language,
+                          round(info.language_probability, 3), timed)
 
 
 class OpenAIWhisperBackend:
@@ -122,7 +132,20 @@ class OpenAIWhisperBackend:
         self.beam_size = beam_size
         self.max_new_tokens = max_new_tokens
 
+    def detect_language(self, samples: np.ndarray) -> tuple:
+        """(language, probability) from the first 30 s, as faster-whisper reports it; the
+        reference transcribe() detects too but does not return the probability."""
+        import whisper
+
+        mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(samples), self.model.dims.n_mels)
+        _, probabilities = self.model.detect_language(mel.to(self.device))
+        language = max(probabilities, key=probabilities.get)
+        return language, probabilities[language]
+
     def transcribe(self, samples: np.ndarray, task: str, language: Optional[str]) -> Transcript:
+        probability = 1.0
+        if language is None and self.multilingual:
+            language, probability = self.detect_language(samples)
         result = self.model.transcribe(
             samples,
             task=task,
@@ -138,15 +161,21 @@ class OpenAIWhisperBackend:
             {'start': round(s['start'], 2), 'end': round(s['end'], 2), 'text': s['text'].strip()}
             for s in result['segments']
         ]
-        return Transcript(result['text'].strip(), result['language'], timed)
+        return Transcript(result['text'].strip(), result['language'], round(probability, 3), timed)
 
 
 class WhisperExecutor(DrainingExecutor):
     """Transcribes (or translates to English) each document's audio into ``doc.text``.
 
     A document with text and no audio passes through, so text-to-image requests share the Flow.
-    Per-request parameters: ``task`` ('translate', the default, or 'transcribe') and
-    ``language`` (a hint such as 'de'; detected when absent).
+    Per-request parameters: ``task`` ('translate' to English, the default on a multilingual
+    model, or 'transcribe' in the language spoken), ``language`` (a hint such as 'de'; detected
+    when absent) and ``spoken_settings`` (false: send the transcript to Stable Diffusion as is).
+
+    Spoken settings: an English transcript (spoken English, or translated) goes through
+    ``spoken_settings.parse_command``; ``doc.text`` becomes the prompt, the tags keep the
+    ``transcript`` and the ``spoken_settings`` (number of images, seed, ...) that the
+    StableDiffusionExecutor applies under the request's own parameters.
     """
 
     def __init__(
@@ -158,6 +187,7 @@ class WhisperExecutor(DrainingExecutor):
         beam_size: int = 1,
         max_new_tokens: int = 128,
         vad_filter: bool = True,
+        spoken_settings: bool = True,
         max_audio_seconds: float = 60.0,
         audio_dir: Optional[str] = None,
         drain_seconds: float = DRAIN_SECONDS,
@@ -172,6 +202,8 @@ class WhisperExecutor(DrainingExecutor):
         :param max_new_tokens: cap on tokens decoded per 30 s window.
         :param vad_filter: drop non-speech with Silero VAD first (faster-whisper only), so
             noise gives "no speech" instead of hallucinated text.
+        :param spoken_settings: take settings said in the prompt ("four pictures of ...,
+            seed 42"); a request's ``spoken_settings`` parameter overrides it.
         :param max_audio_seconds: longer audio is refused.
         :param audio_dir: directory that ``uri`` paths may read from; None refuses ``uri``.
         :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
@@ -190,20 +222,35 @@ class WhisperExecutor(DrainingExecutor):
         self.metrics.model_load_seconds.set(time.perf_counter() - load_started)
         self.max_audio_seconds = max_audio_seconds
         self.audio_dir = Path(audio_dir) if audio_dir else None
+        self.spoken_settings = spoken_settings
         self.start_draining_on_sigterm(drain_seconds)
 
     @requests(on=['/default', '/transcribe'])  # /default: jina's catch-all, so also '/'
     @instrumented
     def transcribe(self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs) -> DocList[SpeechDoc]:
-        task = choice_parameter(parameters, 'task', 'translate', TASKS)
+        task = self.task_parameter(parameters)
         language = choice_parameter(parameters, 'language', None, self.backend.languages)
         if language not in (None, 'en') and not self.backend.multilingual:
             raise RequestError(f"parameter 'language' is {language!r}, but the model is English-only")
+        spoken_settings = bool_parameter(parameters, 'spoken_settings', self.spoken_settings)
         for index, doc in enumerate(docs):
             if doc.has_audio():
-                self.transcribe_doc(index, doc, task, language)
+                self.transcribe_doc(index, doc, task, language, spoken_settings)
             check_prompt(index, doc)
         return docs
+
+    def task_parameter(self, parameters: Dict) -> str:
+        """The request's task: 'translate' by default on a multilingual model; an English-only
+        model only transcribes, and refuses a request that asks it to translate (it would
+        write made-up English for speech it cannot understand)."""
+        if not self.backend.multilingual:
+            if choice_parameter(parameters, 'task', None, TASKS) == 'translate':
+                raise RequestError(
+                    "parameter 'task' is 'translate', but the model is English-only: it cannot "
+                    'translate other languages; serve a multilingual Whisper (e.g. base), or ask '
+                    "for task 'transcribe' of English speech")
+            return 'transcribe'
+        return choice_parameter(parameters, 'task', 'translate', TASKS)
 
     @requests(on='/generate')
     @instrumented
@@ -214,7 +261,8 @@ class WhisperExecutor(DrainingExecutor):
             check_prompt(index, doc)
         return docs
 
-    def transcribe_doc(self, index: int, doc: SpeechDoc, task: str, language: Optional[str]) -> None:
+    def transcribe_doc(self, index: int, doc: SpeechDoc, task: str, language: Optional[str],
+                       spoken_settings: bool) -> None:
         try:
             samples = load_audio(doc, self.max_audio_seconds, self.audio_dir)
         except AudioError as error:
@@ -228,7 +276,14 @@ class WhisperExecutor(DrainingExecutor):
         doc.text = transcript.text
         doc.tags.update(
             language=transcript.language,
+            language_probability=transcript.language_probability,
             segments=transcript.segments,
-            task=task if self.backend.multilingual else 'transcribe',
+            task=task,
             audio_seconds=round(samples.size / SAMPLE_RATE, 3),
         )
+        doc.tags[TRANSCRIPT_TAG] = transcript.text
+        # The rules are English: the transcript is English when translated or spoken so.
+        if spoken_settings and (task == 'translate' or transcript.language == 'en'):
+            command = parse_command(transcript.text)
+            doc.text = command.prompt
+            doc.tags[SPOKEN_SETTINGS_TAG] = command.settings

@@ -86,12 +86,28 @@ function showResult(doc, source) {
   $('result-title').textContent = source === 'typed' ? 'Prompt' : 'Transcript';
   $('transcript').textContent = doc.text;
   const info = [source === 'typed' ? 'typed' : `from ${source}`];
-  if (doc.tags.language) info.push(`language ${doc.tags.language}`);
+  if (doc.tags.language) {
+    const probability = doc.tags.language_probability;
+    info.push(`language ${doc.tags.language}` + (probability ? ` (${Math.round(probability * 100)}%)` : ''));
+  }
   if (doc.tags.audio_seconds) info.push(`${Number(doc.tags.audio_seconds).toFixed(1)} s of audio`);
   $('transcript-info').textContent = info.join(' · ');
+  $('spoken').textContent = spokenSummary(doc.tags);
+  $('spoken').hidden = !$('spoken').textContent;
   $('images').replaceChildren(...doc.matches.map(imageFigure));
   $('result').hidden = false;
   $('result').scrollIntoView({ block: 'start' });
+}
+
+/** What Whisper heard, when the prompt is not that, and the settings taken from speech. */
+function spokenSummary(tags) {
+  const parts = [];
+  if (tags.transcript !== undefined && tags.transcript !== $('transcript').textContent) {
+    parts.push(`heard “${tags.transcript}”`);
+  }
+  const spoken = Object.entries(tags.spoken_settings || {});
+  if (spoken.length) parts.push('from speech: ' + spoken.map(([name, value]) => `${name} ${value}`).join(', '));
+  return parts.join(' · ');
 }
 
 /** One generated image with its seed and parameters, and a download link. */

@@ -1,0 +1,139 @@
+"""Any language in, an English prompt out: the multilingual Whisper base on non-English clips.
+
+The clips (assets/clips_multilingual.json, made by assets/make_multilingual_clips.py) are a
+neural voice with an accent; each test asserts the words Whisper base reliably gets from them.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from docarray import DocList
+from jina import Executor
+from playwright.sync_api import sync_playwright
+
+from speech2image import offline_models
+from speech2image.client import send
+from speech2image.schema import SpeechDoc
+from tests.conftest import ASSETS, MODELS, ROOT, serve_flow_process
+from tests.test_web import ANSWER_TIMEOUT_S, CHROMIUM, CHROMIUM_FLAGS, DESKTOP, open_page, serve_web
+
+CONFIG = 'executors/whisper/config.yml'
+WHISPER_BASE = MODELS / offline_models.WHISPER_BASE_DIR
+OPENAI_WHISPER_BASE = MODELS / offline_models.OPENAI_WHISPER_BASE_FILE
+CLIPS = json.loads((ASSETS / 'clips_multilingual.json').read_text())
+# clip -> (words of its transcript in the language spoken, words of its English translation)
+HEARD = {
+    'phare.wav': (['la nuit', 'au bord de la'], ['night', 'sea']),
+    'barco.wav': (['barco de vela', 'mar'], ['boat', 'sea']),
+    'fuchs.wav': (['roter', 'schnee'], ['red fox', 'snow']),
+}
+
+
+def clip(name: str) -> SpeechDoc:
+    return SpeechDoc(bytes_=(ASSETS / name).read_bytes(), tags={'source': name})
+
+
+@pytest.fixture(scope='module')
+def whisper_base():
+    return Executor.load_config(CONFIG, uses_with={'model': str(WHISPER_BASE)})
+
+
+def transcribe(executor, name: str, **parameters) -> SpeechDoc:
+    [doc] = executor.transcribe(docs=DocList[SpeechDoc]([clip(name)]), parameters=parameters)
+    return doc
+
+
+@pytest.mark.parametrize('name', sorted(HEARD))
+def test_translate_gives_english_and_the_detected_language(whisper_base, name):
+    doc = transcribe(whisper_base, name)  # 'translate' is the default on a multilingual model
+    assert doc.tags['language'] == CLIPS[name]['language']
+    assert 0.5 < doc.tags['language_probability'] <= 1
+    assert doc.tags['task'] == 'translate'
+    for words in HEARD[name][1]:
+        assert words in doc.text.lower()
+
+
+@pytest.mark.parametrize('name', sorted(HEARD))
+def test_transcribe_keeps_the_language_spoken(whisper_base, name):
+    doc = transcribe(whisper_base, name, task='transcribe')
+    assert doc.tags['language'] == CLIPS[name]['language']
+    for words in HEARD[name][0]:
+        assert words in doc.text.lower()
+    assert 'spoken_settings' not in doc.tags  # the rules are English: a Spanish text is left alone
+
+
+def test_a_spanish_spoken_command_gives_its_settings_after_translation(whisper_base):
+    doc = transcribe(whisper_base, 'dibuja.wav')
+    assert doc.tags['language'] == 'es'
+    assert doc.tags['transcript'].lower().startswith('draw')
+    assert doc.tags['spoken_settings'] == {'num_images': 2}
+    assert doc.text.endswith('in the snow') and 'draw' not in doc.text.lower()
+
+
+def test_openai_whisper_backend_detects_and_translates_with_the_converted_base():
+    executor = Executor.load_config(CONFIG, uses_with={'backend': 'openai-whisper',
+                                                       'model': str(OPENAI_WHISPER_BASE)})
+    assert executor.backend.multilingual
+    doc = transcribe(executor, 'barco.wav')
+    assert doc.tags['language'] == 'es' and doc.tags['language_probability'] > 0.5
+    assert 'boat' in doc.text.lower()
+
+
+@pytest.fixture(scope='module')
+def base_flow():
+    # Its own process: this module runs Whisper in-process, and a Flow forked from a process that
+    # ran CTranslate2 can hang (tests/test_fuzz_requests.py).
+    with serve_flow_process('--whisper-model', str(WHISPER_BASE)) as running:
+        yield running
+
+
+@pytest.mark.parametrize('protocol', ['grpc', 'http'])
+def test_french_speech_gives_an_english_prompt_and_images_through_the_flow(base_flow, protocol):
+    [doc] = send(getattr(base_flow, protocol), '/', [clip('phare.wav')], {'seed': 1})
+    assert doc.tags['language'] == 'fr'
+    assert 'sea' in doc.text.lower()
+    assert [image.tags['prompt'] for image in doc.matches] == [doc.text]
+
+
+def test_the_cli_shows_what_was_heard_and_the_settings_from_speech(base_flow, tmp_path):
+    result = subprocess.run(
+        [sys.executable, '-m', 'speech2image.client', '--host', base_flow.grpc, '--out',
+         str(tmp_path), str(ASSETS / 'dibuja.wav'), str(ASSETS / 'fuchs.wav')],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith('[dibuja.wav] ') and lines[0].endswith('in the snow')
+    assert lines[1].startswith('  heard (es, ') and 'draw' in lines[1].lower()
+    assert lines[2] == '  from speech: num_images 2'
+    assert len(list(tmp_path.glob('0-dibuja-*.png'))) == 2
+    assert '[fuchs.wav] ' in result.stdout and '  heard (de, ' in result.stdout
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason='needs Debian chromium (make system-deps)')
+@pytest.mark.parametrize('language, name, words, heard', [
+    ('English', 'barco.wav', 'boat', ''),
+    ('as spoken', 'barco.wav', 'barco de vela', ''),
+    ('English', 'dibuja.wav', 'in the snow', 'from speech: num_images 2'),
+])
+def test_the_pages_prompt_language_setting(base_flow, language, name, words, heard):
+    with serve_web('--gateway', base_flow.http) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            with open_page(browser, url, DESKTOP, f'web-language-{language}-{name}.png') as page:
+                page.click('#settings summary')
+                page.select_option('[name=task]', label=language)
+                page.set_input_files('#file', str(ASSETS / name))
+                page.wait_for_selector('#result:not([hidden])', timeout=ANSWER_TIMEOUT_S * 1000)
+                assert words in page.inner_text('#transcript').lower()
+                assert 'language es (' in page.inner_text('#transcript-info')
+                if heard:
+                    assert 'heard “draw' in page.inner_text('#spoken').lower()
+                    assert heard in page.inner_text('#spoken')
+                    assert page.eval_on_selector_all('#images img', 'images => images.length') == 2
+                else:
+                    assert page.is_hidden('#spoken')
+        finally:
+            browser.close()
