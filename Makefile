@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 MODELS := models
 
-.PHONY: install system-deps models demo web test bench flow.yml lint monitoring-manifests k8s
+.PHONY: install system-deps models demo web test test-fast bench flow.yml lint monitoring-manifests k8s
 
 install: $(VENV)/.installed
 
@@ -39,8 +39,17 @@ web: models
 	scripts/web.sh
 
 # models first: the Python check in install stops a machine with no 3.11 before apt-get runs.
-test: models system-deps
+test: models system-deps lint
 	$(PY) -m pytest
+
+# The fast tier: no Flow, browser, Kubernetes tool or GPU (`make test` runs everything).
+test-fast: models
+	$(PY) -m pytest -m "not slow and not browser and not k8s and not gpu"
+
+# ruff's checks and its formatting, as pyproject.toml configures them.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 bench: models
 	$(PY) -m bench.run

@@ -31,6 +31,39 @@ OPENAI_WHISPER_TINY_EN = MODELS / offline_models.OPENAI_WHISPER_FILE
 WHISPER_TINY_EN = offline_models.faster_whisper_tiny_en()
 
 
+# Markers by test file (pyproject.toml lists them); every test of the shared Flow is slow too.
+MODULE_MARKERS = {
+    'test_autoscaling_cold_start': ('slow',),
+    'test_autoscaling_manifests': ('k8s',),
+    'test_autoscaling_metric': ('slow',),
+    'test_autoscaling_simulation': ('slow', 'k8s'),
+    'test_batching': ('slow',),
+    'test_bench': ('slow',),
+    'test_k8s': ('k8s',),
+    'test_k8s_images': ('k8s',),
+    'test_k8s_load_sharing': ('slow', 'k8s'),
+    'test_monitoring': ('slow',),
+    'test_multilingual': ('slow', 'browser'),
+    'test_reliability': ('slow',),
+    'test_run_containers': ('k8s',),
+    'test_security': ('slow',),
+    'test_security_deploy': ('k8s',),
+    'test_setup_python': ('slow',),
+    'test_stopping': ('slow',),
+    'test_tracing': ('slow',),
+    'test_web': ('slow', 'browser'),
+}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        names = MODULE_MARKERS.get(item.module.__name__.rpartition('.')[2], ())
+        if 'running_flow' in getattr(item, 'fixturenames', ()):
+            names = (*names, 'slow')
+        for name in names:
+            item.add_marker(name)
+
+
 @pytest.fixture(scope='session', autouse=True)
 def offline_model_files() -> Path:
     """Build the offline models once (``make models`` has usually done it already)."""
