@@ -12,6 +12,7 @@ Whisper model knows.
 """
 
 import functools
+import inspect
 import threading
 import time
 from contextlib import contextmanager
@@ -41,9 +42,16 @@ def registry_of(executor) -> CollectorRegistry:
 
 
 def instrumented(method: Callable) -> Callable:
-    """Decorate an Executor endpoint: time each call and count its errors by kind, on the
-    Executor's ``self.metrics`` (an ``ExecutorMetrics``). Goes under ``@requests`` and
-    ``@dynamic_batching``; jina reads the endpoint's annotations, which ``wraps`` keeps."""
+    """Decorate an Executor endpoint, synchronous or async: time each call and count its errors
+    by kind, on the Executor's ``self.metrics`` (an ``ExecutorMetrics``). Goes under
+    ``@requests``; jina reads the endpoint's annotations, which ``wraps`` keeps."""
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def async_endpoint(executor, *args, **kwargs):
+            with executor.metrics.call(method.__name__):
+                return await method(executor, *args, **kwargs)
+
+        return async_endpoint
 
     @functools.wraps(method)
     def endpoint(executor, *args, **kwargs):

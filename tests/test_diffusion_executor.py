@@ -1,5 +1,6 @@
 """StableDiffusionExecutor on the tiny offline model, loaded through its config.yml."""
 
+import asyncio
 import io
 
 import numpy as np
@@ -24,7 +25,7 @@ def diffusion():
 
 def generate(executor, texts, **parameters):
     docs = DocList[SpeechDoc]([SpeechDoc(text=text) for text in texts])
-    return executor.generate(docs=docs, parameters={**FAST, **parameters})
+    return asyncio.run(executor.generate(docs=docs, parameters={**FAST, **parameters}))
 
 
 def test_images_are_pngs_with_their_parameters(diffusion):

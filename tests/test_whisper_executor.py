@@ -1,5 +1,7 @@
 """WhisperExecutor on the offline models, loaded through its config.yml as the Flow loads it."""
 
+import asyncio
+
 import numpy as np
 import pytest
 from docarray import DocList
@@ -24,7 +26,9 @@ def whisper():
 
 
 def run(executor, docs, parameters=None, endpoint='transcribe'):
-    return getattr(executor, endpoint)(docs=DocList[SpeechDoc](docs), parameters=parameters or {})
+    """Call an endpoint (a coroutine, as jina awaits it) and wait for its documents."""
+    endpoint = getattr(executor, endpoint)
+    return asyncio.run(endpoint(docs=DocList[SpeechDoc](docs), parameters=parameters or {}))
 
 
 def test_real_tiny_en_transcribes_the_spoken_clip(whisper):

@@ -9,9 +9,12 @@ Two backends behind one interface, chosen by the ``backend`` argument:
   checkpoint.
 
 Decoding is bounded (temperature fallback over a short ladder, at most ``max_new_tokens`` tokens
-per window), so noise or a bad model cannot run for minutes.
+per window), so noise or a bad model cannot run for minutes. One model thread runs every
+transcription (speech2image/batching.py); clips that queue while it is busy go in its next batch.
 """
 
+import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,8 @@ from docarray import DocList
 from jina import requests
 
 from speech2image.audio import AudioError, load_audio
+from speech2image.batching import ModelWorker
+from speech2image.cpus import thread_count, use_torch_threads
 from speech2image.draining import DEFAULT_DRAIN_SECONDS, DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import WhisperMetrics, instrumented, registry_of
@@ -44,6 +49,15 @@ class Transcript:
     segments: List[Dict] = field(default_factory=list)
 
 
+@dataclass
+class ClipJob:
+    """One clip for the model thread: its samples and how to decode them (the batch key)."""
+
+    samples: np.ndarray
+    task: str
+    language: Optional[str]
+
+
 def cuda_available() -> bool:
     import torch
 
@@ -55,7 +69,7 @@ class FasterWhisperBackend:
     """Whisper on CTranslate2 (faster-whisper)."""
 
     def __init__(self, model: str, device: str, compute_type: str, beam_size: int,
-                 max_new_tokens: int, vad_filter: bool):
+                 max_new_tokens: int, vad_filter: bool, threads: int):
         import ctranslate2
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import _LANGUAGE_CODES
@@ -66,7 +80,8 @@ class FasterWhisperBackend:
             compute_type = 'float16' if device == 'cuda' else 'int8'
         try:
             self.model = WhisperModel(
-                model, device=device, compute_type=compute_type, local_files_only=hub_offline()
+                model, device=device, compute_type=compute_type, cpu_threads=threads,
+                local_files_only=hub_offline(),
             )
         except Exception as error:
             raise ModelLoadError(
@@ -159,6 +174,8 @@ class WhisperExecutor(DrainingExecutor):
         vad_filter: bool = True,
         max_audio_seconds: float = 60.0,
         audio_dir: Optional[str] = None,
+        max_batch_size: int = 8,
+        threads: Optional[int] = None,
         drain_seconds: float = DEFAULT_DRAIN_SECONDS,
         **kwargs,
     ):
@@ -173,15 +190,19 @@ class WhisperExecutor(DrainingExecutor):
             noise gives "no speech" instead of hallucinated text.
         :param max_audio_seconds: longer audio is refused.
         :param audio_dir: directory that ``uri`` paths may read from; None refuses ``uri``.
+        :param max_batch_size: the most clips the model thread takes from the queue at once.
+        :param threads: CPU threads for the model (CTranslate2, or torch for openai-whisper);
+            None is the CPUs this process may use shared equally by the local replicas.
         :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
         """
         super().__init__(**kwargs)
         if backend not in BACKENDS:
             raise ValueError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
+        self.threads = thread_count(threads, self)
         load_started = time.perf_counter()
         if backend == 'faster-whisper':
             self.backend = FasterWhisperBackend(
-                model, device, compute_type, beam_size, max_new_tokens, vad_filter
+                model, device, compute_type, beam_size, max_new_tokens, vad_filter, self.threads
             )
         else:
             self.backend = OpenAIWhisperBackend(model, device, beam_size, max_new_tokens)
@@ -189,39 +210,67 @@ class WhisperExecutor(DrainingExecutor):
         self.metrics.model_load_seconds.set(time.perf_counter() - load_started)
         self.max_audio_seconds = max_audio_seconds
         self.audio_dir = Path(audio_dir) if audio_dir else None
+        # CTranslate2 took its thread count at load; torch takes it on the thread that runs it.
+        torch_threads = functools.partial(use_torch_threads, self.threads)
+        self.worker = ModelWorker(self.transcribe_batch, max_batch_size, 'whisper-model',
+                                  on_start=None if backend == 'faster-whisper' else torch_threads)
         self.start_draining_on_sigterm(drain_seconds)
 
     @requests(on=['/default', '/transcribe'])  # /default: jina's catch-all, so also '/'
     @instrumented
-    def transcribe(self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs) -> DocList[SpeechDoc]:
+    async def transcribe(self, docs: DocList[SpeechDoc], parameters: Dict,
+                         **kwargs) -> DocList[SpeechDoc]:
         task = choice_parameter(parameters, 'task', 'translate', TASKS)
         language = choice_parameter(parameters, 'language', None, self.backend.languages)
         if language not in (None, 'en') and not self.backend.multilingual:
             raise RequestError(f"parameter 'language' is {language!r}, but the model is English-only")
+        # Every clip of the request is queued at once, so they can share a batch.
+        outcomes = await asyncio.gather(*(
+            self.transcribe_doc(index, doc, task, language)
+            for index, doc in enumerate(docs) if doc.has_audio()
+        ), return_exceptions=True)
+        for outcome in outcomes:  # the first document's error, as a loop over them would raise
+            if isinstance(outcome, BaseException):
+                raise outcome
         for index, doc in enumerate(docs):
-            if doc.has_audio():
-                self.transcribe_doc(index, doc, task, language)
             check_prompt(index, doc)
         return docs
 
     @requests(on='/generate')
     @instrumented
-    def check_prompts(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:
+    async def check_prompts(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:
         """Text-to-image requests: refuse bad prompts here, before they reach the batched
         diffusion Executor, where one bad document would fail every request in its batch."""
         for index, doc in enumerate(docs):
             check_prompt(index, doc)
         return docs
 
-    def transcribe_doc(self, index: int, doc: SpeechDoc, task: str, language: Optional[str]) -> None:
+    def transcribe_batch(self, jobs: List[ClipJob]) -> List:
+        """On the model thread: every queued clip (they share a task and language), each timed;
+        a clip that fails gives its exception, for its request alone."""
+        transcripts = []
+        for job in jobs:
+            started = time.perf_counter()
+            try:
+                transcript = self.backend.transcribe(job.samples, job.task, job.language)
+            except Exception as error:
+                transcripts.append(error)
+                continue
+            self.metrics.observe_transcript(job.samples.size / SAMPLE_RATE,
+                                            time.perf_counter() - started,
+                                            transcript.text, transcript.language)
+            transcripts.append(transcript)
+        return transcripts
+
+    async def transcribe_doc(self, index: int, doc: SpeechDoc, task: str,
+                             language: Optional[str]) -> None:
         try:
-            samples = load_audio(doc, self.max_audio_seconds, self.audio_dir)
+            # Decoding is CPU work of its own: off the event loop, beside the model thread.
+            samples = await asyncio.to_thread(load_audio, doc, self.max_audio_seconds, self.audio_dir)
         except AudioError as error:
             raise document_error(index, doc, str(error)) from None
-        started = time.perf_counter()
-        transcript = self.backend.transcribe(samples, task, language)
-        self.metrics.observe_transcript(samples.size / SAMPLE_RATE, time.perf_counter() - started,
-                                        transcript.text, transcript.language)
+        job = ClipJob(samples, task, language)
+        transcript = await self.worker.run(job, (task, language))
         if not transcript.text:
             raise document_error(index, doc, 'no speech detected in the audio')
         doc.text = transcript.text
