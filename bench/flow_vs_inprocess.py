@@ -14,12 +14,13 @@ Every figure is the median over ``--repeats`` runs.
 """
 
 import argparse
+import asyncio
 from typing import Callable, Dict, List
 
 # bench.measure first: it sets the environment jina and torch read at import.
 from bench.measure import (DIFFUSION_MODEL, ROOT, WHISPER_MODEL, WORKLOADS, Workload, flow_args,
-                           measure_flow_repeated, measure_in_process, median_run)
-from bench.report import machine_summary, markdown_table
+                           measure_flow_repeated, measure_in_process)
+from bench.report import machine_summary, markdown_table, median_run
 from docarray import DocList
 from jina import Executor
 
@@ -40,12 +41,15 @@ def load_executors():
 
 
 def in_process_call(whisper, diffusion, workload: Workload) -> Callable:
-    """The same work the Flow does for the workload's endpoint, as direct method calls."""
+    """The same work the Flow does for the workload's endpoint, as direct (awaited) calls."""
     first = whisper.transcribe if workload.endpoint == '/' else whisper.check_prompts
 
+    async def both(doc: SpeechDoc, parameters: Dict) -> None:
+        docs = await first(docs=DocList[SpeechDoc]([doc]), parameters=parameters)
+        await diffusion.generate(docs=docs, parameters=parameters)
+
     def call(doc: SpeechDoc, parameters: Dict) -> None:
-        docs = first(docs=DocList[SpeechDoc]([doc]), parameters=parameters)
-        diffusion.generate(docs=docs, parameters=parameters)
+        asyncio.run(both(doc, parameters))
 
     return call
 

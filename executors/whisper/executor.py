@@ -37,6 +37,8 @@ BACKENDS = ('faster-whisper', 'openai-whisper')
 TASKS = ('translate', 'transcribe')
 # Retried temperatures when a decode looks degenerate; short, to bound the worst case.
 TEMPERATURES = (0.0, 0.2, 0.4)
+# Whisper's window: a batched decode takes each clip's speech in pieces of at most this length.
+WINDOW_SECONDS = 30
 
 
 
@@ -71,7 +73,7 @@ class FasterWhisperBackend:
     def __init__(self, model: str, device: str, compute_type: str, beam_size: int,
                  max_new_tokens: int, vad_filter: bool, threads: int):
         import ctranslate2
-        from faster_whisper import WhisperModel
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
         from faster_whisper.tokenizer import _LANGUAGE_CODES
 
         if device == 'auto':
@@ -83,6 +85,7 @@ class FasterWhisperBackend:
                 model, device=device, compute_type=compute_type, cpu_threads=threads,
                 local_files_only=hub_offline(),
             )
+            self.batched = BatchedInferencePipeline(self.model)
         except Exception as error:
             raise ModelLoadError(
                 f'cannot load faster-whisper model {model!r}: {error}. Give a local CTranslate2 '
@@ -110,6 +113,43 @@ class FasterWhisperBackend:
             for s in segments
         ]
         return Transcript(' '.join(s['text'] for s in timed).strip(), info.language, timed)
+
+    def transcribe_batch(self, clips: List[np.ndarray], task: str,
+                         language: Optional[str]) -> List[Transcript]:
+        """Several clips in one batched decode (faster-whisper's BatchedInferencePipeline): their
+        speech, found by VAD in each clip, laid end to end and decoded as one batch of windows.
+        One clip, or a multilingual model left to detect the language (the pipeline detects
+        one for the whole batch), takes ``transcribe`` per clip instead. A batched decode is
+        greedy at the first temperature: no fallback ladder."""
+        if len(clips) == 1 or (self.multilingual and language is None):
+            return [self.transcribe(samples, task, language) for samples in clips]
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        vad = VadOptions(max_speech_duration_s=WINDOW_SECONDS, min_silence_duration_ms=160)
+        pieces, owners, offset = [], [], 0  # pieces in seconds on the joined audio
+        for number, samples in enumerate(clips):
+            speech = (get_speech_timestamps(samples, vad) if self.vad_filter
+                      else [{'start': 0, 'end': samples.size}])
+            for span in speech:
+                pieces.append({'start': (offset + span['start']) / SAMPLE_RATE,
+                               'end': (offset + span['end']) / SAMPLE_RATE})
+                owners.append((number, offset / SAMPLE_RATE))
+            offset += samples.size
+        found = [[] for _ in clips]
+        if pieces:
+            segments, _ = self.batched.transcribe(
+                np.concatenate(clips), language=language or 'en', task=task,
+                clip_timestamps=pieces, batch_size=len(pieces), beam_size=self.beam_size,
+                temperature=TEMPERATURES[0], max_new_tokens=self.max_new_tokens,
+                condition_on_previous_text=False, vad_filter=False,
+            )
+            for segment, (number, start) in zip(segments, owners):  # one segment per piece
+                found[number].append({'start': max(0.0, round(segment.start - start, 2)),
+                                      'end': round(segment.end - start, 2),
+                                      'text': segment.text.strip()})
+        return [Transcript(' '.join(s['text'] for s in timed if s['text']).strip(),
+                           language or 'en', [s for s in timed if s['text']])
+                for timed in found]
 
 
 class OpenAIWhisperBackend:
@@ -153,6 +193,11 @@ class OpenAIWhisperBackend:
             for s in result['segments']
         ]
         return Transcript(result['text'].strip(), result['language'], timed)
+
+    def transcribe_batch(self, clips: List[np.ndarray], task: str,
+                         language: Optional[str]) -> List[Transcript]:
+        """One clip after another: openai-whisper's ``transcribe`` takes one clip."""
+        return [self.transcribe(samples, task, language) for samples in clips]
 
 
 class WhisperExecutor(DrainingExecutor):
@@ -245,21 +290,16 @@ class WhisperExecutor(DrainingExecutor):
             check_prompt(index, doc)
         return docs
 
-    def transcribe_batch(self, jobs: List[ClipJob]) -> List:
-        """On the model thread: every queued clip (they share a task and language), each timed;
-        a clip that fails gives its exception, for its request alone."""
-        transcripts = []
-        for job in jobs:
-            started = time.perf_counter()
-            try:
-                transcript = self.backend.transcribe(job.samples, job.task, job.language)
-            except Exception as error:
-                transcripts.append(error)
-                continue
-            self.metrics.observe_transcript(job.samples.size / SAMPLE_RATE,
-                                            time.perf_counter() - started,
+    def transcribe_batch(self, jobs: List[ClipJob]) -> List[Transcript]:
+        """On the model thread: every queued clip (they share a task and language) in one
+        batched call; each clip's seconds are its share of the call."""
+        started = time.perf_counter()
+        transcripts = self.backend.transcribe_batch([job.samples for job in jobs], jobs[0].task,
+                                                    jobs[0].language)
+        share = (time.perf_counter() - started) / len(jobs)
+        for job, transcript in zip(jobs, transcripts):
+            self.metrics.observe_transcript(job.samples.size / SAMPLE_RATE, share,
                                             transcript.text, transcript.language)
-            transcripts.append(transcript)
         return transcripts
 
     async def transcribe_doc(self, index: int, doc: SpeechDoc, task: str,
