@@ -173,7 +173,7 @@ class DiffusionMetrics(ExecutorMetrics):
         super().__init__(registry, 'StableDiffusionExecutor')
         self.batch_documents = Histogram(
             'speech2image_diffusion_batch_documents',
-            'Documents per pipeline call, after dynamic batching',
+            'Documents per pipeline call, after batching',
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
