@@ -14,6 +14,7 @@ transcription (speech2image/batching.py); clips that queue while it is busy go i
 """
 
 import asyncio
+import bisect
 import functools
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ TASKS = ('translate', 'transcribe')
 TEMPERATURES = (0.0, 0.2, 0.4)
 # Whisper's window: a batched decode takes each clip's speech in pieces of at most this length.
 WINDOW_SECONDS = 30
+# A batched segment starts where its piece of speech starts, to faster-whisper's rounding.
+SEGMENT_START_TOLERANCE_S = 0.01
 
 
 
@@ -126,10 +129,12 @@ class FasterWhisperBackend:
         from faster_whisper.vad import VadOptions, get_speech_timestamps
 
         vad = VadOptions(max_speech_duration_s=WINDOW_SECONDS, min_silence_duration_ms=160)
+        window = WINDOW_SECONDS * SAMPLE_RATE
         pieces, owners, offset = [], [], 0  # pieces in seconds on the joined audio
         for number, samples in enumerate(clips):
-            speech = (get_speech_timestamps(samples, vad) if self.vad_filter
-                      else [{'start': 0, 'end': samples.size}])
+            speech = (get_speech_timestamps(samples, vad) if self.vad_filter else
+                      [{'start': start, 'end': min(start + window, samples.size)}
+                       for start in range(0, samples.size, window)])
             for span in speech:
                 pieces.append({'start': (offset + span['start']) / SAMPLE_RATE,
                                'end': (offset + span['end']) / SAMPLE_RATE})
@@ -143,7 +148,10 @@ class FasterWhisperBackend:
                 temperature=TEMPERATURES[0], max_new_tokens=self.max_new_tokens,
                 condition_on_previous_text=False, vad_filter=False,
             )
-            for segment, (number, start) in zip(segments, owners):  # one segment per piece
+            starts = [piece['start'] for piece in pieces]
+            for segment in segments:  # a piece gives one segment, or none when nothing was heard
+                piece = bisect.bisect_right(starts, segment.start + SEGMENT_START_TOLERANCE_S) - 1
+                number, start = owners[piece]
                 found[number].append({'start': max(0.0, round(segment.start - start, 2)),
                                       'end': round(segment.end - start, 2),
                                       'text': segment.text.strip()})
