@@ -6,10 +6,9 @@ the same Executors in-process, in one run, on the offline models.
 Workloads (bench/measure.py): ``speech``, the whole pipeline on assets/apple.wav; ``text``,
 ``/generate`` with one denoising step, where the Flow's own overhead shows most.
 
-In-process, one Executor serves one request at a time (as jina runs it), so its throughput is
-the same at any concurrency; the Flow at concurrency > 1 also gains from dynamic batching. The
-"batching off" row (preferred batch size 1) shows the gateway and hops alone, without the
-dynamic-batching window a lone request waits out.
+In-process, one request at a time, so its throughput is the same at any concurrency; the Flow
+at concurrency > 1 also overlaps Whisper with diffusion and batches what queues. The "batching
+off" row (batch size 1) shows the gateway and hops alone.
 Every figure is the median over ``--repeats`` runs.
 """
 
