@@ -43,52 +43,90 @@ JCLOUD_DIFFUSION = {'resources': {'instance': 'G3', 'gpu': 1, 'memory': '16G'}}
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description='Serve the speech2image Flow.', formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description='Serve the speech2image Flow.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     gateway = parser.add_argument_group('gateway')
-    gateway.add_argument('--host', default=defaults.HOST,
-                         help='address the gateway binds (0.0.0.0: every interface)')
+    gateway.add_argument(
+        '--host', default=defaults.HOST, help='address the gateway binds (0.0.0.0: every interface)'
+    )
     gateway.add_argument('--port-grpc', type=int, default=defaults.PORT_GRPC)
     gateway.add_argument('--port-http', type=int, default=defaults.PORT_HTTP)
     gateway.add_argument('--port-websocket', type=int, default=defaults.PORT_WEBSOCKET)
-    gateway.add_argument('--port-monitoring', type=int, default=defaults.PORT_MONITORING,
-                         help='Prometheus /metrics of the gateway; Executors use the next ports')
-    gateway.add_argument('--monitoring-host',
-                         help='address the three /metrics servers bind; unset: the same as --host')
-    gateway.add_argument('--timeout-send-ms', type=int, default=60_000,
-                         help='longest wait for one Executor to answer one attempt, in ms')
-    gateway.add_argument('--retries', type=int, default=1,
-                         help='times a request is resent after an Executor failed or timed out '
-                              '(to another replica when there is one)')
-    gateway.add_argument('--request-timeout-s', type=float,
-                         help='longest a client waits for an answer, retries included; then it '
-                              'gets a timeout error')
-    gateway.add_argument('--max-pending-requests', type=int,
-                         help='requests in flight at once; more get a "server busy" error')
+    gateway.add_argument(
+        '--port-monitoring',
+        type=int,
+        default=defaults.PORT_MONITORING,
+        help='Prometheus /metrics of the gateway; Executors use the next ports',
+    )
+    gateway.add_argument(
+        '--monitoring-host',
+        help='address the three /metrics servers bind; unset: the same as --host',
+    )
+    gateway.add_argument(
+        '--timeout-send-ms',
+        type=int,
+        default=60_000,
+        help='longest wait for one Executor to answer one attempt, in ms',
+    )
+    gateway.add_argument(
+        '--retries',
+        type=int,
+        default=1,
+        help='times a request is resent after an Executor failed or timed out '
+        '(to another replica when there is one)',
+    )
+    gateway.add_argument(
+        '--request-timeout-s',
+        type=float,
+        help='longest a client waits for an answer, retries included; then it gets a timeout error',
+    )
+    gateway.add_argument(
+        '--max-pending-requests',
+        type=int,
+        help='requests in flight at once; more get a "server busy" error',
+    )
     gateway.add_argument('--max-request-mb', type=float, help='largest request accepted, in MiB')
-    gateway.add_argument('--cors-origin', action='append',
-                         help='an origin browsers may call the gateway from (repeatable); '
-                              'unset: none but the gateway\'s own')
-    gateway.add_argument('--drain-seconds', type=float,
-                         help='on SIGTERM, how long the gateway and Executors let requests finish')
-    tracing = parser.add_argument_group('tracing (OpenTelemetry over OTLP/gRPC; off without a host)')
-    tracing.add_argument('--traces-exporter-host',
-                         help='OTLP collector host for the gateway and both Executors; '
-                              'http://HOST for plaintext, https://HOST or HOST for TLS')
+    gateway.add_argument(
+        '--cors-origin',
+        action='append',
+        help='an origin browsers may call the gateway from (repeatable); '
+        "unset: none but the gateway's own",
+    )
+    gateway.add_argument(
+        '--drain-seconds',
+        type=float,
+        help='on SIGTERM, how long the gateway and Executors let requests finish',
+    )
+    tracing = parser.add_argument_group(
+        'tracing (OpenTelemetry over OTLP/gRPC; off without a host)'
+    )
+    tracing.add_argument(
+        '--traces-exporter-host',
+        help='OTLP collector host for the gateway and both Executors; '
+        'http://HOST for plaintext, https://HOST or HOST for TLS',
+    )
     tracing.add_argument('--traces-exporter-port', type=int, default=4317)
     whisper = parser.add_argument_group('WhisperExecutor (unset: the Executor default)')
     whisper.add_argument('--whisper-backend', choices=['faster-whisper', 'openai-whisper'])
     whisper.add_argument('--whisper-model', help='model name or local path')
     whisper.add_argument('--whisper-device', choices=['auto', 'cpu', 'cuda'])
-    whisper.add_argument('--whisper-compute-type', help='faster-whisper precision, e.g. int8, float16')
+    whisper.add_argument(
+        '--whisper-compute-type', help='faster-whisper precision, e.g. int8, float16'
+    )
     whisper.add_argument('--max-audio-seconds', type=float)
     whisper.add_argument('--audio-dir', help='directory that request `uri` paths may read')
-    whisper.add_argument('--spoken-settings', choices=['on', 'off'],
-                         help='take settings said in the prompt ("four pictures of ..., seed 42"); '
-                              "off sends the transcript as is (a request's spoken_settings wins)")
+    whisper.add_argument(
+        '--spoken-settings',
+        choices=['on', 'off'],
+        help='take settings said in the prompt ("four pictures of ..., seed 42"); '
+        "off sends the transcript as is (a request's spoken_settings wins)",
+    )
     whisper.add_argument('--whisper-replicas', type=int, default=1)
     diffusion = parser.add_argument_group('StableDiffusionExecutor (unset: the Executor default)')
-    diffusion.add_argument('--diffusion-model', help='diffusers checkpoint: hub id or local directory')
+    diffusion.add_argument(
+        '--diffusion-model', help='diffusers checkpoint: hub id or local directory'
+    )
     diffusion.add_argument('--diffusion-device', choices=['auto', 'cpu', 'cuda'])
     diffusion.add_argument('--num-inference-steps', type=int, help='default steps per image')
     diffusion.add_argument('--width', type=int, help='default image width')
@@ -96,15 +134,25 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     diffusion.add_argument('--max-images', type=int, help='cap on images per prompt')
     diffusion.add_argument('--guidance-scale', type=float, help='default classifier-free guidance')
     diffusion.add_argument('--diffusion-scheduler', choices=['auto', 'checkpoint', 'dpm++'])
-    diffusion.add_argument('--compile-unet', action='store_true', default=None,
-                           help='torch.compile the UNet (GPU: slower start, faster steps)')
+    diffusion.add_argument(
+        '--compile-unet',
+        action='store_true',
+        default=None,
+        help='torch.compile the UNet (GPU: slower start, faster steps)',
+    )
     diffusion.add_argument('--diffusion-replicas', type=int, default=1)
-    diffusion.add_argument('--batch-size', type=int, default=4,
-                           help='preferred dynamic batch size (documents per pipeline call)')
-    diffusion.add_argument('--batch-timeout-ms', type=int, default=50,
-                           help='longest wait to fill a dynamic batch')
-    parser.add_argument('--export-yaml', type=Path, metavar='PATH',
-                        help='write the Flow as YAML to PATH and exit')
+    diffusion.add_argument(
+        '--batch-size',
+        type=int,
+        default=4,
+        help='preferred dynamic batch size (documents per pipeline call)',
+    )
+    diffusion.add_argument(
+        '--batch-timeout-ms', type=int, default=50, help='longest wait to fill a dynamic batch'
+    )
+    parser.add_argument(
+        '--export-yaml', type=Path, metavar='PATH', help='write the Flow as YAML to PATH and exit'
+    )
     apply_environment(parser, ENV_PREFIX)
     return parser.parse_args(argv)
 
@@ -122,8 +170,11 @@ def tracing_options(args: argparse.Namespace) -> Dict[str, Any]:
     """jina's tracing arguments, for the gateway and each Executor: none when tracing is off."""
     if not args.traces_exporter_host:
         return {}
-    return {'tracing': True, 'traces_exporter_host': args.traces_exporter_host,
-            'traces_exporter_port': args.traces_exporter_port}
+    return {
+        'tracing': True,
+        'traces_exporter_host': args.traces_exporter_host,
+        'traces_exporter_port': args.traces_exporter_port,
+    }
 
 
 def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
@@ -166,7 +217,9 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     max_audio_seconds=args.max_audio_seconds,
                     audio_dir=args.audio_dir,
                     drain_seconds=args.drain_seconds,
-                    spoken_settings=None if args.spoken_settings is None else args.spoken_settings == 'on',
+                    spoken_settings=None
+                    if args.spoken_settings is None
+                    else args.spoken_settings == 'on',
                 ),
                 'replicas': args.whisper_replicas,
                 'monitoring': True,
@@ -222,11 +275,16 @@ def ports_in_use(args: argparse.Namespace) -> List[str]:
     """Each port the Flow would bind on this machine that something already holds, as
     "--flag N (held by ...)"; empty when all are free."""
     monitoring_host = args.monitoring_host or args.host
-    wanted = [('--port-grpc', args.host, args.port_grpc), ('--port-http', args.host, args.port_http),
-              ('--port-websocket', args.host, args.port_websocket),
-              ('--port-monitoring', monitoring_host, args.port_monitoring),
-              *(('--port-monitoring', monitoring_host, monitoring_port(args, name))
-                for name in defaults.EXECUTOR_MONITORING_OFFSETS)]
+    wanted = [
+        ('--port-grpc', args.host, args.port_grpc),
+        ('--port-http', args.host, args.port_http),
+        ('--port-websocket', args.host, args.port_websocket),
+        ('--port-monitoring', monitoring_host, args.port_monitoring),
+        *(
+            ('--port-monitoring', monitoring_host, monitoring_port(args, name))
+            for name in defaults.EXECUTOR_MONITORING_OFFSETS
+        ),
+    ]
     busy = []
     for flag, host, port in wanted:
         with socket.socket() as probe:
@@ -261,7 +319,8 @@ def bind_metrics_to(host: str) -> None:
     import prometheus_client
 
     prometheus_client.start_http_server = functools.partial(
-        prometheus_client.start_http_server, addr=host)
+        prometheus_client.start_http_server, addr=host
+    )
 
 
 def hold_stop_signals() -> None:
@@ -273,8 +332,9 @@ def hold_stop_signals() -> None:
     ready was now and then caught and lost (the stop tests saw it; a second one worked), and
     without any handler SIGTERM ends this process alone, leaving the Flow's processes running."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    os.register_at_fork(after_in_child=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK,
-                                                                      STOP_SIGNALS))
+    os.register_at_fork(
+        after_in_child=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    )
 
 
 def wait_for_a_stop_signal() -> int:
@@ -300,8 +360,9 @@ def serve(args: argparse.Namespace) -> int:
     """Serve the Flow until SIGINT or SIGTERM; every process it started is gone on return."""
     busy = ports_in_use(args)
     if busy:
-        print(f'speech2image: cannot start, ports already in use: {"; ".join(busy)}',
-              file=sys.stderr)
+        print(
+            f'speech2image: cannot start, ports already in use: {"; ".join(busy)}', file=sys.stderr
+        )
         return 1
     bind_metrics_to(args.monitoring_host or args.host)
     hold_stop_signals()

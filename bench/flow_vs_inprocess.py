@@ -16,26 +16,47 @@ Every figure is the median over ``--repeats`` runs.
 import argparse
 from typing import Callable, Dict, List
 
-# bench.measure first: it sets the environment jina and torch read at import.
-from bench.measure import (DIFFUSION_MODEL, ROOT, WHISPER_MODEL, WORKLOADS, Workload, flow_args,
-                           measure_flow_repeated, measure_in_process, median_run)
-from bench.report import machine_summary, markdown_table
 from docarray import DocList
 from jina import Executor
 
 import flow as flow_module
+
+# bench.measure first: it sets the environment jina and torch read at import.
+from bench.measure import (
+    DIFFUSION_MODEL,
+    ROOT,
+    WHISPER_MODEL,
+    WORKLOADS,
+    Workload,
+    flow_args,
+    measure_flow_repeated,
+    measure_in_process,
+    median_run,
+)
+from bench.report import machine_summary, markdown_table
 from speech2image import offline_models
 from speech2image.schema import SpeechDoc
 
-HEADER = ['workload', 'path', 'concurrency', 'p50 ms', 'p99 ms', 'req/s',
-          'p50 over in-process (ms)', 'throughput vs in-process']
+HEADER = [
+    'workload',
+    'path',
+    'concurrency',
+    'p50 ms',
+    'p99 ms',
+    'req/s',
+    'p50 over in-process (ms)',
+    'throughput vs in-process',
+]
 
 
 def load_executors():
-    whisper = Executor.load_config(str(ROOT / 'executors/whisper/config.yml'),
-                                   uses_with={'model': str(WHISPER_MODEL)})
-    diffusion = Executor.load_config(str(ROOT / 'executors/stablediffusion/config.yml'),
-                                     uses_with={'model': str(DIFFUSION_MODEL)})
+    whisper = Executor.load_config(
+        str(ROOT / 'executors/whisper/config.yml'), uses_with={'model': str(WHISPER_MODEL)}
+    )
+    diffusion = Executor.load_config(
+        str(ROOT / 'executors/stablediffusion/config.yml'),
+        uses_with={'model': str(DIFFUSION_MODEL)},
+    )
     return whisper, diffusion
 
 
@@ -50,25 +71,37 @@ def in_process_call(whisper, diffusion, workload: Workload) -> Callable:
     return call
 
 
-def measure_through_flow(flags: List[str], concurrencies: List[int], requests: int,
-                         repeats: int) -> Dict[str, Dict[int, Dict[str, float]]]:
+def measure_through_flow(
+    flags: List[str], concurrencies: List[int], requests: int, repeats: int
+) -> Dict[str, Dict[int, Dict[str, float]]]:
     """Every workload at every concurrency through one Flow started with ``flags``."""
     args = flow_args(*flags)
     with flow_module.build_flow(args):
         address = f'grpc://127.0.0.1:{args.port_grpc}'
         return {
-            name: {concurrency: measure_flow_repeated(address, workload, max(requests, concurrency),
-                                                      concurrency, repeats)
-                   for concurrency in concurrencies}
+            name: {
+                concurrency: measure_flow_repeated(
+                    address, workload, max(requests, concurrency), concurrency, repeats
+                )
+                for concurrency in concurrencies
+            }
             for name, workload in WORKLOADS.items()
         }
 
 
-def row(name: str, path: str, concurrency: int, result: Dict[str, float],
-        base: Dict[str, float]) -> List[str]:
-    return [name, path, str(concurrency), f'{result["p50_ms"]:.1f}', f'{result["p99_ms"]:.1f}',
-            f'{result["rps"]:.1f}', f'{result["p50_ms"] - base["p50_ms"]:+.1f}',
-            f'{result["rps"] / base["rps"]:.2f}x']
+def row(
+    name: str, path: str, concurrency: int, result: Dict[str, float], base: Dict[str, float]
+) -> List[str]:
+    return [
+        name,
+        path,
+        str(concurrency),
+        f'{result["p50_ms"]:.1f}',
+        f'{result["p99_ms"]:.1f}',
+        f'{result["rps"]:.1f}',
+        f'{result["p50_ms"] - base["p50_ms"]:+.1f}',
+        f'{result["rps"] / base["rps"]:.2f}x',
+    ]
 
 
 def run(requests: int, concurrencies: List[int], repeats: int) -> List[List[str]]:
@@ -83,11 +116,23 @@ def run(requests: int, concurrencies: List[int], repeats: int) -> List[List[str]
     for name, workload in WORKLOADS.items():
         call = in_process_call(whisper, diffusion, workload)
         base = median_run([measure_in_process(call, workload, requests) for _ in range(repeats)])
-        rows.append([name, 'in-process', '1', f'{base["p50_ms"]:.1f}', f'{base["p99_ms"]:.1f}',
-                     f'{base["rps"]:.1f}', '', ''])
+        rows.append(
+            [
+                name,
+                'in-process',
+                '1',
+                f'{base["p50_ms"]:.1f}',
+                f'{base["p99_ms"]:.1f}',
+                f'{base["rps"]:.1f}',
+                '',
+                '',
+            ]
+        )
         rows.append(row(name, 'Flow, batching off', 1, unbatched[name][1], base))
-        rows += [row(name, 'Flow', concurrency, result, base)
-                 for concurrency, result in through_flow[name].items()]
+        rows += [
+            row(name, 'Flow', concurrency, result, base)
+            for concurrency, result in through_flow[name].items()
+        ]
     return rows
 
 

@@ -49,12 +49,17 @@ class LoadReport:
             return round(ordered[int(share * (len(ordered) - 1))], 3) if ordered else None
 
         fields = {name: value for name, value in asdict(self).items() if name != 'latencies'}
-        return {**fields, 'p50_seconds': percentile(0.5), 'p99_seconds': percentile(0.99),
-                'requests_per_second': round(self.sent / self.seconds, 1) if self.seconds else 0}
+        return {
+            **fields,
+            'p50_seconds': percentile(0.5),
+            'p99_seconds': percentile(0.99),
+            'requests_per_second': round(self.sent / self.seconds, 1) if self.seconds else 0,
+        }
 
 
-async def one_request(client: Client, endpoint: str, text: str, parameters: Dict,
-                      timeout: float, auth: Dict) -> Optional[str]:
+async def one_request(
+    client: Client, endpoint: str, text: str, parameters: Dict, timeout: float, auth: Dict
+) -> Optional[str]:
     """Send one document; return None when it came back with documents, else the error message.
     Raises ``asyncio.TimeoutError`` when no answer came within ``timeout``."""
 
@@ -63,8 +68,12 @@ async def one_request(client: Client, endpoint: str, text: str, parameters: Dict
         # Read the whole stream: jina's gateway reports a failed Executor call as an empty
         # response followed by the call's error status, which the client raises at the end.
         async for response in client.post(
-            endpoint, inputs=DocList[SpeechDoc]([SpeechDoc(text=text)]), parameters=parameters,
-            return_type=DocList[SpeechDoc], return_responses=True, **auth,
+            endpoint,
+            inputs=DocList[SpeechDoc]([SpeechDoc(text=text)]),
+            parameters=parameters,
+            return_type=DocList[SpeechDoc],
+            return_responses=True,
+            **auth,
         ):
             documents += len(response.docs)
         return None if documents == 1 else f'{documents} documents came back instead of 1'
@@ -77,9 +86,16 @@ async def one_request(client: Client, endpoint: str, text: str, parameters: Dict
         return server_error_message(error)
 
 
-async def run_load(host: str, clients: int, seconds: float, max_requests: Optional[int] = None,
-                   endpoint: str = '/generate', parameters: Optional[Dict] = None,
-                   timeout: float = 60.0, api_key: Optional[str] = None) -> LoadReport:
+async def run_load(
+    host: str,
+    clients: int,
+    seconds: float,
+    max_requests: Optional[int] = None,
+    endpoint: str = '/generate',
+    parameters: Optional[Dict] = None,
+    timeout: float = 60.0,
+    api_key: Optional[str] = None,
+) -> LoadReport:
     """Run ``clients`` concurrent clients for ``seconds`` (or until ``max_requests`` were sent)."""
     if not 1 <= clients <= MAX_CLIENTS or not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f'clients must be 1..{MAX_CLIENTS} and seconds 0..{MAX_SECONDS}')
@@ -98,8 +114,9 @@ async def run_load(host: str, clients: int, seconds: float, max_requests: Option
             report.sent += 1
             sent_at = time.monotonic()
             try:
-                error = await one_request(client, endpoint, f'load {number} {report.sent}',
-                                          parameters, timeout, auth)
+                error = await one_request(
+                    client, endpoint, f'load {number} {report.sent}', parameters, timeout, auth
+                )
             except asyncio.TimeoutError:
                 report.lost += 1
                 continue
@@ -126,10 +143,18 @@ def main(argv=None) -> int:
     parser.add_argument('--steps', type=int, default=1, help='num_inference_steps per image')
     parser.add_argument('--timeout', type=float, default=60, help='seconds a client waits')
     args = parser.parse_args(argv)
-    report = asyncio.run(run_load(
-        args.host, args.clients, args.seconds, args.requests, args.endpoint,
-        {'num_inference_steps': args.steps}, args.timeout, os.environ.get('S2I_API_KEY'),
-    ))
+    report = asyncio.run(
+        run_load(
+            args.host,
+            args.clients,
+            args.seconds,
+            args.requests,
+            args.endpoint,
+            {'num_inference_steps': args.steps},
+            args.timeout,
+            os.environ.get('S2I_API_KEY'),
+        )
+    )
     print(json.dumps(report.summary(), indent=2))
     return 0 if report.lost == 0 else 1
 

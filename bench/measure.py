@@ -47,8 +47,9 @@ WORKLOADS = {
     # The whole pipeline: Whisper tiny.en on a spoken prompt, then 2 tiny denoising steps.
     'speech': Workload('/', lambda: SpeechDoc(bytes_=APPLE), {'num_inference_steps': 2, 'seed': 1}),
     # Text to image with one step: the cheapest request, where the Flow's own cost shows most.
-    'text': Workload('/generate', lambda: SpeechDoc(text='a red apple'),
-                     {'num_inference_steps': 1, 'seed': 1}),
+    'text': Workload(
+        '/generate', lambda: SpeechDoc(text='a red apple'), {'num_inference_steps': 1, 'seed': 1}
+    ),
 }
 
 
@@ -74,15 +75,30 @@ def median_run(runs: List[Dict[str, float]]) -> Dict[str, float]:
 def flow_args(*extra: str):
     """flow.py's arguments for a Flow on the offline models, bound to free ports on 127.0.0.1."""
     grpc, http, websocket = free_ports(3)
-    return flow_module.parse_args([
-        '--host', '127.0.0.1', '--port-grpc', str(grpc), '--port-http', str(http),
-        '--port-websocket', str(websocket), '--port-monitoring', str(free_port_run(3)),
-        '--whisper-model', str(WHISPER_MODEL), '--diffusion-model', str(DIFFUSION_MODEL), *extra,
-    ])
+    return flow_module.parse_args(
+        [
+            '--host',
+            '127.0.0.1',
+            '--port-grpc',
+            str(grpc),
+            '--port-http',
+            str(http),
+            '--port-websocket',
+            str(websocket),
+            '--port-monitoring',
+            str(free_port_run(3)),
+            '--whisper-model',
+            str(WHISPER_MODEL),
+            '--diffusion-model',
+            str(DIFFUSION_MODEL),
+            *extra,
+        ]
+    )
 
 
-def measure_in_process(call: Callable[[SpeechDoc, Dict], None], workload: Workload,
-                       requests: int) -> Dict[str, float]:
+def measure_in_process(
+    call: Callable[[SpeechDoc, Dict], None], workload: Workload, requests: int
+) -> Dict[str, float]:
     """``requests`` sequential calls of ``call`` after a warm-up."""
     for _ in range(WARMUP_REQUESTS):
         call(workload.make_doc(), workload.parameters)
@@ -95,8 +111,9 @@ def measure_in_process(call: Callable[[SpeechDoc, Dict], None], workload: Worklo
     return summarise(latencies, time.perf_counter() - started)
 
 
-async def measure_flow(address: str, workload: Workload, requests: int,
-                       concurrency: int) -> Dict[str, float]:
+async def measure_flow(
+    address: str, workload: Workload, requests: int, concurrency: int
+) -> Dict[str, float]:
     """``requests`` requests from ``concurrency`` clients, each waiting for its answer before
     sending the next. asyncio clients: jina's sync Client serialises calls from threads."""
     latencies: List[float] = []
@@ -105,10 +122,12 @@ async def measure_flow(address: str, workload: Workload, requests: int,
         client = Client(host=address, asyncio=True)
         for _ in range(count):
             begin = time.perf_counter()
-            async for _ in client.post(workload.endpoint,
-                                       inputs=DocList[SpeechDoc]([workload.make_doc()]),
-                                       parameters=workload.parameters,
-                                       return_type=DocList[SpeechDoc]):
+            async for _ in client.post(
+                workload.endpoint,
+                inputs=DocList[SpeechDoc]([workload.make_doc()]),
+                parameters=workload.parameters,
+                return_type=DocList[SpeechDoc],
+            ):
                 pass
             latencies.append(time.perf_counter() - begin)
 
@@ -120,7 +139,12 @@ async def measure_flow(address: str, workload: Workload, requests: int,
     return summarise(latencies, time.perf_counter() - started)
 
 
-def measure_flow_repeated(address: str, workload: Workload, requests: int, concurrency: int,
-                          repeats: int) -> Dict[str, float]:
-    return median_run([asyncio.run(measure_flow(address, workload, requests, concurrency))
-                       for _ in range(repeats)])
+def measure_flow_repeated(
+    address: str, workload: Workload, requests: int, concurrency: int, repeats: int
+) -> Dict[str, float]:
+    return median_run(
+        [
+            asyncio.run(measure_flow(address, workload, requests, concurrency))
+            for _ in range(repeats)
+        ]
+    )

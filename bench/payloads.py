@@ -19,12 +19,12 @@ import time
 import warnings
 from typing import Callable, List
 
+import numpy as np
+from docarray import DocList
+
 # bench.measure first: it sets the environment jina and torch read at import.
 from bench.measure import APPLE
 from bench.report import machine_summary, markdown_table
-from docarray import DocList
-import numpy as np
-
 from executors.stablediffusion.executor import IMAGE_FORMATS, encode_image
 from speech2image.audio import decode_audio, load_audio
 from speech2image.schema import ImageDoc, SpeechDoc
@@ -50,8 +50,9 @@ def reencode(samples: np.ndarray, container_format: str, codec: str, rate: int) 
     buffer = io.BytesIO()
     with av.open(buffer, 'w', format=container_format) as container:
         stream = container.add_stream(codec, rate=rate, layout='mono')
-        frame = av.AudioFrame.from_ndarray((samples * 32767).astype(np.int16)[None, :],
-                                           format='s16', layout='mono')
+        frame = av.AudioFrame.from_ndarray(
+            (samples * 32767).astype(np.int16)[None, :], format='s16', layout='mono'
+        )
         frame.sample_rate = 16_000
         for packet in stream.encode(frame):
             container.mux(packet)
@@ -88,8 +89,11 @@ def test_images(side: int):
     noise = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
     y, x = np.mgrid[0:side, 0:side] / side
     scene = np.stack([0.6 * y + 0.2, 0.3 + 0.4 * x * y, 0.9 - 0.5 * y], axis=-1)
-    for cx, cy, radius, colour in ((0.3, 0.6, 0.15, (0.8, 0.1, 0.1)), (0.7, 0.3, 0.1, (0.9, 0.9, 0.2))):
-        scene[(x - cx) ** 2 + (y - cy) ** 2 < radius ** 2] = colour
+    for cx, cy, radius, colour in (
+        (0.3, 0.6, 0.15, (0.8, 0.1, 0.1)),
+        (0.7, 0.3, 0.1, (0.9, 0.9, 0.2)),
+    ):
+        scene[(x - cx) ** 2 + (y - cy) ** 2 < radius**2] = colour
     scene = (255 * (scene + rng.normal(0, 0.01, scene.shape)).clip(0, 1)).astype(np.uint8)
     return {'noise': Image.fromarray(noise), 'smooth scene': Image.fromarray(scene)}
 
@@ -104,8 +108,15 @@ def image_rows(side: int, repeats: int) -> List[List[str]]:
             encoded = ImageDoc(bytes_=encode_image(image, image_format), width=side, height=side)
             size = len(encoded.to_protobuf().SerializeToString())
             encode = median_ms(lambda: encode_image(image, image_format), repeats)
-            rows.append([name, image_format.upper(), f'{size:,}', f'{size / tensor_bytes:.3f}x',
-                         f'{encode:.1f}'])
+            rows.append(
+                [
+                    name,
+                    image_format.upper(),
+                    f'{size:,}',
+                    f'{size / tensor_bytes:.3f}x',
+                    f'{encode:.1f}',
+                ]
+            )
     return rows
 
 

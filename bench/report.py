@@ -11,8 +11,10 @@ PACKAGES = ('jina', 'docarray', 'torch', 'faster-whisper', 'diffusers', 'ctransl
 def machine_summary() -> str:
     """One line naming the machine and the versions a figure depends on."""
     versions = ', '.join(f'{name} {version(name)}' for name in PACKAGES)
-    return (f'Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python '
-            f'{platform.python_version()}; {versions}')
+    return (
+        f'Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python '
+        f'{platform.python_version()}; {versions}'
+    )
 
 
 def markdown_table(header: List[str], rows: List[List[str]]) -> str:

@@ -25,8 +25,9 @@ BENCHMARKS = [
 def main() -> None:
     for title, module in BENCHMARKS:
         print(f'\n## {title}\n', flush=True)
-        result = subprocess.run([sys.executable, '-m', module], cwd=ROOT,
-                                stdout=subprocess.PIPE, text=True, check=True)
+        result = subprocess.run(
+            [sys.executable, '-m', module], cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True
+        )
         print(result.stdout.strip(), flush=True)
 
 

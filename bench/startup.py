@@ -22,7 +22,6 @@ from typing import Dict, List
 # bench.measure first: it sets the environment jina and torch read at import.
 from bench.measure import ROOT, median_run
 from bench.report import machine_summary, markdown_table
-
 from tests.conftest import serve_flow_process
 
 LOAD_METRIC = 'speech2image_model_load_seconds'
@@ -44,17 +43,24 @@ def start_once() -> Dict[str, float]:
     started = time.perf_counter()
     with serve_flow_process() as flow:
         ready = time.perf_counter() - started
-        return {'ready': ready, 'whisper': model_load_seconds(flow.port_monitoring + 1),
-                'stablediffusion': model_load_seconds(flow.port_monitoring + 2)}
+        return {
+            'ready': ready,
+            'whisper': model_load_seconds(flow.port_monitoring + 1),
+            'stablediffusion': model_load_seconds(flow.port_monitoring + 2),
+        }
 
 
 def import_cost(module: str) -> Dict[str, object]:
     """Seconds a fresh interpreter takes to import ``module``, and the heavy modules it loaded."""
-    code = ('import sys, time; started = time.perf_counter(); import ' + module +
-            '; print(time.perf_counter() - started); '
-            f'print(",".join(m for m in {HEAVY_MODULES!r} if m in sys.modules))')
-    output = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout.split('\n')
+    code = (
+        'import sys, time; started = time.perf_counter(); import '
+        + module
+        + '; print(time.perf_counter() - started); '
+        f'print(",".join(m for m in {HEAVY_MODULES!r} if m in sys.modules))'
+    )
+    output = subprocess.run(
+        [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split('\n')
     return {'seconds': float(output[0]), 'heavy': output[1] or 'none'}
 
 
@@ -65,17 +71,27 @@ def main() -> None:
     runs: List[Dict[str, float]] = [start_once() for _ in range(args.repeats)]
     median = median_run(runs)
     print(machine_summary())
-    print(markdown_table(['what', 'seconds'], [
-        ['`python flow.py` to ready (offline models)', f'{median["ready"]:.1f}'],
-        ['WhisperExecutor model load (tiny.en, int8)', f'{median["whisper"]:.2f}'],
-        ['StableDiffusionExecutor model load (tiny)', f'{median["stablediffusion"]:.2f}'],
-    ]))
+    print(
+        markdown_table(
+            ['what', 'seconds'],
+            [
+                ['`python flow.py` to ready (offline models)', f'{median["ready"]:.1f}'],
+                ['WhisperExecutor model load (tiny.en, int8)', f'{median["whisper"]:.2f}'],
+                ['StableDiffusionExecutor model load (tiny)', f'{median["stablediffusion"]:.2f}'],
+            ],
+        )
+    )
     print()
     rows = []
     for module in LIGHT_MODULES:
         costs = [import_cost(module) for _ in range(args.repeats)]
-        rows.append([f'`import {module}`', f'{statistics.median(c["seconds"] for c in costs):.2f}',
-                     costs[0]['heavy']])
+        rows.append(
+            [
+                f'`import {module}`',
+                f'{statistics.median(c["seconds"] for c in costs):.2f}',
+                costs[0]['heavy'],
+            ]
+        )
     print(markdown_table(['import', 'seconds', 'heavy modules loaded'], rows))
 
 

@@ -70,8 +70,9 @@ def word_errors(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
     for i, ref_word in enumerate(reference, 1):
         current = [i]
         for j, hyp_word in enumerate(hypothesis, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1,
-                               previous[j - 1] + (ref_word != hyp_word)))
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word))
+            )
         previous = current
     return previous[-1]
 
@@ -79,8 +80,10 @@ def word_errors(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
 def load_clips() -> Dict[str, tuple]:
     """name -> (float32 16 kHz samples, reference text)."""
     texts = json.loads((ASSETS / 'clips.json').read_text())
-    return {name: (decode_audio((ASSETS / name).read_bytes(), max_seconds=60), text)
-            for name, text in texts.items()}
+    return {
+        name: (decode_audio((ASSETS / name).read_bytes(), max_seconds=60), text)
+        for name, text in texts.items()
+    }
 
 
 def measure(backends: List, clips: Dict[str, tuple], repeats: int) -> List[Dict]:
@@ -91,7 +94,7 @@ def measure(backends: List, clips: Dict[str, tuple], repeats: int) -> List[Dict]
     a pause before each run lets the previous backend's OpenMP threads stop spin-waiting.
     """
     results = [{'rtfs': [], 'transcripts': {}} for _ in backends]
-    for name, (samples, _) in clips.items():
+    for samples, _ in clips.values():
         for backend in backends:
             backend.transcribe(samples, 'transcribe', None)  # warm-up
     for _ in range(repeats):
@@ -100,13 +103,17 @@ def measure(backends: List, clips: Dict[str, tuple], repeats: int) -> List[Dict]
                 time.sleep(PAUSE_SECONDS)
                 started = time.perf_counter()
                 transcript = backend.transcribe(samples, 'transcribe', None)
-                result['rtfs'].append((time.perf_counter() - started) / (samples.size / SAMPLE_RATE))
+                result['rtfs'].append(
+                    (time.perf_counter() - started) / (samples.size / SAMPLE_RATE)
+                )
                 result['transcripts'][name] = transcript.text
     return results
 
 
 def wer(clips: Dict[str, tuple], transcripts: Dict[str, str]) -> float:
-    errors = sum(word_errors(words(text), words(transcripts[name])) for name, (_, text) in clips.items())
+    errors = sum(
+        word_errors(words(text), words(transcripts[name])) for name, (_, text) in clips.items()
+    )
     return errors / sum(len(words(text)) for _, text in clips.values())
 
 
@@ -125,9 +132,17 @@ def run(repeats: int) -> str:
     for (backend_name, precision, model, _), result in zip(CONFIGURATIONS, results):
         result['rtf'] = statistics.median(result['rtfs'])
         result['wer'] = wer(clips, result['transcripts'])
-        rows.append([backend_name + (' (default)' if not rows else ''), precision, f'`{model}`',
-                     f'{result["rtf"]:.3f}', f'{min(result["rtfs"]):.3f}', f'{max(result["rtfs"]):.3f}',
-                     f'{100 * result["wer"]:.1f}%'])
+        rows.append(
+            [
+                backend_name + (' (default)' if not rows else ''),
+                precision,
+                f'`{model}`',
+                f'{result["rtf"]:.3f}',
+                f'{min(result["rtfs"]):.3f}',
+                f'{max(result["rtfs"]):.3f}',
+                f'{100 * result["wer"]:.1f}%',
+            ]
+        )
     audio_seconds = sum(samples.size for samples, _ in clips.values()) / SAMPLE_RATE
     default, others = results[0], results[1:]
     fastest = all(default['rtf'] < other['rtf'] for other in others)
@@ -138,7 +153,9 @@ def run(repeats: int) -> str:
         f'warm-up, interleaved across backends; threads: CTranslate2 {CT2_THREADS}, torch '
         f'{torch.get_num_threads()}.',
         '',
-        markdown_table(['backend', 'precision', 'model', 'median RTF', 'min RTF', 'max RTF', 'WER'], rows),
+        markdown_table(
+            ['backend', 'precision', 'model', 'median RTF', 'min RTF', 'max RTF', 'WER'], rows
+        ),
         '',
         f'Default backend (faster-whisper int8) is the fastest: {"yes" if fastest else "no"}; '
         f'its median RTF {default["rtf"]:.4f} is {"at most" if default["rtf"] <= RTF_TARGET else "above"} '

@@ -12,22 +12,27 @@ transcribed in its own language, scored against its text, and the language base 
 import argparse
 import json
 import statistics
-from typing import Dict, List
+from typing import List
+
+from jina import Executor
 
 from bench.report import machine_summary, markdown_table
 from bench.whisper_backends import ASSETS, MODELS, ROOT, load_clips, measure, wer
-from jina import Executor
 from speech2image import offline_models
 from speech2image.audio import decode_audio
 
 # (name, model directory); the first is what the test suite serves.
-MODELS_COMPARED = [('tiny.en', offline_models.FASTER_WHISPER_LINK),
-                   ('base', offline_models.WHISPER_BASE_DIR)]
+MODELS_COMPARED = [
+    ('tiny.en', offline_models.FASTER_WHISPER_LINK),
+    ('base', offline_models.WHISPER_BASE_DIR),
+]
 
 
 def load_backend(model: str):
-    return Executor.load_config(str(ROOT / 'executors/whisper/config.yml'), uses_with={
-        'model': str(MODELS / model), 'device': 'cpu', 'compute_type': 'int8'}).backend
+    return Executor.load_config(
+        str(ROOT / 'executors/whisper/config.yml'),
+        uses_with={'model': str(MODELS / model), 'device': 'cpu', 'compute_type': 'int8'},
+    ).backend
 
 
 def multilingual(backend) -> List[List[str]]:
@@ -37,9 +42,15 @@ def multilingual(backend) -> List[List[str]]:
         samples = decode_audio((ASSETS / name).read_bytes(), max_seconds=60)
         transcript = backend.transcribe(samples, 'transcribe', None)
         score = wer({name: (samples, clip['text'])}, {name: transcript.text})
-        rows.append([f'`{name}`', clip['language'],
-                     f'{transcript.language} ({transcript.language_probability:.2f})',
-                     f'{100 * score:.0f}%', f'"{transcript.text}"'])
+        rows.append(
+            [
+                f'`{name}`',
+                clip['language'],
+                f'{transcript.language} ({transcript.language_probability:.2f})',
+                f'{100 * score:.0f}%',
+                f'"{transcript.text}"',
+            ]
+        )
     return rows
 
 
@@ -51,20 +62,41 @@ def run(repeats: int) -> str:
     rows = []
     for (name, model), result in zip(MODELS_COMPARED, results):
         result['rtf'] = statistics.median(result['rtfs'])
-        rows.append([name, f'`{model}`', f'{result["rtf"]:.3f}', f'{min(result["rtfs"]):.3f}',
-                     f'{max(result["rtfs"]):.3f}', f'{100 * wer(clips, result["transcripts"]):.1f}%'])
+        rows.append(
+            [
+                name,
+                f'`{model}`',
+                f'{result["rtf"]:.3f}',
+                f'{min(result["rtfs"]):.3f}',
+                f'{max(result["rtfs"]):.3f}',
+                f'{100 * wer(clips, result["transcripts"]):.1f}%',
+            ]
+        )
     tiny, base = results
     lines = [
-        machine_summary(), '',
-        f'English: {len(clips)} clips, {repeats} timed runs each after one warm-up, interleaved.', '',
-        markdown_table(['model', 'directory', 'median RTF', 'min RTF', 'max RTF', 'WER'], rows), '',
-        f'base / tiny.en median RTF: {base["rtf"] / tiny["rtf"]:.2f}x (same run).', '',
+        machine_summary(),
+        '',
+        f'English: {len(clips)} clips, {repeats} timed runs each after one warm-up, interleaved.',
+        '',
+        markdown_table(['model', 'directory', 'median RTF', 'min RTF', 'max RTF', 'WER'], rows),
+        '',
+        f'base / tiny.en median RTF: {base["rtf"] / tiny["rtf"]:.2f}x (same run).',
+        '',
         'Transcripts:',
     ]
     for (name, _), result in zip(MODELS_COMPARED, results):
-        lines.append(f'- {name}: ' + '; '.join(f'{clip}: "{text}"' for clip, text in result['transcripts'].items()))
-    lines += ['', 'Other languages, base, task transcribe:', '',
-              markdown_table(['clip', 'language', 'detected', 'WER', 'transcript'], multilingual(backends[1]))]
+        lines.append(
+            f'- {name}: '
+            + '; '.join(f'{clip}: "{text}"' for clip, text in result['transcripts'].items())
+        )
+    lines += [
+        '',
+        'Other languages, base, task transcribe:',
+        '',
+        markdown_table(
+            ['clip', 'language', 'detected', 'WER', 'transcript'], multilingual(backends[1])
+        ),
+    ]
     return '\n'.join(lines)
 
 

@@ -60,18 +60,23 @@ def cluster_spec(flow: Dict[str, Any]) -> Dict[str, Any]:
     the load-sharing options, and no ``jcloud`` sections (JCloud reads those, jina does not)."""
     unknown = {executor['name'] for executor in flow['executors']} - set(EXECUTOR_IMAGES)
     if unknown:
-        raise SystemExit(f'no container image is named for Executor(s) {sorted(unknown)}: '
-                         f'add them to EXECUTOR_IMAGES in {Path(__file__).name}')
+        raise SystemExit(
+            f'no container image is named for Executor(s) {sorted(unknown)}: '
+            f'add them to EXECUTOR_IMAGES in {Path(__file__).name}'
+        )
     spec = {key: value for key, value in flow.items() if key != 'jcloud'}
     # In a pod every process binds all interfaces: the pod's address is what others reach.
-    spec['with'] = {**flow['with'], 'host': CLUSTER_HOST,
-                    'grpc_channel_options': GATEWAY_CHANNEL_OPTIONS}
+    spec['with'] = {
+        **flow['with'],
+        'host': CLUSTER_HOST,
+        'grpc_channel_options': GATEWAY_CHANNEL_OPTIONS,
+    }
     if 'gateway' in flow:  # the project's gateway class runs from the project's gateway image
         spec['gateway'] = {**flow['gateway'], 'uses': f'docker://{GATEWAY_IMAGE}'}
     spec['executors'] = [
         {
             **{key: value for key, value in executor.items() if key != 'jcloud'},
-            'uses': f"docker://{EXECUTOR_IMAGES[executor['name']]}",
+            'uses': f'docker://{EXECUTOR_IMAGES[executor["name"]]}',
             'grpc_server_options': EXECUTOR_SERVER_OPTIONS,
         }
         for executor in flow['executors']

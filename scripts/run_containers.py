@@ -77,8 +77,9 @@ OFFLINE = ['-e', 'HF_HUB_OFFLINE=1']
 
 def run(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     """``podman ARGS`` with this project's storage; its output as text."""
-    return subprocess.run([PODMAN, *args], capture_output=True, text=True, timeout=timeout,
-                          check=check)
+    return subprocess.run(
+        [PODMAN, *args], capture_output=True, text=True, timeout=timeout, check=check
+    )
 
 
 def default_models() -> Dict[str, str]:
@@ -93,8 +94,10 @@ def default_models() -> Dict[str, str]:
     def default(cls) -> str:
         return inspect.signature(cls.__init__).parameters['model'].default
 
-    return {'whisper': _MODELS[default(WhisperExecutor)],
-            'stablediffusion': default(StableDiffusionExecutor)}
+    return {
+        'whisper': _MODELS[default(WhisperExecutor)],
+        'stablediffusion': default(StableDiffusionExecutor),
+    }
 
 
 def hub_cache(directory: Path) -> Path:
@@ -107,8 +110,9 @@ def hub_cache(directory: Path) -> Path:
         commit = hashlib.sha1(repo_id.encode()).hexdigest()  # any 40 hex digits: refs/main names it
         # copyfile, not copy: the offline builder's safetensors files are 0600, which uid 10001
         # cannot read; fresh copies get the umask's modes.
-        shutil.copytree(sources[name].resolve(), repo / 'snapshots' / commit,
-                        copy_function=shutil.copyfile)
+        shutil.copytree(
+            sources[name].resolve(), repo / 'snapshots' / commit, copy_function=shutil.copyfile
+        )
         (repo / 'refs').mkdir()
         (repo / 'refs/main').write_text(commit)
     return directory
@@ -178,30 +182,42 @@ class Deployments:
         [container] = self.pod(name)['containers']
         return container
 
-    def podman_run_args(self, name: str, args: List[str], models: Path,
-                        values: Dict[str, str]) -> List[str]:
+    def podman_run_args(
+        self, name: str, args: List[str], models: Path, values: Dict[str, str]
+    ) -> List[str]:
         """``podman run`` arguments for Deployment ``name``'s container, ``args`` for its own."""
         pod, container = self.pod(name), self.container(name)
         command = container['command']
-        return [*LIMITS, '--network', 'host', *security_flags(pod, container),
-                *volume_flags(pod, container, models),
-                *env_flags(container, self.config_maps, values),
-                '--entrypoint', command[0], container['image'], *command[1:], *args]
+        return [
+            *LIMITS,
+            '--network',
+            'host',
+            *security_flags(pod, container),
+            *volume_flags(pod, container, models),
+            *env_flags(container, self.config_maps, values),
+            '--entrypoint',
+            command[0],
+            container['image'],
+            *command[1:],
+            *args,
+        ]
 
 
 def health_serving(port: int) -> bool:
     """Whether the gRPC health service on ``port`` answers SERVING (the manifests' probes)."""
     try:
         with grpc.insecure_channel(f'127.0.0.1:{port}') as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                              timeout=2)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
         return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
         return False
 
 
-def wait_serving(container: str, port: int, started: float,
-                 timeout: float = START_TIMEOUT_S) -> float:
+def wait_serving(
+    container: str, port: int, started: float, timeout: float = START_TIMEOUT_S
+) -> float:
     """Seconds from ``started`` (monotonic) until ``container`` serves on ``port``; fails if it
     exits or takes too long."""
     while time.monotonic() - started < timeout:
@@ -211,8 +227,9 @@ def wait_serving(container: str, port: int, started: float,
         if state in ('exited', 'stopped'):
             raise CheckFailed(f'{container} exited:\n{logs(container)[-3000:]}')
         time.sleep(1)
-    raise CheckFailed(f'{container} not serving on {port} after {timeout} s:\n'
-                      f'{logs(container)[-3000:]}')
+    raise CheckFailed(
+        f'{container} not serving on {port} after {timeout} s:\n{logs(container)[-3000:]}'
+    )
 
 
 def logs(container: str) -> str:
@@ -246,9 +263,12 @@ def containers_running(names: List[str]) -> Iterator[None]:
                 if removed is not None and removed.returncode == 0:
                     break
             else:
-                print(f'could not remove container {name}: '
-                      f'{removed.stderr.strip() if removed else "timed out"}; '
-                      f'scripts/podman.sh rm --force {name}', file=sys.stderr)
+                print(
+                    f'could not remove container {name}: '
+                    f'{removed.stderr.strip() if removed else "timed out"}; '
+                    f'scripts/podman.sh rm --force {name}',
+                    file=sys.stderr,
+                )
 
 
 class ContainerFlow:
@@ -256,19 +276,26 @@ class ContainerFlow:
 
     def __init__(self, deployments: Deployments, models: Path, diffusion_replicas: int):
         self.deployments, self.models = deployments, models
-        self.values = {'api-key': secrets.token_hex(16), 'token': 'hf_' + secrets.token_hex(16),
-                       'metadata.uid': str(uuid.uuid4())}
+        self.values = {
+            'api-key': secrets.token_hex(16),
+            'token': 'hf_' + secrets.token_hex(16),
+            'metadata.uid': str(uuid.uuid4()),
+        }
         self.executors = {
             'whisper': ['s2i-whisper'],
             'stablediffusion': [f's2i-stablediffusion-{n}' for n in range(diffusion_replicas)],
         }
         ports = iter(free_ports(2 * (1 + diffusion_replicas) + 4))
         # Each Executor container's (port, monitoring port).
-        self.ports = {container: (next(ports), next(ports))
-                      for containers in self.executors.values() for container in containers}
+        self.ports = {
+            container: (next(ports), next(ports))
+            for containers in self.executors.values()
+            for container in containers
+        }
         self.gateway = 's2i-gateway'
         self.grpc, self.http, self.websocket, self.gateway_monitoring = (
-            next(ports) for _ in range(4))
+            next(ports) for _ in range(4)
+        )
         self.names = [*self.ports, self.gateway]
 
     def start(self, name: str, container: str, args: List[str]) -> float:
@@ -277,9 +304,15 @@ class ContainerFlow:
         values = {**self.values, 'metadata.name': container}
         run('rm', '--force', container, check=False)
         started = time.monotonic()
-        run('run', '--detach', '--name', container,
-            *OFFLINE, *self.deployments.podman_run_args(name, args, self.models, values),
-            timeout=600)
+        run(
+            'run',
+            '--detach',
+            '--name',
+            container,
+            *OFFLINE,
+            *self.deployments.podman_run_args(name, args, self.models, values),
+            timeout=600,
+        )
         return started
 
     def start_executors(self) -> Dict[str, float]:
@@ -289,21 +322,30 @@ class ContainerFlow:
             for container in containers:
                 port, monitoring = self.ports[container]
                 args = self.deployments.container(name)['args']
-                for flag, value in (('--port', port), ('--port-monitoring', monitoring),
-                                    ('--host', '127.0.0.1')):
+                for flag, value in (
+                    ('--port', port),
+                    ('--port-monitoring', monitoring),
+                    ('--host', '127.0.0.1'),
+                ):
                     args = replace_flag(args, flag, str(value))
                 started[container] = self.start(name, container, args)
-        return {container: wait_serving(container, port, started[container])
-                for container, (port, _) in self.ports.items()}
+        return {
+            container: wait_serving(container, port, started[container])
+            for container, (port, _) in self.ports.items()
+        }
 
     def start_gateway(self) -> float:
-        addresses = {name: [f'grpc://127.0.0.1:{self.ports[c][0]}' for c in containers]
-                     for name, containers in self.executors.items()}
+        addresses = {
+            name: [f'grpc://127.0.0.1:{self.ports[c][0]}' for c in containers]
+            for name, containers in self.executors.items()
+        }
         args = self.deployments.container('gateway')['args']
-        for flag, *values in (('--port', self.grpc, self.http, self.websocket),
-                              ('--port-monitoring', self.gateway_monitoring),
-                              ('--deployments-addresses', json.dumps(addresses)),
-                              ('--host', '127.0.0.1')):
+        for flag, *values in (
+            ('--port', self.grpc, self.http, self.websocket),
+            ('--port-monitoring', self.gateway_monitoring),
+            ('--deployments-addresses', json.dumps(addresses)),
+            ('--host', '127.0.0.1'),
+        ):
             args = replace_flag(args, flag, *map(str, values))
         return wait_serving(self.gateway, self.grpc, self.start('gateway', self.gateway, args))
 
@@ -319,8 +361,10 @@ def spoken_clip(host: str, api_key: Optional[str]) -> Dict:
     [doc] = send(host, '/', make_docs([CLIP], []), IMAGE_PARAMETERS, api_key)
     seconds = round(time.monotonic() - started, 2)
     check(CLIP_WORD in doc.text.lower(), f'{host}: transcript {doc.text!r} lacks {CLIP_WORD!r}')
-    check(len(doc.matches) == 1 and doc.matches[0].bytes_.startswith(b'\x89PNG'),
-          f'{host}: no PNG came back')
+    check(
+        len(doc.matches) == 1 and doc.matches[0].bytes_.startswith(b'\x89PNG'),
+        f'{host}: no PNG came back',
+    )
     return {'transcript': doc.text, 'images': len(doc.matches), 'seconds': seconds}
 
 
@@ -338,8 +382,10 @@ def hardening(container: str) -> Dict:
     uid = run('exec', container, 'id', '-u').stdout.strip()
     check(uid == USER, f'{container} runs as uid {uid}, not {USER}')
     write = run('exec', container, 'touch', '/opt/venv/written', check=False)
-    check(write.returncode != 0 and 'Read-only file system' in write.stderr,
-          f'{container} could write its root filesystem: {write.stderr!r}')
+    check(
+        write.returncode != 0 and 'Read-only file system' in write.stderr,
+        f'{container} could write its root filesystem: {write.stderr!r}',
+    )
     return {'uid': uid, 'root_write': write.stderr.strip().rpartition(': ')[2]}
 
 
@@ -348,20 +394,33 @@ def load_with_stop(flow: ContainerFlow, container: str) -> Dict:
     manifest's termination grace as kubectl would; the load's report. Every request must be
     answered: with images or with a clear error, none lost."""
     grace = flow.deployments.pod('stablediffusion')['terminationGracePeriodSeconds']
-    stopper = threading.Timer(STOP_AFTER_S, run, args=('stop', '--time', str(grace), container),
-                              kwargs={'timeout': grace + 60})
+    stopper = threading.Timer(
+        STOP_AFTER_S,
+        run,
+        args=('stop', '--time', str(grace), container),
+        kwargs={'timeout': grace + 60},
+    )
     stopper.start()
     try:
-        report = asyncio.run(run_load(f'grpc://127.0.0.1:{flow.grpc}', LOAD_CLIENTS, LOAD_SECONDS,
-                                      LOAD_REQUESTS, parameters=LOAD_PARAMETERS,
-                                      api_key=flow.api_key))
+        report = asyncio.run(
+            run_load(
+                f'grpc://127.0.0.1:{flow.grpc}',
+                LOAD_CLIENTS,
+                LOAD_SECONDS,
+                LOAD_REQUESTS,
+                parameters=LOAD_PARAMETERS,
+                api_key=flow.api_key,
+            )
+        )
     finally:
         stopper.join()
     summary = report.summary()
     check(report.lost == 0, f'requests lost while {container} stopped: {summary}')
     for message in report.errors:  # their first 200 characters
-        check(any(clear in message for clear in (*CLEAR_ERRORS, UNAVAILABLE)),
-              f'unclear error while {container} stopped: {message}')
+        check(
+            any(clear in message for clear in (*CLEAR_ERRORS, UNAVAILABLE)),
+            f'unclear error while {container} stopped: {message}',
+        )
     return summary
 
 
@@ -369,12 +428,19 @@ def error_while_down(flow: ContainerFlow) -> str:
     """The whole message a client gets while no diffusion container serves; fails unless it
     names the Deployment and says it may be down."""
     try:
-        send(f'grpc://127.0.0.1:{flow.grpc}', '/generate', make_docs([], ['a red apple']),
-             IMAGE_PARAMETERS, flow.api_key)
+        send(
+            f'grpc://127.0.0.1:{flow.grpc}',
+            '/generate',
+            make_docs([], ['a red apple']),
+            IMAGE_PARAMETERS,
+            flow.api_key,
+        )
     except ServiceError as error:
         message = str(error)
-        check('stablediffusion' in message and 'may be down' in message,
-              f'unclear error with no diffusion container: {message}')
+        check(
+            'stablediffusion' in message and 'may be down' in message,
+            f'unclear error with no diffusion container: {message}',
+        )
         return message
     raise CheckFailed('served with no diffusion container running')
 
@@ -384,8 +450,13 @@ def serves_again(flow: ContainerFlow) -> float:
     started = time.monotonic()
     while time.monotonic() - started < SERVE_AGAIN_TIMEOUT_S:
         try:
-            send(f'grpc://127.0.0.1:{flow.grpc}', '/generate', make_docs([], ['a red apple']),
-                 IMAGE_PARAMETERS, flow.api_key)
+            send(
+                f'grpc://127.0.0.1:{flow.grpc}',
+                '/generate',
+                make_docs([], ['a red apple']),
+                IMAGE_PARAMETERS,
+                flow.api_key,
+            )
             return round(time.monotonic() - started, 1)
         except ServiceError:
             time.sleep(1)
@@ -411,21 +482,26 @@ def exercise(flow: ContainerFlow) -> Dict:
     stopped = flow.executors['stablediffusion'][0]
     report['load_with_stop'] = load_with_stop(flow, stopped)
     if len(flow.executors['stablediffusion']) > 1:
-        check(report['load_with_stop']['failed'] == 0,
-              'a second diffusion container was serving, yet requests failed')
+        check(
+            report['load_with_stop']['failed'] == 0,
+            'a second diffusion container was serving, yet requests failed',
+        )
     else:
         report['error_while_down'] = error_while_down(flow)
     restarted = time.monotonic()
     run('start', stopped)
     report['seconds_to_serving'][f'{stopped} (restarted)'] = wait_serving(
-        stopped, flow.ports[stopped][0], restarted)
+        stopped, flow.ports[stopped][0], restarted
+    )
     report['seconds_until_gateway_serves_again'] = serves_again(flow)
     report['http_after_restart'] = spoken_clip(f'http://127.0.0.1:{flow.http}', flow.api_key)
     for container in flow.names:
         text = logs(container)
         for secret in ('api-key', 'token'):
-            check(flow.values[secret] not in text,
-                  f'the {secret} value appears in the log of {container}')
+            check(
+                flow.values[secret] not in text,
+                f'the {secret} value appears in the log of {container}',
+            )
     report['secrets_in_logs'] = 'none'
     return report
 
@@ -434,12 +510,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--diffusion-replicas', type=int, default=1, choices=(1, 2))
     parser.add_argument('--logs', type=Path, help='copy every container log into this folder')
-    parser.add_argument('--report', type=Path, help='write the JSON report here too (jina\'s '
-                        'client logs its errors to stdout)')
+    parser.add_argument(
+        '--report',
+        type=Path,
+        help="write the JSON report here too (jina's client logs its errors to stdout)",
+    )
     args = parser.parse_args(argv)
     with ExitStack() as stack:
-        work = Path(stack.enter_context(
-            tempfile.TemporaryDirectory(prefix='s2i-containers-', dir='/var/tmp')))
+        work = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(prefix='s2i-containers-', dir='/var/tmp')
+            )
+        )
         flow = ContainerFlow(Deployments(), hub_cache(work / 'models'), args.diffusion_replicas)
         stack.enter_context(containers_running(flow.names))
         try:

@@ -82,7 +82,7 @@ def decode_audio(data: bytes, max_seconds: float) -> np.ndarray:
             stream = container.streams.audio[0]
             declared_seconds = wav_header_seconds(data) or declared_duration(container, stream)
             if declared_seconds is not None:
-                check_duration(declared_seconds, max_seconds, 'the file\'s header declares')
+                check_duration(declared_seconds, max_seconds, "the file's header declares")
             samples = decode_stream(container, stream, max_seconds)
     except av.FFmpegError as error:
         raise AudioError(
@@ -142,7 +142,8 @@ def check_duration(seconds: float, max_seconds: float, measured: str) -> None:
     (a header's claim is not decoded audio), e.g. "the file's header declares"."""
     if seconds > max_seconds:
         raise AudioError(
-            f'audio is longer than the {max_seconds:g} s limit: {measured} {seconds:.1f} s')
+            f'audio is longer than the {max_seconds:g} s limit: {measured} {seconds:.1f} s'
+        )
 
 
 def read_local_uri(uri: str, uri_root: Optional[Path]) -> bytes:

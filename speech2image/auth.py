@@ -28,4 +28,6 @@ def authorized(authorization: Optional[str], api_key: Optional[str]) -> bool:
     if api_key is None:
         return True
     scheme, _, token = (authorization or '').partition(' ')
-    return scheme.lower() == SCHEME and hmac.compare_digest(token.strip().encode(), api_key.encode())
+    return scheme.lower() == SCHEME and hmac.compare_digest(
+        token.strip().encode(), api_key.encode()
+    )

@@ -119,33 +119,47 @@ def heard_lines(doc: SpeechDoc) -> List[str]:
     if 'transcript' not in tags:
         return []
     lines = []
-    language = f"{tags.get('language')}, {100 * float(tags.get('language_probability', 0)):.0f}%"
+    language = f'{tags.get("language")}, {100 * float(tags.get("language_probability", 0)):.0f}%'
     if tags['transcript'] != doc.text or tags.get('language') != 'en':
         lines.append(f'  heard ({language}): {tags["transcript"]}')
     spoken = tags.get('spoken_settings') or {}
     if spoken:
-        said = ', '.join(f'{name} {value:g}' if isinstance(value, float) else f'{name} {value}'
-                         for name, value in spoken.items())
+        said = ', '.join(
+            f'{name} {value:g}' if isinstance(value, float) else f'{name} {value}'
+            for name, value in spoken.items()
+        )
         lines.append(f'  from speech: {said}')
     return lines
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog='speech2image', description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n', 2)[2],
+        prog='speech2image',
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n', 2)[2],
     )
-    parser.add_argument('audio', nargs='*', type=Path, help='audio files (wav, flac, mp3, ogg, webm)')
+    parser.add_argument(
+        'audio', nargs='*', type=Path, help='audio files (wav, flac, mp3, ogg, webm)'
+    )
     parser.add_argument('--text', action='append', default=[], help='a typed prompt (repeatable)')
     parser.add_argument('--host', default=DEFAULT_HOST, help='gateway address')
     parser.add_argument('--out', type=Path, default=DEFAULT_OUT_DIR, help='folder for the PNGs')
     parser.add_argument('--transcribe-only', action='store_true', help='stop after Whisper')
-    parser.add_argument('--task', choices=['translate', 'transcribe'],
-                        help='translate speech to English (server default) or keep its language')
+    parser.add_argument(
+        '--task',
+        choices=['translate', 'transcribe'],
+        help='translate speech to English (server default) or keep its language',
+    )
     parser.add_argument('--language', help='language hint, e.g. de')
-    parser.add_argument('--no-spoken-settings', dest='spoken_settings', action='store_const',
-                        const=False, help='send the transcript as the prompt, taking no settings '
-                                          'from it ("four pictures of ..., seed 42")')
+    parser.add_argument(
+        '--no-spoken-settings',
+        dest='spoken_settings',
+        action='store_const',
+        const=False,
+        help='send the transcript as the prompt, taking no settings '
+        'from it ("four pictures of ..., seed 42")',
+    )
     parser.add_argument('-n', '--num-images', type=int)
     parser.add_argument('--steps', type=int, dest='num_inference_steps')
     parser.add_argument('--guidance', type=float, dest='guidance_scale')
@@ -163,8 +177,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 
 def request_parameters(args: argparse.Namespace) -> Dict:
-    names = ('task', 'language', 'spoken_settings', 'num_images', 'num_inference_steps', 'guidance_scale', 'seed',
-             'width', 'height', 'negative_prompt')
+    names = (
+        'task',
+        'language',
+        'spoken_settings',
+        'num_images',
+        'num_inference_steps',
+        'guidance_scale',
+        'seed',
+        'width',
+        'height',
+        'negative_prompt',
+    )
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -178,8 +202,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.monotonic()
     try:
         with console.status(f'Waiting for {args.host}{endpoint} ({len(docs)} prompt(s))...'):
-            answered = send(args.host, endpoint, docs, request_parameters(args),
-                            api_key_from_environment())
+            answered = send(
+                args.host, endpoint, docs, request_parameters(args), api_key_from_environment()
+            )
     except ServiceError as error:
         console.print(f'[red]error:[/red] {error}')
         return 1

@@ -42,20 +42,22 @@ def cold_start_seconds_from_environment() -> float:
 
 def no_replica(outcome) -> bool:
     """Whether a call's outcome (a result, or the error jina returns or raises) is UNAVAILABLE."""
-    return (isinstance(outcome, grpc.aio.AioRpcError)
-            and outcome.code() == grpc.StatusCode.UNAVAILABLE)
+    return (
+        isinstance(outcome, grpc.aio.AioRpcError) and outcome.code() == grpc.StatusCode.UNAVAILABLE
+    )
 
 
-def warming_up_error(error: grpc.aio.AioRpcError, deployment: str,
-                     seconds: float) -> InternalNetworkError:
+def warming_up_error(
+    error: grpc.aio.AioRpcError, deployment: str, seconds: float
+) -> InternalNetworkError:
     """The error a held call ends with: still UNAVAILABLE, saying what it waited for."""
     return InternalNetworkError(
         og_exception=error,
         request_id=getattr(error, 'request_id', ''),
         dest_addr=getattr(error, 'dest_addr', {deployment}),
         details=f'{deployment} has no ready replica after waiting {seconds:g} s for one to '
-                f'start (scaled to zero and still loading its model?); retry later. '
-                f'Last error: {error.details()}',
+        f'start (scaled to zero and still loading its model?); retry later. '
+        f'Last error: {error.details()}',
     )
 
 

@@ -86,7 +86,8 @@ def exit_after(seconds: float, logger) -> None:
 
     def end():
         (logger or logging.getLogger(__name__)).warning(
-            f'still shutting down {seconds:g} s after the drain; exiting now')
+            f'still shutting down {seconds:g} s after the drain; exiting now'
+        )
         os._exit(1)
 
     timer = threading.Timer(seconds, end)

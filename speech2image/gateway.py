@@ -50,11 +50,13 @@ from speech2image.request_policy import (
 )
 
 # gRPC calls that carry documents to the Executors: the ones checked and counted.
-GRPC_DATA_METHODS = frozenset({
-    '/jina.JinaRPC/Call',
-    '/jina.JinaSingleDataRequestRPC/process_single_data',
-    '/jina.JinaSingleDocumentRequestRPC/stream_doc',
-})
+GRPC_DATA_METHODS = frozenset(
+    {
+        '/jina.JinaRPC/Call',
+        '/jina.JinaSingleDataRequestRPC/process_single_data',
+        '/jina.JinaSingleDocumentRequestRPC/stream_doc',
+    }
+)
 # Health checks stay open: Kubernetes probes (`jina ping`) and the Flow's readiness use them.
 GRPC_HEALTH_PREFIX = '/grpc.health.v1.Health/'
 HTTP_HEALTH_PATH = '/'
@@ -67,6 +69,7 @@ WS_CLOSE_AFTER_ERROR_SECONDS = 2.0
 
 
 # --- gRPC -------------------------------------------------------------------------------------
+
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
     """Checks the key on every gRPC call but health checks; checks, counts and times data calls."""
@@ -85,14 +88,18 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             refusal = error  # `error` is unbound after the except block; the lambda runs later
             return replace_behavior(handler, lambda behavior, kind: refused(refusal, kind))
         if details.method in GRPC_DATA_METHODS:
-            return replace_behavior(handler, lambda behavior, kind: guarded(self.guard, behavior, kind))
+            return replace_behavior(
+                handler, lambda behavior, kind: guarded(self.guard, behavior, kind)
+            )
         return handler
 
 
 def replace_behavior(handler: grpc.RpcMethodHandler, wrap: Callable) -> grpc.RpcMethodHandler:
     """The same method handler with its behaviour replaced by ``wrap(behavior, kind)``."""
-    serializers = dict(request_deserializer=handler.request_deserializer,
-                       response_serializer=handler.response_serializer)
+    serializers = dict(
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
     for kind, make in (
         ('unary_unary', grpc.unary_unary_rpc_method_handler),
         ('unary_stream', grpc.unary_stream_rpc_method_handler),
@@ -132,7 +139,9 @@ async def checked_stream(requests, context):
     try:
         first = await iterator.__anext__()
     except StopAsyncIteration:
-        raise Refusal('the call carried no request', grpc.StatusCode.INVALID_ARGUMENT, 422)
+        raise Refusal(
+            'the call carried no request', grpc.StatusCode.INVALID_ARGUMENT, 422
+        ) from None
     check_data_request(first)
 
     async def the_rest():
@@ -162,6 +171,7 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
     DEADLINE_EXCEEDED past the guard's request timeout, and ending with the status of the first
     error an Executor answered with (the responses themselves pass unchanged)."""
     if kind.endswith('stream'):
+
         async def guarded_stream(request, context):
             try:
                 guard.admit()
@@ -180,7 +190,8 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
                 while True:
                     try:
                         response = await asyncio.wait_for(
-                            responses.__anext__(), deadline - time.monotonic())
+                            responses.__anext__(), deadline - time.monotonic()
+                        )
                     except StopAsyncIteration:
                         break
                     except asyncio.TimeoutError:
@@ -219,6 +230,7 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
 
 # --- HTTP and WebSocket -----------------------------------------------------------------------
 
+
 class GuardMiddleware:
     """ASGI middleware for jina's FastAPI apps: key check, request checks, pending bound,
     request-size cap, and errors in one shape."""
@@ -252,7 +264,8 @@ class GuardMiddleware:
         response = ErrorRewriter(send)
         try:
             await asyncio.wait_for(
-                self.app(scope, replay(body, receive), response.send), self.guard.request_timeout)
+                self.app(scope, replay(body, receive), response.send), self.guard.request_timeout
+            )
         except asyncio.TimeoutError:
             if not response.started:
                 await send_refusal(send, self.guard.timed_out())
@@ -347,7 +360,9 @@ class ErrorRewriter:
         try:
             error = read_gateway_error(json.loads(self._error_body))
         except ValueError:
-            return service_failure(self._error_body.decode(errors='replace') or 'the service failed')
+            return service_failure(
+                self._error_body.decode(errors='replace') or 'the service failed'
+            )
         if self._error_status < 500 and not error.refused:
             return Refusal(error.message, grpc.StatusCode.INVALID_ARGUMENT, self._error_status)
         return executor_refusal('RequestError' if error.refused else 'Exception', error.message)
@@ -391,8 +406,13 @@ class GuardedWebSocket:
             data = message.get('bytes')
             size = len(data or b'') + len((message.get('text') or '').encode())
             if size > self.max_request_bytes:
-                await self._send({'type': 'websocket.close', 'code': WS_TOO_BIG,
-                                  'reason': too_large(self.max_request_bytes).message})
+                await self._send(
+                    {
+                        'type': 'websocket.close',
+                        'code': WS_TOO_BIG,
+                        'reason': too_large(self.max_request_bytes).message,
+                    }
+                )
                 self.client_closed = True
                 return {'type': 'websocket.disconnect', 'code': WS_TOO_BIG}
             if not data or data == WS_END_OF_ITERATION:  # b'' is jina's dry run
@@ -473,7 +493,9 @@ def guarded_app(app, guard: RequestGuard, max_request_bytes: int, cors_origins: 
     app.add_middleware(GuardMiddleware, guard=guard, max_request_bytes=max_request_bytes)
     if cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(cors_origins), allow_methods=['GET', 'POST'],
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=['GET', 'POST'],
             allow_headers=['authorization', 'content-type'],
         )
     return app
@@ -481,22 +503,29 @@ def guarded_app(app, guard: RequestGuard, max_request_bytes: int, cors_origins: 
 
 # --- the servers ------------------------------------------------------------------------------
 
+
 class GuardedGRPCGateway(GRPCGateway):
     def __init__(self, guard: RequestGuard, **kwargs):
         super().__init__(**kwargs)
         # jina passes this list to grpc.aio.server(interceptors=...); it holds the tracing ones.
         self.grpc_tracing_server_interceptors = [
-            GuardInterceptor(guard), *(self.grpc_tracing_server_interceptors or [])
+            GuardInterceptor(guard),
+            *(self.grpc_tracing_server_interceptors or []),
         ]
 
 
 class GuardedASGIGateway:
     """What the HTTP and WebSocket servers add to jina's: the guard's middleware on their app."""
 
-    def __init__(self, guard: RequestGuard, max_request_bytes: int, cors_origins: List[str],
-                 **kwargs):
+    def __init__(
+        self, guard: RequestGuard, max_request_bytes: int, cors_origins: List[str], **kwargs
+    ):
         super().__init__(**kwargs)
-        self.guard, self.max_request_bytes, self.cors_origins = guard, max_request_bytes, cors_origins
+        self.guard, self.max_request_bytes, self.cors_origins = (
+            guard,
+            max_request_bytes,
+            cors_origins,
+        )
 
     def guarded(self, app):
         return guarded_app(app, self.guard, self.max_request_bytes, self.cors_origins)
@@ -565,11 +594,14 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
             protocol = server_kwargs['runtime_args']['protocol']
             server_class = SERVER_CLASSES[protocol]
             if server_class is not GuardedGRPCGateway:
-                server_kwargs.update(max_request_bytes=max_request_bytes,
-                                     cors_origins=list(cors_origins))
+                server_kwargs.update(
+                    max_request_bytes=max_request_bytes, cors_origins=list(cors_origins)
+                )
             self.servers.append(server_class(guard=self.guard, **server_kwargs))
         # Scale to zero: calls wait (bounded) for an Executor with no replica yet (cold_start.py).
-        hold_calls_for_replicas(self.streamer._connection_pool, cold_start_seconds_from_environment())
+        hold_calls_for_replicas(
+            self.streamer._connection_pool, cold_start_seconds_from_environment()
+        )
         self.gateways = self.servers  # the name jina's older code reads
         self.logger.info(
             f'API key {"required" if api_key else "not required"}; '
@@ -582,7 +614,8 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
         ends ``SHUTDOWN_GRACE_SECONDS`` after the drain, however far that got."""
         left = await self.guard.drain(self.drain_seconds)
         if left:
-            self.logger.warning(f'{left} requests still running after {self.drain_seconds:g} s of drain')
+            self.logger.warning(
+                f'{left} requests still running after {self.drain_seconds:g} s of drain'
+            )
         exit_after(defaults.SHUTDOWN_GRACE_SECONDS, self.logger)
         await super().shutdown()
-

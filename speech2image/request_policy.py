@@ -72,13 +72,19 @@ def service_failure(message: str) -> Refusal:
 
 
 def too_large(limit: int) -> Refusal:
-    return Refusal(f'request is larger than the {limit / MEBIBYTE:g} MiB limit',
-                   grpc.StatusCode.RESOURCE_EXHAUSTED, 413)
+    return Refusal(
+        f'request is larger than the {limit / MEBIBYTE:g} MiB limit',
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        413,
+    )
 
 
 def unknown_endpoint(endpoint: str) -> Refusal:
-    return Refusal(f'unknown endpoint {endpoint!r}: this service has {", ".join(ENDPOINTS)}',
-                   grpc.StatusCode.NOT_FOUND, 404)
+    return Refusal(
+        f'unknown endpoint {endpoint!r}: this service has {", ".join(ENDPOINTS)}',
+        grpc.StatusCode.NOT_FOUND,
+        404,
+    )
 
 
 class RequestGuard:
@@ -104,12 +110,14 @@ class RequestGuard:
     def admit(self) -> None:
         """Count one more call in flight, or raise ``Refusal`` when draining or full."""
         if self.draining:
-            raise Refusal('the gateway is shutting down; retry the request',
-                          grpc.StatusCode.UNAVAILABLE, 503)
+            raise Refusal(
+                'the gateway is shutting down; retry the request', grpc.StatusCode.UNAVAILABLE, 503
+            )
         if self.pending >= self.max_pending:
             raise Refusal(
                 f'server busy: {self.max_pending} requests are already in progress; retry later',
-                grpc.StatusCode.RESOURCE_EXHAUSTED, 503,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                503,
             )
         self.pending += 1
 
@@ -120,7 +128,8 @@ class RequestGuard:
         return Refusal(
             f'no answer within {self.request_timeout:g} s: the service is overloaded or an '
             'Executor is stuck; retry later',
-            grpc.StatusCode.DEADLINE_EXCEEDED, 504,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            504,
         )
 
     async def drain(self, seconds: float) -> int:
@@ -134,6 +143,7 @@ class RequestGuard:
 
 
 # --- checks of a request --------------------------------------------------------------------
+
 
 def check_endpoint(endpoint: str) -> None:
     if endpoint not in KNOWN_ENDPOINTS:
@@ -167,8 +177,10 @@ def check_parameters(parameters: Any) -> None:
         raise invalid(f'"parameters" must be an object, got {type(parameters).__name__}')
     where = non_finite_number(parameters)
     if where is not None:
-        raise invalid(f"'{where}' must be a finite number, got NaN, infinity or a number too "
-                      'large for a 64-bit float')
+        raise invalid(
+            f"'{where}' must be a finite number, got NaN, infinity or a number too "
+            'large for a 64-bit float'
+        )
 
 
 def struct_numbers_finite(struct) -> Optional[str]:
@@ -216,14 +228,20 @@ def check_json_request(content_type: Optional[str], body: bytes) -> None:
         raise Refusal(
             f'send the request as {JSON_CONTENT_TYPE} ({{"data": [...], "parameters": {{...}}}}), '
             f'not {media_type or "a body without a Content-Type"}; audio goes base64-encoded in '
-            '"bytes_"', grpc.StatusCode.INVALID_ARGUMENT, 415)
+            '"bytes_"',
+            grpc.StatusCode.INVALID_ARGUMENT,
+            415,
+        )
     try:
         request = json.loads(body)  # NaN and Infinity parse, and are refused below by name
     except ValueError as error:
-        raise Refusal(f'the request body is not valid JSON: {error}',
-                      grpc.StatusCode.INVALID_ARGUMENT, 400) from None
+        raise Refusal(
+            f'the request body is not valid JSON: {error}', grpc.StatusCode.INVALID_ARGUMENT, 400
+        ) from None
     if not isinstance(request, dict):
-        raise invalid(f'the request must be a JSON object with "data", got {type(request).__name__}')
+        raise invalid(
+            f'the request must be a JSON object with "data", got {type(request).__name__}'
+        )
     if request.get('exec_endpoint') is not None:  # jina's HTTP client posts every endpoint here
         check_endpoint(str(request['exec_endpoint']))
     data = request.get('data')
@@ -254,13 +272,16 @@ def check_json_document(index: int, document: Any) -> None:
     try:
         SpeechDoc.model_validate(document)
     except ValidationError as error:
-        problems = '; '.join(f'{".".join(map(str, item["loc"])) or "document"}: '
-                             f'{item["msg"].removeprefix("Value error, ")}'
-                             for item in error.errors())
+        problems = '; '.join(
+            f'{".".join(map(str, item["loc"])) or "document"}: '
+            f'{item["msg"].removeprefix("Value error, ")}'
+            for item in error.errors()
+        )
         raise invalid(f'{name}: {problems}') from None
 
 
 # --- an Executor's error, as the client sees it ----------------------------------------------
+
 
 def check_json_tensor(name: str, tensor: Any) -> None:
     """Refuse a JSON ``tensor`` that is not an array of finite numbers a float32 holds: docarray
@@ -275,8 +296,9 @@ def check_json_tensor(name: str, tensor: Any) -> None:
     if samples.size and not np.all(np.isfinite(samples)):
         raise invalid(f'{name}: tensor contains NaN or infinite numbers')
     if samples.size and np.abs(samples).max() > FLOAT32_MAX:
-        raise invalid(f'{name}: tensor holds numbers beyond what a float32 holds '
-                      f'(±{FLOAT32_MAX:.3g})')
+        raise invalid(
+            f'{name}: tensor holds numbers beyond what a float32 holds (±{FLOAT32_MAX:.3g})'
+        )
 
 
 def executor_refusal(exception_name: str, message: str) -> Refusal:

@@ -31,8 +31,9 @@ from speech2image.settings import apply_environment
 ENV_PREFIX = 'S2I_WEB_'
 PAGE_DIR = Path(__file__).resolve().parent / 'webpage'
 # The page's names for the Flow's endpoints: the gateway's HTTP paths without their slash.
-ENDPOINTS = tuple((defaults.HTTP_ROOT_ENDPOINT if name == '/' else name).strip('/')
-                  for name in defaults.ENDPOINTS)
+ENDPOINTS = tuple(
+    (defaults.HTTP_ROOT_ENDPOINT if name == '/' else name).strip('/') for name in defaults.ENDPOINTS
+)
 # The page loads only its own files; images and recordings are blob: URLs made by the page.
 SECURITY_HEADERS = {
     'Content-Security-Policy': "default-src 'self'; img-src 'self' blob:; media-src 'self' blob:",
@@ -69,12 +70,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         description='Serve the speech2image web page.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument('--host', default=defaults.HOST,
-                        help='address the page is served on (0.0.0.0: every interface)')
-    parser.add_argument('--port', type=int, default=defaults.PORT_WEB,
-                        help='port the page is served on')
     parser.add_argument(
-        '--gateway', default=f'http://{defaults.HOST}:{defaults.PORT_HTTP}',
+        '--host',
+        default=defaults.HOST,
+        help='address the page is served on (0.0.0.0: every interface)',
+    )
+    parser.add_argument(
+        '--port', type=int, default=defaults.PORT_WEB, help='port the page is served on'
+    )
+    parser.add_argument(
+        '--gateway',
+        default=f'http://{defaults.HOST}:{defaults.PORT_HTTP}',
         help="base URL of the Flow's HTTP gateway",
     )
     parser.add_argument(
@@ -122,7 +128,8 @@ async def forward(request: web.Request) -> web.Response:
         )
     if request.content_type != defaults.JSON_CONTENT_TYPE:
         return error_response(
-            415, f'send the request as {defaults.JSON_CONTENT_TYPE}, not {request.content_type}')
+            415, f'send the request as {defaults.JSON_CONTENT_TYPE}, not {request.content_type}'
+        )
     settings = request.app[SETTINGS]
     load = request.app[LOAD]
     if load.in_flight >= settings.max_in_flight:

@@ -131,13 +131,24 @@ def offline_flow_flags(*extra: str) -> List[str]:
     grpc, http, websocket = free_ports(3)
     monitoring = free_port_run(3)
     return [
-        '--host', '127.0.0.1',
-        '--port-grpc', str(grpc), '--port-http', str(http), '--port-websocket', str(websocket),
-        '--port-monitoring', str(monitoring),
-        '--whisper-model', str(WHISPER_TINY_EN),
-        '--diffusion-model', str(TINY_SD),
-        '--num-inference-steps', '2',
-        '--audio-dir', str(ASSETS),
+        '--host',
+        '127.0.0.1',
+        '--port-grpc',
+        str(grpc),
+        '--port-http',
+        str(http),
+        '--port-websocket',
+        str(websocket),
+        '--port-monitoring',
+        str(monitoring),
+        '--whisper-model',
+        str(WHISPER_TINY_EN),
+        '--diffusion-model',
+        str(TINY_SD),
+        '--num-inference-steps',
+        '2',
+        '--audio-dir',
+        str(ASSETS),
         *extra,
     ]
 
@@ -168,10 +179,12 @@ def wait_flow_ready(running: RunningFlow, process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def serve_flow_process(*extra_flags: str, env: Optional[Dict[str, str]] = None,
-                       log: Optional[Path] = None,
-                       wait_ready: Callable[[RunningFlow, subprocess.Popen], None] = wait_flow_ready,
-                       ) -> Iterator[RunningFlow]:
+def serve_flow_process(
+    *extra_flags: str,
+    env: Optional[Dict[str, str]] = None,
+    log: Optional[Path] = None,
+    wait_ready: Callable[[RunningFlow, subprocess.Popen], None] = wait_flow_ready,
+) -> Iterator[RunningFlow]:
     """``python flow.py`` on the offline models in its own process group, yielded once
     ``wait_ready`` returns, stopped with SIGINT (as Ctrl-C). ``env`` is added to this process's
     environment; the Flow's output goes to ``log``, else to stderr (a caller's stdout stays its
@@ -185,10 +198,14 @@ def serve_flow_process(*extra_flags: str, env: Optional[Dict[str, str]] = None,
     running = RunningFlow(args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring)
     with ExitStack() as stack:
         output = stack.enter_context(open(log, 'wb')) if log else 2
-        process = subprocess.Popen([sys.executable, str(ROOT / 'flow.py'), *flags], cwd=ROOT,
-                                   env={**os.environ, **(env or {})}, stdout=output,
-                                   stderr=subprocess.STDOUT if log else None,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / 'flow.py'), *flags],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=output,
+            stderr=subprocess.STDOUT if log else None,
+            start_new_session=True,
+        )
     try:
         wait_ready(running, process)
         yield running

@@ -29,8 +29,11 @@ from speech2image.schema import SpeechDoc
 
 # Status classes, one name for what each protocol says.
 OK, INVALID, NOT_FOUND = 'ok', 'invalid', 'not found'
-GRPC_CLASSES = {grpc.StatusCode.OK: OK, grpc.StatusCode.INVALID_ARGUMENT: INVALID,
-                grpc.StatusCode.NOT_FOUND: NOT_FOUND}
+GRPC_CLASSES = {
+    grpc.StatusCode.OK: OK,
+    grpc.StatusCode.INVALID_ARGUMENT: INVALID,
+    grpc.StatusCode.NOT_FOUND: NOT_FOUND,
+}
 HTTP_CLASSES = {200: OK, 422: INVALID, 404: NOT_FOUND}
 WEBSOCKET_CLASSES = {USER_ERROR_NAME: INVALID, NOT_FOUND_NAME: NOT_FOUND}
 ANSWER_TIMEOUT_S = 60
@@ -57,7 +60,8 @@ def over_grpc(address: str, endpoint: str, docs: List[SpeechDoc], parameters: Di
     """jina's own gRPC call (``JinaRPC/Call``), as the jina Client makes it, without the client."""
     with grpc.insecure_channel(address.removeprefix('grpc://')) as channel:
         call = jina_pb2_grpc.JinaRPCStub(channel).Call(
-            iter([data_request(endpoint, docs, parameters)]), timeout=ANSWER_TIMEOUT_S)
+            iter([data_request(endpoint, docs, parameters)]), timeout=ANSWER_TIMEOUT_S
+        )
         try:
             responses = list(call)
         except grpc.RpcError as error:
@@ -82,32 +86,47 @@ def json_document(doc: SpeechDoc) -> Dict[str, Any]:
 def json_body(docs: List[SpeechDoc], parameters: Dict) -> bytes:
     """The HTTP body; non-finite numbers as Python writes them (NaN, Infinity), as a careless
     client would."""
-    return json.dumps({'data': [json_document(doc) for doc in docs],
-                       'parameters': parameters}).encode()
+    return json.dumps(
+        {'data': [json_document(doc) for doc in docs], 'parameters': parameters}
+    ).encode()
 
 
 def http_path(endpoint: str) -> str:
     return HTTP_ROOT_ENDPOINT if endpoint == '/' else endpoint
 
 
-def over_http(base_url: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict,
-              body: Optional[bytes] = None) -> Answer:
+def over_http(
+    base_url: str,
+    endpoint: str,
+    docs: List[SpeechDoc],
+    parameters: Dict,
+    body: Optional[bytes] = None,
+) -> Answer:
     """A JSON POST, as curl or a browser makes it (``body`` replaces the one built from docs)."""
     return post_json(f'{base_url}{http_path(endpoint)}', docs, parameters, body, 'detail')
 
 
-def over_web_service(web_url: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict,
-                     body: Optional[bytes] = None) -> Answer:
+def over_web_service(
+    web_url: str,
+    endpoint: str,
+    docs: List[SpeechDoc],
+    parameters: Dict,
+    body: Optional[bytes] = None,
+) -> Answer:
     """What the web page sends: ``POST /api/<endpoint>`` to speech2image.web."""
     return post_json(f'{web_url}/api{http_path(endpoint)}', docs, parameters, body, 'error')
 
 
-def post_json(url: str, docs: List[SpeechDoc], parameters: Dict, body: Optional[bytes],
-              error_key: str) -> Answer:
+def post_json(
+    url: str, docs: List[SpeechDoc], parameters: Dict, body: Optional[bytes], error_key: str
+) -> Answer:
     """POST the request as JSON; the answer, with the error message read from ``error_key``."""
-    response = requests.post(url, data=json_body(docs, parameters) if body is None else body,
-                             headers={'Content-Type': 'application/json'},
-                             timeout=ANSWER_TIMEOUT_S)
+    response = requests.post(
+        url,
+        data=json_body(docs, parameters) if body is None else body,
+        headers={'Content-Type': 'application/json'},
+        timeout=ANSWER_TIMEOUT_S,
+    )
     status = HTTP_CLASSES.get(response.status_code, str(response.status_code))
     payload = response.json()
     if response.status_code == 200:
@@ -118,8 +137,9 @@ def post_json(url: str, docs: List[SpeechDoc], parameters: Dict, body: Optional[
 def over_websocket(address: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict) -> Answer:
     """jina's WebSocket exchange at the frame level: the request, the end-of-iteration mark,
     then every response until the server closes."""
-    return asyncio.run(_over_websocket(address.replace('websocket://', 'ws://'), endpoint, docs,
-                                       parameters))
+    return asyncio.run(
+        _over_websocket(address.replace('websocket://', 'ws://'), endpoint, docs, parameters)
+    )
 
 
 async def _over_websocket(url: str, endpoint: str, docs, parameters) -> Answer:
@@ -136,8 +156,10 @@ async def _over_websocket(url: str, endpoint: str, docs, parameters) -> Answer:
                 status = response.header.status
                 if status.code == status.ERROR:
                     name = WEBSOCKET_CLASSES.get(status.exception.name, status.exception.name)
-                    return Answer(name, status.exception.args[0] if status.exception.args
-                                  else status.description)
+                    return Answer(
+                        name,
+                        status.exception.args[0] if status.exception.args else status.description,
+                    )
                 response.document_array_cls = DocList[SpeechDoc]
                 return Answer(OK, '', [doc.dict() for doc in response.data.docs])
     return Answer('closed without an answer')
@@ -145,6 +167,19 @@ async def _over_websocket(url: str, endpoint: str, docs, parameters) -> Answer:
 
 def over_cli(address: str, args: List[str], cwd: Path) -> subprocess.CompletedProcess:
     """The ``speech2image`` command line client, as a user runs it."""
-    return subprocess.run([sys.executable, '-m', 'speech2image.client', '--host', address,
-                           '--out', str(cwd / 'out'), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=ANSWER_TIMEOUT_S * 2)
+    return subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'speech2image.client',
+            '--host',
+            address,
+            '--out',
+            str(cwd / 'out'),
+            *args,
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=ANSWER_TIMEOUT_S * 2,
+    )

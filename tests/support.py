@@ -16,8 +16,12 @@ def gateway_pending_requests(port_monitoring: int) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = requests.get(f'http://127.0.0.1:{port_monitoring}/metrics', timeout=10).text
-    return sum(sample.value for family in text_string_to_metric_families(text)
-               if family.name == 'jina_number_of_pending_requests' for sample in family.samples)
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == 'jina_number_of_pending_requests'
+        for sample in family.samples
+    )
 
 
 def poll_until(condition, timeout: float, what: str, interval: float = 0.05):

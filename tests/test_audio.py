@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from speech2image.audio import AudioError, decode_audio, load_audio, read_local_uri, samples_from_tensor
+from speech2image.audio import (
+    AudioError,
+    decode_audio,
+    load_audio,
+    read_local_uri,
+    samples_from_tensor,
+)
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from tests.audio_files import FORMATS, apple_samples, encode, wav_bytes
 from tests.conftest import ASSETS
@@ -43,7 +49,10 @@ def test_tensor_forms():
         (np.zeros(16000, dtype=np.int64), 'dtype must be float32 or int16, got int64'),
         (np.array([0.1, np.nan, 0.2], dtype=np.float32), 'NaN or infinite'),
         (np.array([0.1, np.inf], dtype=np.float32), 'NaN or infinite'),
-        (np.zeros(31 * SAMPLE_RATE, dtype=np.float32), 'longer than the 30 s limit: the tensor holds 31.0 s'),
+        (
+            np.zeros(31 * SAMPLE_RATE, dtype=np.float32),
+            'longer than the 30 s limit: the tensor holds 31.0 s',
+        ),
     ],
 )
 def test_bad_tensors_are_refused(tensor, message):

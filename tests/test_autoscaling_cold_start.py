@@ -25,8 +25,14 @@ from speech2image.cold_start import COLD_START_ENV, cold_start_seconds_from_envi
 from speech2image.schema import SpeechDoc
 from tests.conftest import free_ports
 from tests.test_autoscaling_simulation import (
-    PRIVATE_HOSTS, REPLICA_HOSTS, HostsFile, gateway_args, http_ready, private_hosts_supported,  # noqa: F401
-    replica_args, wait_until,
+    PRIVATE_HOSTS,
+    REPLICA_HOSTS,
+    HostsFile,
+    gateway_args,
+    http_ready,
+    private_hosts_supported,  # noqa: F401
+    replica_args,
+    wait_until,
 )
 from tests.test_k8s import built_manifests
 from tests.test_k8s_load_sharing import jina_process, wait_serving
@@ -63,18 +69,31 @@ def scaled_to_zero(manifests, tmp_path, private_hosts_supported):
     def start(environment: Dict[str, str]) -> Tuple[str, HostsFile, int]:
         replica_port, monitoring_port = free_ports(2)
         log = tmp_path / 'replica0.log'
-        replica = stack.enter_context(jina_process(
-            replica_args(manifests, REPLICA_HOSTS[0], replica_port, monitoring_port),
-            tmp_path / 'home-replica0', log))
+        replica = stack.enter_context(
+            jina_process(
+                replica_args(manifests, REPLICA_HOSTS[0], replica_port, monitoring_port),
+                tmp_path / 'home-replica0',
+                log,
+            )
+        )
         wait_serving(replica_port, replica, log, host=REPLICA_HOSTS[0])
         hosts = HostsFile(tmp_path / 'hosts')
         hosts.resolve_to(REPLICA_HOSTS[0])
         ports = free_ports(4)
         gateway_log = tmp_path / 'gateway.log'
-        gateway = stack.enter_context(jina_process(
-            gateway_args(manifests, replica_port, ports), tmp_path / 'home-gateway', gateway_log,
-            prefix=['env', *(f'{name}={value}' for name, value in environment.items()),
-                    *PRIVATE_HOSTS, str(hosts.path)]))
+        gateway = stack.enter_context(
+            jina_process(
+                gateway_args(manifests, replica_port, ports),
+                tmp_path / 'home-gateway',
+                gateway_log,
+                prefix=[
+                    'env',
+                    *(f'{name}={value}' for name, value in environment.items()),
+                    *PRIVATE_HOSTS,
+                    str(hosts.path),
+                ],
+            )
+        )
         wait_serving(ports[0], gateway, gateway_log)
         url = f'http://127.0.0.1:{ports[1]}'
         wait_until(lambda: http_ready(url), START_LIMIT_S, "the gateway's HTTP server")
@@ -90,7 +109,9 @@ def scaled_to_zero(manifests, tmp_path, private_hosts_supported):
         yield start
 
 
-def test_first_request_at_zero_replicas_is_held_until_a_replica_is_ready(manifests, scaled_to_zero, tmp_path):
+def test_first_request_at_zero_replicas_is_held_until_a_replica_is_ready(
+    manifests, scaled_to_zero, tmp_path
+):
     url, hosts, replica_port = scaled_to_zero({COLD_START_ENV: str(HOLD_SECONDS)})
 
     # No replica comes: the request waits the whole bound, then says why it failed.
@@ -101,11 +122,16 @@ def test_first_request_at_zero_replicas_is_held_until_a_replica_is_ready(manifes
     # KEDA starts a pod; it loads its model; only once ready does its address join the name.
     log = tmp_path / 'replica1.log'
     [monitoring_port] = free_ports(1)
-    with jina_process(replica_args(manifests, REPLICA_HOSTS[1], replica_port, monitoring_port),
-                      tmp_path / 'home-replica1', log) as replica:
+    with jina_process(
+        replica_args(manifests, REPLICA_HOSTS[1], replica_port, monitoring_port),
+        tmp_path / 'home-replica1',
+        log,
+    ) as replica:
         wait_serving(replica_port, replica, log, host=REPLICA_HOSTS[1])
         outcome = {}
-        request = threading.Thread(target=lambda: outcome.update(zip(('answer', 'seconds'), timed_generate(url))))
+        request = threading.Thread(
+            target=lambda: outcome.update(zip(('answer', 'seconds'), timed_generate(url)))
+        )
         request.start()
         time.sleep(HELD_BEFORE_READY_S)
         assert request.is_alive(), f'not held: {outcome}'
@@ -114,8 +140,10 @@ def test_first_request_at_zero_replicas_is_held_until_a_replica_is_ready(manifes
     [doc] = outcome['answer']
     assert len(doc.matches) == 1
     assert HELD_BEFORE_READY_S <= outcome['seconds'] < HOLD_SECONDS, outcome['seconds']
-    print(f"\nheld request answered {outcome['seconds']:.1f} s after it was sent, "
-          f"{outcome['seconds'] - HELD_BEFORE_READY_S:.1f} s after the new replica joined the name")
+    print(
+        f'\nheld request answered {outcome["seconds"]:.1f} s after it was sent, '
+        f'{outcome["seconds"] - HELD_BEFORE_READY_S:.1f} s after the new replica joined the name'
+    )
 
 
 def test_without_the_hold_a_request_at_zero_replicas_fails_at_once(scaled_to_zero):

@@ -37,8 +37,12 @@ def build(tmp_path: Path, *components: str) -> List[Dict]:
     if components:
         kustomization['components'] = list(components)
     (tree / 'kustomization.yaml').write_text(yaml.safe_dump(kustomization))
-    result = subprocess.run([str(VENV_BIN / 'kubectl'), 'kustomize', str(tree)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [str(VENV_BIN / 'kubectl'), 'kustomize', str(tree)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -55,8 +59,11 @@ def closed(schema: Dict) -> Dict:
     """``schema`` with ``additionalProperties: false`` on every object that lists its properties
     and does not keep unknown fields (what the API server prunes, refused instead)."""
     if isinstance(schema, dict):
-        if ('properties' in schema and 'additionalProperties' not in schema
-                and not schema.get('x-kubernetes-preserve-unknown-fields')):
+        if (
+            'properties' in schema
+            and 'additionalProperties' not in schema
+            and not schema.get('x-kubernetes-preserve-unknown-fields')
+        ):
             schema['additionalProperties'] = False
         for value in schema.values():
             closed(value)
@@ -100,7 +107,9 @@ def test_keda_replaces_the_cpu_autoscaler(keda_docs):
     deployment = of_kind(keda_docs, 'Deployment')[target['name']]
     assert (target['apiVersion'], target['kind']) == ('apps/v1', 'Deployment')
     assert scaled['metadata']['namespace'] == deployment['metadata']['namespace']
-    assert 'replicas' not in deployment['spec'], 'the autoscaler owns replicas; apply must not reset them'
+    assert 'replicas' not in deployment['spec'], (
+        'the autoscaler owns replicas; apply must not reset them'
+    )
     assert of_kind(keda_docs, 'PodDisruptionBudget')[DIFFUSION]
 
 
@@ -130,7 +139,9 @@ def test_trigger_scales_on_requests_in_flight_per_replica(keda_docs):
     rule = trigger(scaled)
     assert rule['type'] == 'prometheus' and rule['metricType'] == 'AverageValue'
     metadata = rule['metadata']
-    assert all(isinstance(value, str) for value in metadata.values()), 'trigger metadata are strings'
+    assert all(isinstance(value, str) for value in metadata.values()), (
+        'trigger metadata are strings'
+    )
     assert metadata['query'].startswith('sum(jina_number_of_pending_requests{')
     assert 'job="gateway"' in metadata['query']
     assert float(metadata['threshold']) > 0
@@ -140,36 +151,52 @@ def test_trigger_scales_on_requests_in_flight_per_replica(keda_docs):
     assert 1 <= scaled['spec']['minReplicaCount'] < scaled['spec']['maxReplicaCount']
 
 
-def test_scale_to_zero_is_opt_in_with_an_idle_time_and_a_bounded_hold(keda_docs, scale_to_zero_docs):
+def test_scale_to_zero_is_opt_in_with_an_idle_time_and_a_bounded_hold(
+    keda_docs, scale_to_zero_docs
+):
     default = of_kind(keda_docs, 'ScaledObject')[DIFFUSION]['spec']
     zero = of_kind(scale_to_zero_docs, 'ScaledObject')[DIFFUSION]['spec']
-    assert default['minReplicaCount'] >= 1 and [rule['name'] for rule in default['triggers']] == [DEMAND_TRIGGER]
+    assert default['minReplicaCount'] >= 1 and [rule['name'] for rule in default['triggers']] == [
+        DEMAND_TRIGGER
+    ]
     assert zero['minReplicaCount'] == 0
     assert zero['cooldownPeriod'] > 0
     scaled = of_kind(scale_to_zero_docs, 'ScaledObject')[DIFFUSION]
     # One waiting request wakes it; so does a gateway pod that is starting.
     assert float(trigger(scaled)['metadata']['activationThreshold']) == 0
     starting = trigger(scaled, STARTING_GATEWAY_TRIGGER)['metadata']
-    assert 'deployment="gateway"' in starting['query'] and float(starting['activationThreshold']) == 0
+    assert (
+        'deployment="gateway"' in starting['query'] and float(starting['activationThreshold']) == 0
+    )
     unchanged = ('minReplicaCount', 'cooldownPeriod', 'triggers')
-    assert {key: value for key, value in zero.items() if key not in unchanged} == \
-        {key: value for key, value in default.items() if key not in unchanged}
+    assert {key: value for key, value in zero.items() if key not in unchanged} == {
+        key: value for key, value in default.items() if key not in unchanged
+    }
     # The gateway holds the first request while a pod starts, less long than its own timeout.
     assert COLD_START_ENV not in gateway_env(keda_docs)
-    request_timeout = inspect.signature(GuardedGateway).parameters['request_timeout_seconds'].default
+    request_timeout = (
+        inspect.signature(GuardedGateway).parameters['request_timeout_seconds'].default
+    )
     assert 0 < float(gateway_env(scale_to_zero_docs)[COLD_START_ENV]) < request_timeout
 
 
 def gateway_env(docs: List[Dict]) -> Dict[str, str]:
     """The gateway container's environment variables with a plain value."""
     [container] = of_kind(docs, 'Deployment')['gateway']['spec']['template']['spec']['containers']
-    return {variable['name']: variable['value'] for variable in container.get('env', []) if 'value' in variable}
+    return {
+        variable['name']: variable['value']
+        for variable in container.get('env', [])
+        if 'value' in variable
+    }
 
 
 def test_keda_build_passes_kubernetes_schemas_strictly(keda_docs, tmp_path):
     built = tmp_path / 'built.yml'
     built.write_text(yaml.safe_dump_all(keda_docs))
-    result = subprocess.run([str(VENV_BIN / 'kubernetes-validate'), '--strict', '-k', '1.33.0', str(built)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(VENV_BIN / 'kubernetes-validate'), '--strict', '-k', '1.33.0', str(built)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-

@@ -18,7 +18,13 @@ import requests
 from tests.conftest import RunningFlow, serve_flow_process
 from tests.test_autoscaling_manifests import KEDA, SCALE_TO_ZERO, build, trigger
 from tests.test_k8s import of_kind
-from tests.test_monitoring import MONITORING, Prometheus, prometheus_config, serve_prometheus, wait_for
+from tests.test_monitoring import (
+    MONITORING,
+    Prometheus,
+    prometheus_config,
+    serve_prometheus,
+    wait_for,
+)
 
 # Concurrent clients, each sending its next request as soon as the last is answered.
 LIGHT_LOAD, HEAVY_LOAD = 2, 8
@@ -55,8 +61,14 @@ def closed_loop_load(flow: RunningFlow, clients: int) -> Iterator[List[int]]:
     def client(index: int) -> None:
         while not stop.is_set():
             try:
-                response = requests.post(f'{flow.http}/generate', timeout=120, json={
-                    'data': [{'text': f'a lighthouse {index}'}], 'parameters': {'num_images': 1}})
+                response = requests.post(
+                    f'{flow.http}/generate',
+                    timeout=120,
+                    json={
+                        'data': [{'text': f'a lighthouse {index}'}],
+                        'parameters': {'num_images': 1},
+                    },
+                )
                 assert response.status_code == 200, response.text
                 [doc] = response.json()['data']
                 assert len(doc['matches']) == 1
@@ -65,7 +77,9 @@ def closed_loop_load(flow: RunningFlow, clients: int) -> Iterator[List[int]]:
                 failures.append(error)
                 return
 
-    threads = [threading.Thread(target=client, args=(index,), daemon=True) for index in range(clients)]
+    threads = [
+        threading.Thread(target=client, args=(index,), daemon=True) for index in range(clients)
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -95,14 +109,17 @@ def desired_replicas(value: float, threshold: float) -> int:
 @pytest.fixture(scope='module')
 def monitored_flow(tmp_path_factory) -> Iterator[tuple]:
     workdir = tmp_path_factory.mktemp('prometheus')
-    with serve_flow_process(log=workdir / 'flow.log') as flow, \
-            serve_prometheus(flow, workdir, scrape_like_the_operator(flow)) as prometheus:
+    with (
+        serve_flow_process(log=workdir / 'flow.log') as flow,
+        serve_prometheus(flow, workdir, scrape_like_the_operator(flow)) as prometheus,
+    ):
         wait_for(lambda: prometheus.value('sum(up)') == 3, 'every target up')
         yield flow, prometheus
 
 
 def test_trigger_query_tracks_requests_in_flight_and_the_threshold_scales_at_heavy_load(
-        monitored_flow, tmp_path):
+    monitored_flow, tmp_path
+):
     flow, prometheus = monitored_flow
     rule = keda_trigger(tmp_path)
     query, threshold = rule['metadata']['query'], float(rule['metadata']['threshold'])
@@ -114,8 +131,10 @@ def test_trigger_query_tracks_requests_in_flight_and_the_threshold_scales_at_hea
             time.sleep(SETTLE_SECONDS)
             values = sampled(prometheus, query, LOAD_SECONDS - SETTLE_SECONDS)
         observed[clients] = (statistics.median(values), max(values), sum(answered))
-        print(f'{clients} clients: {query} median {observed[clients][0]:g}, '
-              f'max {observed[clients][1]:g}; {sum(answered)} answers')
+        print(
+            f'{clients} clients: {query} median {observed[clients][0]:g}, '
+            f'max {observed[clients][1]:g}; {sum(answered)} answers'
+        )
     light, heavy = observed[LIGHT_LOAD][0], observed[HEAVY_LOAD][0]
     assert 0 < light <= LIGHT_LOAD and observed[LIGHT_LOAD][1] <= LIGHT_LOAD, observed
     assert light < heavy <= HEAVY_LOAD, observed

@@ -32,9 +32,17 @@ import requests
 
 from tests.conftest import ROOT, TINY_SD, free_ports
 from tests.test_k8s import built_manifests
-from tests.test_k8s_load_sharing import container_args, jina_process, replace_flag, successes, wait_serving
+from tests.test_k8s_load_sharing import (
+    container_args,
+    jina_process,
+    replace_flag,
+    successes,
+    wait_serving,
+)
 
-SERVICE = 'stablediffusion.speech2image.svc'  # the gateway Deployment's address of the diffusion Pods
+SERVICE = (
+    'stablediffusion.speech2image.svc'  # the gateway Deployment's address of the diffusion Pods
+)
 REPLICA_HOSTS = ('127.0.0.1', '127.0.0.2')
 CLIENTS = 4
 PHASE_SECONDS = 8
@@ -45,8 +53,16 @@ REMOVAL_LIMIT_S = 15
 DRAIN_LIMIT_S = 60
 # Runs jina with /etc/hosts replaced by the file given as its first argument, in its own mount
 # namespace: only that process tree sees it.
-PRIVATE_HOSTS = ['unshare', '--mount', '--propagation', 'private', 'sh', '-c',
-                 'mount --bind "$1" /etc/hosts && shift && exec "$@"', 'sh']
+PRIVATE_HOSTS = [
+    'unshare',
+    '--mount',
+    '--propagation',
+    'private',
+    'sh',
+    '-c',
+    'mount --bind "$1" /etc/hosts && shift && exec "$@"',
+    'sh',
+]
 
 
 class HostsFile:
@@ -67,14 +83,18 @@ class HostsFile:
 @pytest.fixture(scope='module')
 def private_hosts_supported() -> None:
     if subprocess.run(['unshare', '--mount', 'true'], capture_output=True, timeout=30).returncode:
-        pytest.skip('needs a private mount namespace (root or CAP_SYS_ADMIN) to give the gateway its own /etc/hosts')
+        pytest.skip(
+            'needs a private mount namespace (root or CAP_SYS_ADMIN) to give the gateway its own /etc/hosts'
+        )
 
 
 def replica_args(manifests: List[Dict], host: str, port: int, monitoring: int) -> List[str]:
     """The diffusion Deployment's container arguments, on ``host``:``port`` with the tiny model."""
     args = container_args(manifests, 'stablediffusion')
     for flag, *values in (
-        ('--host', host), ('--port', str(port)), ('--port-monitoring', str(monitoring)),
+        ('--host', host),
+        ('--port', str(port)),
+        ('--port-monitoring', str(monitoring)),
         ('--uses', str(ROOT / 'executors/stablediffusion/config.yml')),
         ('--uses-with', json.dumps({'model': str(TINY_SD), 'num_inference_steps': 2})),
     ):
@@ -87,10 +107,17 @@ def gateway_args(manifests: List[Dict], replica_port: int, ports: List[int]) -> 
     at SERVICE, and free ``ports`` (gRPC, HTTP, WebSocket, monitoring)."""
     args = container_args(manifests, 'gateway')
     for flag, *values in (
-        ('--deployments-addresses', json.dumps({'stablediffusion': [f'grpc://{SERVICE}:{replica_port}']})),
-        ('--graph-description',
-         json.dumps({'start-gateway': ['stablediffusion'], 'stablediffusion': ['end-gateway']})),
-        ('--port', *map(str, ports[:3])), ('--port-monitoring', str(ports[3])), ('--host', '127.0.0.1'),
+        (
+            '--deployments-addresses',
+            json.dumps({'stablediffusion': [f'grpc://{SERVICE}:{replica_port}']}),
+        ),
+        (
+            '--graph-description',
+            json.dumps({'start-gateway': ['stablediffusion'], 'stablediffusion': ['end-gateway']}),
+        ),
+        ('--port', *map(str, ports[:3])),
+        ('--port-monitoring', str(ports[3])),
+        ('--host', '127.0.0.1'),
         ('--uses', str(ROOT / 'speech2image' / 'gateway.yml')),
     ):
         args = replace_flag(args, flag, *values)
@@ -105,14 +132,22 @@ class Load:
         self.answered: List[float] = []
         self.failures: List[str] = []
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.client, args=(index,), daemon=True)
-                        for index in range(CLIENTS)]
+        self.threads = [
+            threading.Thread(target=self.client, args=(index,), daemon=True)
+            for index in range(CLIENTS)
+        ]
 
     def client(self, index: int) -> None:
         while not self.stop.is_set():
             try:
-                response = requests.post(f'{self.url}/generate', timeout=120, json={
-                    'data': [{'text': f'a lighthouse {index}'}], 'parameters': {'num_images': 1}})
+                response = requests.post(
+                    f'{self.url}/generate',
+                    timeout=120,
+                    json={
+                        'data': [{'text': f'a lighthouse {index}'}],
+                        'parameters': {'num_images': 1},
+                    },
+                )
                 if response.status_code == 200 and len(response.json()['data'][0]['matches']) == 1:
                     self.answered.append(time.monotonic())
                 else:
@@ -177,29 +212,43 @@ def wait_until(condition, limit_s: float, what: str) -> float:
     return time.monotonic()
 
 
-def test_gateway_spreads_load_to_an_added_replica_and_drains_a_removed_one(private_hosts_supported, tmp_path):
+def test_gateway_spreads_load_to_an_added_replica_and_drains_a_removed_one(
+    private_hosts_supported, tmp_path
+):
     manifests = built_manifests()
     replica_port, *monitoring_ports = free_ports(3)
     gateway_ports = free_ports(4)
     hosts = HostsFile(tmp_path / 'hosts')
     hosts.resolve_to(REPLICA_HOSTS[0])
     with ExitStack() as stack:
+
         def start_replica(index: int) -> subprocess.Popen:
             log = tmp_path / f'replica{index}.log'
-            process = stack.enter_context(jina_process(
-                replica_args(manifests, REPLICA_HOSTS[index], replica_port, monitoring_ports[index]),
-                tmp_path / f'home{index}', log))
+            process = stack.enter_context(
+                jina_process(
+                    replica_args(
+                        manifests, REPLICA_HOSTS[index], replica_port, monitoring_ports[index]
+                    ),
+                    tmp_path / f'home{index}',
+                    log,
+                )
+            )
             wait_serving(replica_port, process, log, host=REPLICA_HOSTS[index])
             return process
 
         start_replica(0)
         gateway_log = tmp_path / 'gateway.log'
-        gateway = stack.enter_context(jina_process(
-            gateway_args(manifests, replica_port, gateway_ports), tmp_path / 'home-gateway', gateway_log,
-            prefix=[*PRIVATE_HOSTS, str(hosts.path)]))
+        gateway = stack.enter_context(
+            jina_process(
+                gateway_args(manifests, replica_port, gateway_ports),
+                tmp_path / 'home-gateway',
+                gateway_log,
+                prefix=[*PRIVATE_HOSTS, str(hosts.path)],
+            )
+        )
         wait_serving(gateway_ports[0], gateway, gateway_log)
         http = f'http://127.0.0.1:{gateway_ports[1]}'
-        wait_until(lambda: http_ready(http), DISCOVERY_LIMIT_S, 'the gateway\'s HTTP server')
+        wait_until(lambda: http_ready(http), DISCOVERY_LIMIT_S, "the gateway's HTTP server")
         first = Calls(monitoring_ports[0])
 
         load = stack.enter_context(Load(http).running())
@@ -212,12 +261,16 @@ def test_gateway_spreads_load_to_an_added_replica_and_drains_a_removed_one(priva
         second = Calls(monitoring_ports[1])
         ready = time.monotonic()
         hosts.resolve_to(*REPLICA_HOSTS)
-        first_call = wait_until(lambda: second.first_change, DISCOVERY_LIMIT_S, 'a call to the new replica')
+        first_call = wait_until(
+            lambda: second.first_change, DISCOVERY_LIMIT_S, 'a call to the new replica'
+        )
         first_before = first.count
         two_replicas_start = time.monotonic()
         time.sleep(PHASE_SECONDS)
         two_replicas_rate = load.rate(two_replicas_start, time.monotonic())
-        assert first.count > first_before and second.count > 0, 'both replicas serve while both are up'
+        assert first.count > first_before and second.count > 0, (
+            'both replicas serve while both are up'
+        )
 
         # Scale down: the pod leaves the Service name and gets SIGTERM at the same moment.
         removed = time.monotonic()
@@ -230,12 +283,13 @@ def test_gateway_spreads_load_to_an_added_replica_and_drains_a_removed_one(priva
         assert first.count > alone_before, 'the remaining replica carries on alone'
         assert load.failures == [], f'requests lost: {load.failures[:5]}'
     last_call_after_removal = (second.last_change or removed) - removed
-    print(f'\nnew replica: first call {first_call - ready:.1f} s after it was added; '
-          f'removed replica: last call {last_call_after_removal:.1f} s after SIGTERM, exited after '
-          f'{exited - removed:.1f} s (exit code {second_process.returncode}); answers per second: '
-          f'{one_replica_rate:.2f} with one replica, {two_replicas_rate:.2f} with two; '
-          f'{len(load.answered)} requests, none lost')
+    print(
+        f'\nnew replica: first call {first_call - ready:.1f} s after it was added; '
+        f'removed replica: last call {last_call_after_removal:.1f} s after SIGTERM, exited after '
+        f'{exited - removed:.1f} s (exit code {second_process.returncode}); answers per second: '
+        f'{one_replica_rate:.2f} with one replica, {two_replicas_rate:.2f} with two; '
+        f'{len(load.answered)} requests, none lost'
+    )
     assert first_call - ready < DISCOVERY_LIMIT_S
     assert last_call_after_removal < REMOVAL_LIMIT_S
     assert second_process.returncode == 0, (tmp_path / 'replica1.log').read_text()[-3000:]
-

@@ -31,8 +31,10 @@ async def post_concurrently(address: str, count: int) -> list:
     async def post(index: int):
         client = Client(host=address, asyncio=True)
         async for docs in client.post(
-            '/generate', inputs=DocList[SpeechDoc]([SpeechDoc(text=f'prompt {index}')]),
-            parameters={'seed': 1}, return_type=DocList[SpeechDoc],
+            '/generate',
+            inputs=DocList[SpeechDoc]([SpeechDoc(text=f'prompt {index}')]),
+            parameters={'seed': 1},
+            return_type=DocList[SpeechDoc],
         ):
             return docs
 
@@ -50,4 +52,6 @@ def test_concurrent_requests_are_batched():
     calls = samples[('speech2image_diffusion_batch_documents_count', None)]
     documents = samples[('speech2image_diffusion_batch_documents_sum', None)]
     assert documents == CONCURRENT_REQUESTS
-    assert calls < CONCURRENT_REQUESTS / 2, f'{CONCURRENT_REQUESTS} requests took {calls} pipeline calls'
+    assert calls < CONCURRENT_REQUESTS / 2, (
+        f'{CONCURRENT_REQUESTS} requests took {calls} pipeline calls'
+    )

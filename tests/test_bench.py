@@ -9,8 +9,14 @@ from tests.conftest import ROOT
 
 
 def run_bench(module: str, *args: str) -> str:
-    return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, capture_output=True,
-                          text=True, check=True, timeout=300).stdout
+    return subprocess.run(
+        [sys.executable, '-m', module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
 
 
 def table_rows(output: str, first_header: str) -> List[Dict[str, str]]:
@@ -19,7 +25,7 @@ def table_rows(output: str, first_header: str) -> List[Dict[str, str]]:
     start = next(i for i, line in enumerate(lines) if line.startswith(f'| {first_header} |'))
     header = [cell.strip() for cell in lines[start].strip('|').split('|')]
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith('|'):
             break
         rows.append(dict(zip(header, (cell.strip() for cell in line.strip('|').split('|')))))
@@ -36,16 +42,29 @@ def test_payloads_compare_every_form():
     audio = {row['audio as']: row for row in table_rows(output, 'audio as')}
     wav, float32 = audio['WAV file (16-bit PCM)'], audio['float32 tensor']
     assert number(audio['Ogg/Opus file']['gRPC request bytes']) < number(wav['gRPC request bytes'])
-    assert number(audio['int16 tensor']['gRPC request bytes']) < number(float32['gRPC request bytes'])
+    assert number(audio['int16 tensor']['gRPC request bytes']) < number(
+        float32['gRPC request bytes']
+    )
     # JSON writes each sample as a decimal number: several times the binary size.
     assert number(float32['HTTP request bytes']) > 2 * number(float32['gRPC request bytes'])
     images = table_rows(output, 'image')
     assert {row['format'] for row in images} == {'float32 tensor', 'PNG', 'JPEG', 'WEBP'}
-    assert all(number(row['vs float32 tensor']) < 1 for row in images if row['format'] != 'float32 tensor')
+    assert all(
+        number(row['vs float32 tensor']) < 1 for row in images if row['format'] != 'float32 tensor'
+    )
 
 
 def test_steps_reports_each_step_count():
-    output = run_bench('bench.steps', '--steps', '1', '2', '--batch-sizes', '1', '2', '--repeats', '1')
+    output = run_bench(
+        'bench.steps', '--steps', '1', '2', '--batch-sizes', '1', '2', '--repeats', '1'
+    )
     rows = table_rows(output, 'model')
-    assert [(row['steps'], row['batch']) for row in rows] == [('1', '1'), ('1', '2'), ('2', '1'), ('2', '2')]
-    assert all(row['model'] == 'tiny-stable-diffusion' and number(row['images/s']) > 0 for row in rows)
+    assert [(row['steps'], row['batch']) for row in rows] == [
+        ('1', '1'),
+        ('1', '2'),
+        ('2', '1'),
+        ('2', '2'),
+    ]
+    assert all(
+        row['model'] == 'tiny-stable-diffusion' and number(row['images/s']) > 0 for row in rows
+    )

@@ -28,16 +28,28 @@ def generate(executor, texts, **parameters):
 
 
 def test_images_are_pngs_with_their_parameters(diffusion):
-    [doc] = generate(diffusion, ['a red apple'], num_images=3, seed=10, width=96, height=64,
-                     guidance_scale=3.0, negative_prompt='blurry')
+    [doc] = generate(
+        diffusion,
+        ['a red apple'],
+        num_images=3,
+        seed=10,
+        width=96,
+        height=64,
+        guidance_scale=3.0,
+        negative_prompt='blurry',
+    )
     assert [image.tags['seed'] for image in doc.matches] == [10, 11, 12]
     for image in doc.matches:
         decoded = Image.open(io.BytesIO(image.bytes_))
         assert decoded.format == 'PNG' and decoded.size == (96, 64)
         assert (image.width, image.height, image.mime_type) == (96, 64, 'image/png')
         assert image.tags == {
-            'prompt': 'a red apple', 'negative_prompt': 'blurry', 'seed': image.tags['seed'],
-            'model': str(TINY_SD), 'num_inference_steps': 2, 'guidance_scale': 3.0,
+            'prompt': 'a red apple',
+            'negative_prompt': 'blurry',
+            'seed': image.tags['seed'],
+            'model': str(TINY_SD),
+            'num_inference_steps': 2,
+            'guidance_scale': 3.0,
         }
 
 
@@ -125,7 +137,9 @@ def test_unavailable_model_fails_fast_with_its_name():
         Executor.load_config(CONFIG, uses_with={'model': 'no-org/no-model'})
 
 
-@pytest.mark.parametrize('image_format, mime_type', [('jpeg', 'image/jpeg'), ('webp', 'image/webp')])
+@pytest.mark.parametrize(
+    'image_format, mime_type', [('jpeg', 'image/jpeg'), ('webp', 'image/webp')]
+)
 def test_lossy_formats_on_request(diffusion, image_format, mime_type):
     [doc] = generate(diffusion, ['a cat'], seed=1, image_format=image_format)
     image = doc.matches[0]
@@ -134,14 +148,19 @@ def test_lossy_formats_on_request(diffusion, image_format, mime_type):
 
 
 def test_unknown_image_format(diffusion):
-    with pytest.raises(RequestError, match="parameter 'image_format' must be one of jpeg, png, webp; got 'gif'"):
+    with pytest.raises(
+        RequestError, match="parameter 'image_format' must be one of jpeg, png, webp; got 'gif'"
+    ):
         generate(diffusion, ['a cat'], image_format='gif')
 
 
 def test_full_step_models_get_dpm_solver_and_full_step_defaults(diffusion):
     assert type(diffusion.pipeline.scheduler).__name__ == 'DPMSolverMultistepScheduler'
     assert diffusion.pipeline.scheduler.config.algorithm_type == 'dpmsolver++'
-    assert (diffusion.defaults['num_inference_steps'], diffusion.defaults['guidance_scale']) == (25, 7.5)
+    assert (diffusion.defaults['num_inference_steps'], diffusion.defaults['guidance_scale']) == (
+        25,
+        7.5,
+    )
 
 
 def test_few_step_models_are_recognised_by_name(tmp_path):
@@ -149,7 +168,10 @@ def test_few_step_models_are_recognised_by_name(tmp_path):
     turbo = tmp_path / 'my-sd-turbo'
     turbo.symlink_to(TINY_SD)
     executor = Executor.load_config(CONFIG, uses_with={'model': str(turbo), 'warmup': False})
-    assert (executor.defaults['num_inference_steps'], executor.defaults['guidance_scale']) == (1, 0.0)
+    assert (executor.defaults['num_inference_steps'], executor.defaults['guidance_scale']) == (
+        1,
+        0.0,
+    )
     [doc] = generate(executor, ['a cat'], num_inference_steps=None)
     assert doc.matches[0].tags['num_inference_steps'] == 1
     assert doc.matches[0].tags['guidance_scale'] == 0.0

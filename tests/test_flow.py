@@ -80,7 +80,9 @@ def test_raw_jina_client_post(running_flow):
     """The plain jina Client call shown in the README."""
     client = Client(host=running_flow.grpc)
     docs = client.post(
-        '/', inputs=DocList[SpeechDoc]([apple_doc()]), parameters={'seed': 1},
+        '/',
+        inputs=DocList[SpeechDoc]([apple_doc()]),
+        parameters={'seed': 1},
         return_type=DocList[SpeechDoc],
     )
     assert APPLE_TRANSCRIPT in docs[0].text.lower()

@@ -27,7 +27,13 @@ def test_jina_loads_flow_yml_as_the_same_flow(monkeypatch):
     for name in ('whisper', 'stablediffusion'):
         yaml_args = from_yaml._deployment_nodes[name].args
         python_args = from_python._deployment_nodes[name].args
-        for field in ('uses_with', 'replicas', 'port_monitoring', 'monitoring', 'uses_dynamic_batching'):
+        for field in (
+            'uses_with',
+            'replicas',
+            'port_monitoring',
+            'monitoring',
+            'uses_dynamic_batching',
+        ):
             assert getattr(yaml_args, field) == getattr(python_args, field), (name, field)
         assert Path(yaml_args.uses).resolve() == Path(python_args.uses).resolve()
     assert from_yaml.port == from_python.port == [54322, 54323, 54324]

@@ -59,11 +59,15 @@ def test_truncated_and_corrupted_containers(container_format, data):
 
 
 @FUZZ
-@given(hnp.arrays(
-    dtype=st.sampled_from([np.float32, np.float64, np.int16, np.int32, np.uint8, np.complex64, bool]),
-    shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=64),
-    elements=None,
-))
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from(
+            [np.float32, np.float64, np.int16, np.int32, np.uint8, np.complex64, bool]
+        ),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=64),
+        elements=None,
+    )
+)
 def test_arbitrary_tensors(tensor):
     """Any dtype, any shape, NaN, inf, subnormals: checked, never passed on."""
     refused_clearly(samples_from_tensor, tensor, MAX_SECONDS)
@@ -104,7 +108,7 @@ def without_declared_length(flac: bytes) -> bytes:
     # STREAMINFO starts at byte 8; its 36-bit sample count is the low 4 bits of its byte 13
     # and its bytes 14-17.
     data[8 + 13] &= 0xF0
-    data[8 + 14:8 + 18] = bytes(4)
+    data[8 + 14 : 8 + 18] = bytes(4)
     return bytes(data)
 
 
@@ -124,9 +128,14 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def peak_rss(path, mode: str) -> tuple:
-    result = subprocess.run([sys.executable, '-c', PEAK_RSS_SCRIPT, str(path), mode,
-                             str(MAX_SECONDS)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, '-c', PEAK_RSS_SCRIPT, str(path), mode, str(MAX_SECONDS)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return int(result.stdout.split()[-1]), result.stderr
 
 

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 import requests
+from faster_whisper.tokenizer import _LANGUAGE_CODES as LANGUAGES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jina import Executor
-from faster_whisper.tokenizer import _LANGUAGE_CODES as LANGUAGES
 
 from executors.whisper.executor import TASKS
 from speech2image.client import ServiceError, send
@@ -21,27 +21,61 @@ from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from speech2image.validation import MAX_PROMPT_CHARS, RequestError, check_prompt, choice_parameter
 from tests.conftest import TINY_SD
 
-FUZZ = settings(max_examples=80, deadline=2000, suppress_health_check=[
-    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-THROUGH_THE_FLOW = settings(max_examples=20, deadline=30_000, suppress_health_check=[
-    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-DIFFUSION_PARAMETERS = ('num_images', 'num_inference_steps', 'guidance_scale', 'width', 'height',
-                        'seed', 'negative_prompt')
+FUZZ = settings(
+    max_examples=80,
+    deadline=2000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+THROUGH_THE_FLOW = settings(
+    max_examples=20,
+    deadline=30_000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+DIFFUSION_PARAMETERS = (
+    'num_images',
+    'num_inference_steps',
+    'guidance_scale',
+    'width',
+    'height',
+    'seed',
+    'negative_prompt',
+)
 WHISPER_PARAMETERS = ('task', 'language')
-HUGE_NUMBERS = st.sampled_from([-1, 0, 2**31, 2**63, 10**100, -10**100, 1e308, -1e308,
-                                math.inf, -math.inf, math.nan, 0.5, -0.0, 7.0])
+HUGE_NUMBERS = st.sampled_from(
+    [
+        -1,
+        0,
+        2**31,
+        2**63,
+        10**100,
+        -(10**100),
+        1e308,
+        -1e308,
+        math.inf,
+        -math.inf,
+        math.nan,
+        0.5,
+        -0.0,
+        7.0,
+    ]
+)
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | HUGE_NUMBERS | st.text(max_size=40),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=8,
 )
-PROMPTS = st.text(max_size=1200) | st.sampled_from([
-    'x' * 10_000, '\u202e\u200b\u0000 reversed', '🍎' * 500, 'a\nb\tc', ' ' * 50, 'Ω≈ç√∫˜µ≤≥÷'])
+PROMPTS = st.text(max_size=1200) | st.sampled_from(
+    ['x' * 10_000, '\u202e\u200b\u0000 reversed', '🍎' * 500, 'a\nb\tc', ' ' * 50, 'Ω≈ç√∫˜µ≤≥÷']
+)
 
 
 @pytest.fixture(scope='module')
 def diffusion():
-    return Executor.load_config('executors/stablediffusion/config.yml', uses_with={'model': str(TINY_SD)})
+    return Executor.load_config(
+        'executors/stablediffusion/config.yml', uses_with={'model': str(TINY_SD)}
+    )
 
 
 def parameters_of(names):
@@ -91,8 +125,14 @@ def test_prompts(prompt):
 
 
 @FUZZ
-@given(body=st.dictionaries(st.sampled_from(['tensor', 'bytes_', 'uri', 'text', 'tags', 'matches', 'id'])
-                            | st.text(max_size=6), JSON_VALUES, max_size=5))
+@given(
+    body=st.dictionaries(
+        st.sampled_from(['tensor', 'bytes_', 'uri', 'text', 'tags', 'matches', 'id'])
+        | st.text(max_size=6),
+        JSON_VALUES,
+        max_size=5,
+    )
+)
 def test_what_the_gateway_lets_through_is_a_valid_document(body):
     """The gateway checks each HTTP document before jina does (to name it and answer 422): it
     refuses everything the schema refuses, naming the document; and what it lets through is a
@@ -111,28 +151,71 @@ def test_what_the_gateway_lets_through_is_a_valid_document(body):
 
 HOSTILE_REQUESTS = {
     '10,000-character prompt': (
-        '/generate', [SpeechDoc(text='x' * 10_000)], {}, 'prompt is 10000 characters, the limit is 1000'),
+        '/generate',
+        [SpeechDoc(text='x' * 10_000)],
+        {},
+        'prompt is 10000 characters, the limit is 1000',
+    ),
     'negative image count': (
-        '/generate', [SpeechDoc(text='a')], {'num_images': -1}, "'num_images' must be between"),
+        '/generate',
+        [SpeechDoc(text='a')],
+        {'num_images': -1},
+        "'num_images' must be between",
+    ),
     'huge step count': (
-        '/generate', [SpeechDoc(text='a')], {'num_inference_steps': 10**15}, "'num_inference_steps' must be between"),
+        '/generate',
+        [SpeechDoc(text='a')],
+        {'num_inference_steps': 10**15},
+        "'num_inference_steps' must be between",
+    ),
     'NaN guidance': (
-        '/generate', [SpeechDoc(text='a')], {'guidance_scale': math.nan},
-        "'parameters.guidance_scale' must be a finite number"),
+        '/generate',
+        [SpeechDoc(text='a')],
+        {'guidance_scale': math.nan},
+        "'parameters.guidance_scale' must be a finite number",
+    ),
     'infinite seed in a nested parameter': (
-        '/generate', [SpeechDoc(text='a')], {'extra': {'deep': [1, math.inf]}},
-        "'parameters.extra.deep' must be a finite number"),
+        '/generate',
+        [SpeechDoc(text='a')],
+        {'extra': {'deep': [1, math.inf]}},
+        "'parameters.extra.deep' must be a finite number",
+    ),
     'huge image side': (
-        '/generate', [SpeechDoc(text='a')], {'width': 1 << 20}, "'width' must be between"),
+        '/generate',
+        [SpeechDoc(text='a')],
+        {'width': 1 << 20},
+        "'width' must be between",
+    ),
     'NaN samples': (
-        '/', [SpeechDoc(tensor=np.full(SAMPLE_RATE, np.nan, dtype=np.float32))], {}, 'NaN or infinite'),
+        '/',
+        [SpeechDoc(tensor=np.full(SAMPLE_RATE, np.nan, dtype=np.float32))],
+        {},
+        'NaN or infinite',
+    ),
     'inf samples': (
-        '/', [SpeechDoc(tensor=np.full(SAMPLE_RATE, np.inf, dtype=np.float32))], {}, 'NaN or infinite'),
-    'unknown task': ('/transcribe', [SpeechDoc(text='a')], {'task': 'x' * 5000}, "'task' must be one of"),
+        '/',
+        [SpeechDoc(tensor=np.full(SAMPLE_RATE, np.inf, dtype=np.float32))],
+        {},
+        'NaN or infinite',
+    ),
+    'unknown task': (
+        '/transcribe',
+        [SpeechDoc(text='a')],
+        {'task': 'x' * 5000},
+        "'task' must be one of",
+    ),
     'uri to a remote URL': (
-        '/transcribe', [SpeechDoc(uri='http://169.254.169.254/latest/meta-data')], {}, 'not a URL'),
+        '/transcribe',
+        [SpeechDoc(uri='http://169.254.169.254/latest/meta-data')],
+        {},
+        'not a URL',
+    ),
     'uri escaping the audio dir': (
-        '/transcribe', [SpeechDoc(uri='../../../../etc/passwd')], {}, 'outside the allowed audio directory'),
+        '/transcribe',
+        [SpeechDoc(uri='../../../../etc/passwd')],
+        {},
+        'outside the allowed audio directory',
+    ),
 }
 
 
@@ -153,20 +236,27 @@ def test_enormous_request_is_refused_before_it_is_read(running_flow):
     enormous = SpeechDoc(tensor=np.zeros(10_000_000, dtype=np.float32))  # 40 MB
     with pytest.raises(ServiceError, match='larger than max'):
         send(running_flow.grpc, '/transcribe', [enormous], {})
-    response = requests.post(f'{running_flow.http}/transcribe', data=b'{' + b' ' * (40 * 2**20) + b'}',
-                             headers={'Content-Type': 'application/json'}, timeout=60)
+    response = requests.post(
+        f'{running_flow.http}/transcribe',
+        data=b'{' + b' ' * (40 * 2**20) + b'}',
+        headers={'Content-Type': 'application/json'},
+        timeout=60,
+    )
     assert response.status_code == 413
     assert response.json()['detail'] == 'request is larger than the 32 MiB limit'
 
 
-DOCUMENT_FIELDS = st.fixed_dictionaries({}, optional={
-    'id': st.text(max_size=12),
-    'text': st.none() | st.text(max_size=60) | st.sampled_from(['a red apple', '', '   ']),
-    'bytes_': st.binary(max_size=64).map(lambda data: base64.b64encode(data).decode())
-    | st.text(max_size=12),
-    'tensor': st.lists(st.floats(width=32) | HUGE_NUMBERS, max_size=8),
-    'tags': JSON_VALUES,
-})
+DOCUMENT_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        'id': st.text(max_size=12),
+        'text': st.none() | st.text(max_size=60) | st.sampled_from(['a red apple', '', '   ']),
+        'bytes_': st.binary(max_size=64).map(lambda data: base64.b64encode(data).decode())
+        | st.text(max_size=12),
+        'tensor': st.lists(st.floats(width=32) | HUGE_NUMBERS, max_size=8),
+        'tags': JSON_VALUES,
+    },
+)
 REQUEST_BODIES = st.fixed_dictionaries(
     {'data': st.lists(DOCUMENT_FIELDS, min_size=1, max_size=3)},
     optional={'parameters': parameters_of(DIFFUSION_PARAMETERS + WHISPER_PARAMETERS)},
@@ -180,8 +270,12 @@ def test_http_requests_reach_the_executors_and_get_200_or_a_plain_4xx(running_fl
     gateway's checks often enough to reach the Executors; whatever they hold, the answer is the
     documents or a 4xx whose detail is one plain sentence: never a 5xx, never a Python repr."""
     # json.dumps writes NaN and Infinity as bare words, as a hostile client may.
-    response = requests.post(f'{running_flow.http}/{endpoint}', data=json.dumps(body), timeout=60,
-                             headers={'Content-Type': 'application/json'})
+    response = requests.post(
+        f'{running_flow.http}/{endpoint}',
+        data=json.dumps(body),
+        timeout=60,
+        headers={'Content-Type': 'application/json'},
+    )
     if response.status_code == 200:
         assert len(response.json()['data']) == len(body['data'])
         return

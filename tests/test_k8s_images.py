@@ -23,7 +23,11 @@ EXECUTOR_COMMAND = ['executor', '--uses', 'config.yml', '--port', '8080']
 def instructions(dockerfile: Path) -> List[str]:
     """The Dockerfile's instructions, continuation lines joined, comments dropped."""
     text = re.sub(r'\\\n\s*', ' ', dockerfile.read_text())
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith('#')]
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith('#')
+    ]
 
 
 def final_stage(dockerfile: Path) -> List[str]:
@@ -33,24 +37,38 @@ def final_stage(dockerfile: Path) -> List[str]:
 
 
 def test_there_is_a_dockerfile_per_deployment():
-    images = {c['image'].rpartition(':')[0].split('/')[-1] for _, c in containers(built_manifests())}
+    images = {
+        c['image'].rpartition(':')[0].split('/')[-1] for _, c in containers(built_manifests())
+    }
     assert images == {'gateway', 'whisper', 'stablediffusion'}
-    assert {path.name for path in DOCKERFILES} == {'Dockerfile.gateway', *EXECUTOR_DOCKERFILES.values()}
+    assert {path.name for path in DOCKERFILES} == {
+        'Dockerfile.gateway',
+        *EXECUTOR_DOCKERFILES.values(),
+    }
 
 
 @pytest.mark.parametrize('dockerfile', DOCKERFILES, ids=lambda path: path.name)
 def test_hadolint_passes(dockerfile):
-    result = subprocess.run([str(HADOLINT), '--failure-threshold', 'info', str(dockerfile)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(HADOLINT), '--failure-threshold', 'info', str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize('dockerfile', DOCKERFILES, ids=lambda path: path.name)
 def test_base_is_pinned_and_user_is_not_root(dockerfile):
     text = dockerfile.read_text()
-    assert PINNED_PYTHON_BASE.search(text), 'BASE_IMAGE must default to a fully versioned python image'
-    assert all(line == 'FROM ${BASE_IMAGE}' or line == 'FROM ${BASE_IMAGE} AS build'
-               for line in instructions(dockerfile) if line.startswith('FROM '))
+    assert PINNED_PYTHON_BASE.search(text), (
+        'BASE_IMAGE must default to a fully versioned python image'
+    )
+    assert all(
+        line == 'FROM ${BASE_IMAGE}' or line == 'FROM ${BASE_IMAGE} AS build'
+        for line in instructions(dockerfile)
+        if line.startswith('FROM ')
+    )
     [user] = [line for line in final_stage(dockerfile) if line.startswith('USER ')]
     assert user != 'USER 0' and re.fullmatch(r'USER \d+', user)
 
@@ -88,17 +106,26 @@ def test_model_cache_is_a_volume_the_user_owns(dockerfile):
 def test_dependencies_install_before_the_code_is_copied(name, dockerfile):
     """Layer order: editing code must not re-run the dependency install."""
     lines = instructions(ROOT / dockerfile)
-    requirements = lines.index(f'RUN pip install -r /src/executors/{name}/requirements.txt'
-                               + (' ${CUDA_LIBS}' if name == 'whisper' else ''))
+    requirements = lines.index(
+        f'RUN pip install -r /src/executors/{name}/requirements.txt'
+        + (' ${CUDA_LIBS}' if name == 'whisper' else '')
+    )
     assert requirements < lines.index('COPY speech2image /src/speech2image')
     copied = {line.split()[1] for line in lines[:requirements] if line.startswith('COPY ')}
-    for included in re.findall(r'^-r (\S+)', (ROOT / f'executors/{name}/requirements.txt').read_text(), re.M):
-        assert (Path('executors', name) / included).resolve().relative_to(ROOT.resolve()).as_posix() in copied
+    for included in re.findall(
+        r'^-r (\S+)', (ROOT / f'executors/{name}/requirements.txt').read_text(), re.M
+    ):
+        assert (Path('executors', name) / included).resolve().relative_to(
+            ROOT.resolve()
+        ).as_posix() in copied
 
 
 def test_build_context_leaves_out_models_and_local_files():
-    ignored = [line for line in (ROOT / '.dockerignore').read_text().splitlines()
-               if line and not line.startswith('#')]
+    ignored = [
+        line
+        for line in (ROOT / '.dockerignore').read_text().splitlines()
+        if line and not line.startswith('#')
+    ]
     assert ignored[0] == '*', 'an allow-list: ignore everything, then name what the images copy'
     allowed = {line[1:].rstrip('/') for line in ignored if line.startswith('!')}
     copied = set()

@@ -51,16 +51,29 @@ def replace_flag(args: List[str], flag: str, *values: str) -> List[str]:
 
 
 @contextmanager
-def jina_process(args: List[str], home: Path, log: Path, prefix: Sequence[str] = ()) -> Iterator[subprocess.Popen]:
+def jina_process(
+    args: List[str], home: Path, log: Path, prefix: Sequence[str] = ()
+) -> Iterator[subprocess.Popen]:
     """``jina ARGS`` in its own process group, stopped (group and all) on exit. Its own HOME:
     jina serialises Executor start-up through a lock file under ~/.cache. ``prefix``: a command
     that runs jina (``exec``), such as one that gives it its own view of the files."""
     home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, 'HOME': str(home), 'PYTHONPATH': str(ROOT), 'JINA_OPTOUT_TELEMETRY': '1',
-           'HF_HUB_OFFLINE': '1'}
+    env = {
+        **os.environ,
+        'HOME': str(home),
+        'PYTHONPATH': str(ROOT),
+        'JINA_OPTOUT_TELEMETRY': '1',
+        'HF_HUB_OFFLINE': '1',
+    }
     with open(log, 'wb') as output:
-        process = subprocess.Popen([*prefix, JINA, *args], cwd=ROOT, env=env, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [*prefix, JINA, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield process
     finally:
@@ -82,17 +95,25 @@ def wait_serving(port: int, process: subprocess.Popen, log: Path, host: str = '1
         assert process.poll() is None, f'exited {process.returncode}:\n{log.read_text()[-3000:]}'
         try:
             with grpc.insecure_channel(f'{host}:{port}') as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=2
+                )
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
         except grpc.RpcError:
             pass
         time.sleep(0.5)
-    raise AssertionError(f'{host}:{port} not serving after {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}')
+    raise AssertionError(
+        f'{host}:{port} not serving after {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}'
+    )
 
 
 def successes(monitoring_port: int) -> float:
-    body = urllib.request.urlopen(f'http://127.0.0.1:{monitoring_port}/metrics', timeout=10).read().decode()
+    body = (
+        urllib.request.urlopen(f'http://127.0.0.1:{monitoring_port}/metrics', timeout=10)
+        .read()
+        .decode()
+    )
     return sum(float(value) for value in SUCCESSES.findall(body))
 
 
@@ -114,7 +135,9 @@ def replicas(manifests, tmp_path_factory) -> Iterator[List[Dict[str, int]]]:
             port, monitoring = ports[2 * index], ports[2 * index + 1]
             replica_args = args
             for flag, *values in (
-                ('--port', str(port)), ('--port-monitoring', str(monitoring)), ('--host', '127.0.0.1'),
+                ('--port', str(port)),
+                ('--port-monitoring', str(monitoring)),
+                ('--host', '127.0.0.1'),
                 ('--uses', str(ROOT / 'executors/whisper/config.yml')),
                 ('--uses-with', json.dumps({'model': str(WHISPER_TINY_EN)})),
             ):
@@ -131,12 +154,17 @@ def gateway_args(manifests: List[Dict], replicas: List[Dict], ports: List[int]) 
     """The gateway Deployment's container arguments, with whisper's one address resolving to both
     replicas, a graph of whisper alone, and free ``ports`` (gRPC on the first). All three protocols
     stay: jina's composite gateway with gRPC alone exits as soon as it starts."""
-    addresses = ','.join(f"127.0.0.1:{replica['port']}" for replica in replicas)
+    addresses = ','.join(f'127.0.0.1:{replica["port"]}' for replica in replicas)
     args = container_args(manifests, 'gateway')
     for flag, *values in (
         ('--deployments-addresses', json.dumps({'whisper': [f'ipv4:{addresses}']})),
-        ('--graph-description', json.dumps({'start-gateway': ['whisper'], 'whisper': ['end-gateway']})),
-        ('--port', *map(str, ports[:3])), ('--port-monitoring', str(ports[3])), ('--host', '127.0.0.1'),
+        (
+            '--graph-description',
+            json.dumps({'start-gateway': ['whisper'], 'whisper': ['end-gateway']}),
+        ),
+        ('--port', *map(str, ports[:3])),
+        ('--port-monitoring', str(ports[3])),
+        ('--host', '127.0.0.1'),
         # The image holds speech2image/gateway.yml as its config.yml (Dockerfile.gateway).
         ('--uses', str(ROOT / 'speech2image' / 'gateway.yml')),
     ):
@@ -153,15 +181,22 @@ def served_per_replica(args: List[str], port: int, replicas: List[Dict], tmp: Pa
         wait_serving(port, process, log)
         client = Client(host=f'grpc://127.0.0.1:{port}')
         for index in range(REQUESTS):
-            [doc] = client.post('/generate', inputs=DocList[SpeechDoc]([SpeechDoc(text=f'a red apple {index}')]),
-                                return_type=DocList[SpeechDoc])
+            [doc] = client.post(
+                '/generate',
+                inputs=DocList[SpeechDoc]([SpeechDoc(text=f'a red apple {index}')]),
+                return_type=DocList[SpeechDoc],
+            )
             assert doc.text == f'a red apple {index}'
-    return [successes(replica['monitoring']) - earlier for replica, earlier in zip(replicas, before)]
+    return [
+        successes(replica['monitoring']) - earlier for replica, earlier in zip(replicas, before)
+    ]
 
 
 def test_gateway_arguments_spread_calls_over_all_replicas(manifests, replicas, tmp_path):
     ports = free_ports(4)
-    served = served_per_replica(gateway_args(manifests, replicas, ports), ports[0], replicas, tmp_path)
+    served = served_per_replica(
+        gateway_args(manifests, replicas, ports), ports[0], replicas, tmp_path
+    )
     assert sum(served) == REQUESTS
     assert min(served) >= REQUESTS // 3, f'calls per replica: {served}'
 
@@ -171,6 +206,6 @@ def test_without_round_robin_one_replica_serves_everything(manifests, replicas, 
     ports = free_ports(4)
     args = gateway_args(manifests, replicas, ports)
     start = args.index('--grpc-channel-options')
-    args = args[:start] + args[start + 2:]
+    args = args[:start] + args[start + 2 :]
     served = served_per_replica(args, ports[0], replicas, tmp_path)
     assert sorted(served) == [0, REQUESTS], f'calls per replica: {served}'

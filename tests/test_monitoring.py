@@ -50,8 +50,9 @@ class Prometheus:
 
     def query(self, expression: str) -> List[Dict]:
         """Evaluate ``expression`` now; the result's series. Fails on a PromQL error."""
-        body = requests.get(f'{self.url}/api/v1/query', params={'query': expression},
-                            timeout=10).json()
+        body = requests.get(
+            f'{self.url}/api/v1/query', params={'query': expression}, timeout=10
+        ).json()
         assert body['status'] == 'success', f'{expression}: {body.get("error")}'
         return body['data']['result']
 
@@ -74,19 +75,28 @@ def prometheus_config(flow: RunningFlow, rules: Path) -> Dict:
 
 
 @contextmanager
-def serve_prometheus(flow: RunningFlow, workdir: Path, config: Optional[Dict] = None) -> Iterator[Prometheus]:
+def serve_prometheus(
+    flow: RunningFlow, workdir: Path, config: Optional[Dict] = None
+) -> Iterator[Prometheus]:
     """Run the Debian ``prometheus`` binary on 127.0.0.1 against ``flow``, with ``config``
     (default: ``prometheus_config`` with the alert rules)."""
     binary = shutil.which('prometheus')
     assert binary, 'prometheus is not installed: run `make system-deps`'
     config_file = workdir / 'prometheus.yml'
-    config_file.write_text(yaml.safe_dump(config or prometheus_config(flow, MONITORING / 'alerts.yml')))
+    config_file.write_text(
+        yaml.safe_dump(config or prometheus_config(flow, MONITORING / 'alerts.yml'))
+    )
     [port] = free_ports(1)
     log = (workdir / 'prometheus.log').open('w')
     process = subprocess.Popen(
-        [binary, f'--config.file={config_file}', f'--storage.tsdb.path={workdir / "tsdb"}',
-         f'--web.listen-address=127.0.0.1:{port}'],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            binary,
+            f'--config.file={config_file}',
+            f'--storage.tsdb.path={workdir / "tsdb"}',
+            f'--web.listen-address=127.0.0.1:{port}',
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     prometheus = Prometheus(f'http://127.0.0.1:{port}')
     try:
@@ -114,7 +124,7 @@ def wait_for(condition, what: str) -> None:
 def drive_traffic(flow: RunningFlow) -> None:
     """Three requests that succeed and four that fail, one kind of failure each."""
     apple = (ASSETS / 'apple.wav').read_bytes()
-    noise = (np.random.default_rng(0).standard_normal(int(NOISE_SECONDS * SAMPLE_RATE)) * 0.1)
+    noise = np.random.default_rng(0).standard_normal(int(NOISE_SECONDS * SAMPLE_RATE)) * 0.1
     for _ in range(2):  # 2 clips, 4 images
         send(flow.grpc, '/', [SpeechDoc(bytes_=apple)], {'num_images': 2, 'seed': 1})
     send(flow.grpc, '/generate', [SpeechDoc(text='a lighthouse')], {'num_images': 1})
@@ -171,8 +181,10 @@ POSITIVE = {
 
 
 def matches_expected(prometheus: Prometheus) -> bool:
-    return all(math.isclose(prometheus.value(expression), value, rel_tol=1e-6)
-               for expression, value in EXPECTED.items())
+    return all(
+        math.isclose(prometheus.value(expression), value, rel_tol=1e-6)
+        for expression, value in EXPECTED.items()
+    )
 
 
 @pytest.fixture(scope='module')
@@ -191,9 +203,11 @@ def monitored(tmp_path_factory) -> Iterator[Tuple[RunningFlow, Prometheus]]:
 
 def test_custom_metrics_have_the_expected_values(monitored):
     _, prometheus = monitored
-    wrong = {expression: (prometheus.value(expression), value)
-             for expression, value in EXPECTED.items()
-             if not math.isclose(prometheus.value(expression), value, rel_tol=1e-6)}
+    wrong = {
+        expression: (prometheus.value(expression), value)
+        for expression, value in EXPECTED.items()
+        if not math.isclose(prometheus.value(expression), value, rel_tol=1e-6)
+    }
     assert not wrong, f'expression: (in Prometheus, expected): {wrong}'
     for expression, count in POSITIVE.items():
         values = [float(series['value'][1]) for series in prometheus.query(expression)]
@@ -203,8 +217,11 @@ def test_custom_metrics_have_the_expected_values(monitored):
 def dashboard_expressions() -> List[Tuple[str, str]]:
     """(panel title, PromQL) for every query of the dashboard, Grafana's variables filled in."""
     dashboard = json.loads((MONITORING / 'dashboard.json').read_text())
-    return [(panel['title'], target['expr'].replace('$__rate_interval', RATE_WINDOW))
-            for panel in dashboard['panels'] for target in panel.get('targets', [])]
+    return [
+        (panel['title'], target['expr'].replace('$__rate_interval', RATE_WINDOW))
+        for panel in dashboard['panels']
+        for target in panel.get('targets', [])
+    ]
 
 
 def alert_expressions() -> List[Tuple[str, str]]:
@@ -253,6 +270,7 @@ def test_metric_names_pass_promtool_lint(monitored):
         text = requests.get(f'http://127.0.0.1:{port}/metrics', timeout=10).text
         own = '\n'.join(line for line in text.splitlines() if OWN_METRIC.match(line)) + '\n'
         assert 'speech2image_' in own
-        lint = subprocess.run(['promtool', 'check', 'metrics'], input=own, text=True,
-                              capture_output=True, timeout=60)
+        lint = subprocess.run(
+            ['promtool', 'check', 'metrics'], input=own, text=True, capture_output=True, timeout=60
+        )
         assert lint.returncode == 0 and not lint.stdout.strip(), job + lint.stdout + lint.stderr

@@ -16,15 +16,19 @@ GRID_COLUMNS = 24
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(['promtool', *args], cwd=MONITORING, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        ['promtool', *args], cwd=MONITORING, capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize('command', [
-    ('check', 'rules', 'alerts.yml'),
-    ('test', 'rules', 'alerts_test.yml'),
-    ('check', 'config', 'prometheus-local.yml'),
-])
+@pytest.mark.parametrize(
+    'command',
+    [
+        ('check', 'rules', 'alerts.yml'),
+        ('test', 'rules', 'alerts_test.yml'),
+        ('check', 'config', 'prometheus-local.yml'),
+    ],
+)
 def test_promtool(command):
     result = promtool(*command)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -34,8 +38,12 @@ def test_every_alert_has_a_unit_test():
     rules = yaml.safe_load((MONITORING / 'alerts.yml').read_text())
     tests = yaml.safe_load((MONITORING / 'alerts_test.yml').read_text())
     alerts = {rule['alert'] for group in rules['groups'] for rule in group['rules']}
-    firing = {case['alertname'] for test in tests['tests'] for case in test['alert_rule_test']
-              if case['exp_alerts']}
+    firing = {
+        case['alertname']
+        for test in tests['tests']
+        for case in test['alert_rule_test']
+        if case['exp_alerts']
+    }
     assert alerts == firing
 
 
@@ -44,8 +52,11 @@ def test_dashboard_is_a_grafana_dashboard():
     dashboard = json.loads((MONITORING / 'dashboard.json').read_text())
     assert dashboard['schemaVersion'] >= 36 and dashboard['uid'] and dashboard['title']
     [variable] = dashboard['templating']['list']
-    assert (variable['name'], variable['type'], variable['query']) == ('datasource', 'datasource',
-                                                                       'prometheus')
+    assert (variable['name'], variable['type'], variable['query']) == (
+        'datasource',
+        'datasource',
+        'prometheus',
+    )
     panels = dashboard['panels']
     assert len({panel['id'] for panel in panels}) == len(panels)
     for panel in panels:
@@ -65,7 +76,8 @@ def test_committed_manifests_match_their_sources():
         assert (MONITORING / name).read_text() == text, f'{name} is stale'
     configmap = yaml.safe_load((MONITORING / 'grafana-dashboard.yaml').read_text())
     assert json.loads(configmap['data']['speech2image.json']) == json.loads(
-        (MONITORING / 'dashboard.json').read_text())
+        (MONITORING / 'dashboard.json').read_text()
+    )
     assert configmap['metadata']['labels']['grafana_dashboard'] == '1'
     rule = yaml.safe_load((MONITORING / 'prometheus-rule.yaml').read_text())
     assert rule['spec'] == yaml.safe_load((MONITORING / 'alerts.yml').read_text())

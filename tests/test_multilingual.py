@@ -73,8 +73,9 @@ def test_a_spanish_spoken_command_gives_its_settings_after_translation(whisper_b
 
 
 def test_openai_whisper_backend_detects_and_translates_with_the_converted_base():
-    executor = Executor.load_config(CONFIG, uses_with={'backend': 'openai-whisper',
-                                                       'model': str(OPENAI_WHISPER_BASE)})
+    executor = Executor.load_config(
+        CONFIG, uses_with={'backend': 'openai-whisper', 'model': str(OPENAI_WHISPER_BASE)}
+    )
     assert executor.backend.multilingual
     doc = transcribe(executor, 'barco.wav')
     assert doc.tags['language'] == 'es' and doc.tags['language_probability'] > 0.5
@@ -99,9 +100,21 @@ def test_french_speech_gives_an_english_prompt_and_images_through_the_flow(base_
 
 def test_the_cli_shows_what_was_heard_and_the_settings_from_speech(base_flow, tmp_path):
     result = subprocess.run(
-        [sys.executable, '-m', 'speech2image.client', '--host', base_flow.grpc, '--out',
-         str(tmp_path), str(ASSETS / 'dibuja.wav'), str(ASSETS / 'fuchs.wav')],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            '-m',
+            'speech2image.client',
+            '--host',
+            base_flow.grpc,
+            '--out',
+            str(tmp_path),
+            str(ASSETS / 'dibuja.wav'),
+            str(ASSETS / 'fuchs.wav'),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -113,11 +126,14 @@ def test_the_cli_shows_what_was_heard_and_the_settings_from_speech(base_flow, tm
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason='needs Debian chromium (make system-deps)')
-@pytest.mark.parametrize('language, name, words, heard', [
-    ('English', 'barco.wav', 'boat', ''),
-    ('as spoken', 'barco.wav', 'barco de vela', ''),
-    ('English', 'dibuja.wav', 'in the snow', 'from speech: num_images 2'),
-])
+@pytest.mark.parametrize(
+    'language, name, words, heard',
+    [
+        ('English', 'barco.wav', 'boat', ''),
+        ('as spoken', 'barco.wav', 'barco de vela', ''),
+        ('English', 'dibuja.wav', 'in the snow', 'from speech: num_images 2'),
+    ],
+)
 def test_the_pages_prompt_language_setting(base_flow, language, name, words, heard):
     with serve_web('--gateway', base_flow.http) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)

@@ -10,8 +10,18 @@ from whisper.model import ModelDimensions, Whisper
 
 from speech2image.offline_models import convert_ct2_whisper_to_openai
 
-DIMS = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
-                       n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
+DIMS = ModelDimensions(
+    n_mels=80,
+    n_audio_ctx=1500,
+    n_audio_state=64,
+    n_audio_head=2,
+    n_audio_layer=2,
+    n_vocab=51864,
+    n_text_ctx=448,
+    n_text_state=64,
+    n_text_head=2,
+    n_text_layer=2,
+)
 
 
 def random_whisper() -> Whisper:
@@ -27,7 +37,9 @@ def ct2_spec(model: Whisper) -> whisper_spec.WhisperSpec:
     """The model as CTranslate2's WhisperSpec, filled the way its Transformers converter fills it."""
     # Copies: ctranslate2's int8 quantization scales the arrays it is given in place.
     weights = {name: value.numpy().copy() for name, value in model.state_dict().items()}
-    spec = whisper_spec.WhisperSpec(DIMS.n_audio_layer, DIMS.n_audio_head, DIMS.n_text_layer, DIMS.n_text_head)
+    spec = whisper_spec.WhisperSpec(
+        DIMS.n_audio_layer, DIMS.n_audio_head, DIMS.n_text_layer, DIMS.n_text_head
+    )
 
     def linear(layer, prefix):
         layer.weight = weights[f'{prefix}.weight']
@@ -36,10 +48,14 @@ def ct2_spec(model: Whisper) -> whisper_spec.WhisperSpec:
     def fused(layer, prefix, names):
         layer.weight = np.concatenate([weights[f'{prefix}.{n}.weight'] for n in names])
         # Whisper's key has no bias; CTranslate2's converter fills zeros.
-        layer.bias = np.concatenate([
-            weights.get(f'{prefix}.{n}.bias', np.zeros(len(weights[f'{prefix}.{n}.weight']), np.float32))
-            for n in names
-        ])
+        layer.bias = np.concatenate(
+            [
+                weights.get(
+                    f'{prefix}.{n}.bias', np.zeros(len(weights[f'{prefix}.{n}.weight']), np.float32)
+                )
+                for n in names
+            ]
+        )
 
     def norm(layer, prefix):
         layer.gamma = weights[f'{prefix}.weight']
@@ -74,7 +90,9 @@ def ct2_spec(model: Whisper) -> whisper_spec.WhisperSpec:
     return spec
 
 
-@pytest.mark.parametrize('quantization, tolerance', [('float32', 0), ('float16', 1e-3), ('int8', 1 / 127)])
+@pytest.mark.parametrize(
+    'quantization, tolerance', [('float32', 0), ('float16', 1e-3), ('int8', 1 / 127)]
+)
 def test_conversion_gives_back_the_weights(tmp_path, quantization, tolerance):
     model = random_whisper()
     spec = ct2_spec(model)
@@ -96,7 +114,9 @@ def test_conversion_gives_back_the_weights(tmp_path, quantization, tolerance):
         assert torch.allclose(value, original[name], rtol=tolerance, atol=tolerance * scale), name
 
 
-def test_whisper_base_halves_that_do_not_join_into_the_released_model_are_refused(tmp_path, monkeypatch):
+def test_whisper_base_halves_that_do_not_join_into_the_released_model_are_refused(
+    tmp_path, monkeypatch
+):
     from speech2image import offline_models
 
     halves = [tmp_path / 'model.bin.part1', tmp_path / 'model.bin.part2']
@@ -114,4 +134,7 @@ def test_whisper_base_is_assembled_from_its_two_packages():
 
     model = MODELS / offline_models.WHISPER_BASE_DIR
     assert (model / 'model.bin').stat().st_size == offline_models.WHISPER_BASE_BYTES
-    assert {path.name for path in model.iterdir()} == {'model.bin', *offline_models.WHISPER_BASE_FILES}
+    assert {path.name for path in model.iterdir()} == {
+        'model.bin',
+        *offline_models.WHISPER_BASE_FILES,
+    }

@@ -17,7 +17,6 @@ from speech2image.client import ServiceError, send
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from tests.audio_files import apple_samples, wav_bytes
 from tests.conftest import ASSETS
-from tests.support import gateway_pending_requests
 from tests.protocols import (
     INVALID,
     NOT_FOUND,
@@ -28,6 +27,7 @@ from tests.protocols import (
     over_web_service,
     over_websocket,
 )
+from tests.support import gateway_pending_requests
 
 APPLE = (ASSETS / 'apple.wav').read_bytes()
 BAD_ID = 'the-bad-one'
@@ -61,49 +61,107 @@ class Case:
 
 
 CASES = {
-    'garbage bytes': Case('/', lambda: bad(bytes_=bytes(rng.integers(0, 256, 3000, dtype=np.uint8))),
-                          'bytes_ is not a decodable audio file'),
+    'garbage bytes': Case(
+        '/',
+        lambda: bad(bytes_=bytes(rng.integers(0, 256, 3000, dtype=np.uint8))),
+        'bytes_ is not a decodable audio file',
+    ),
     'empty bytes': Case('/', lambda: bad(bytes_=b''), 'bytes_ is empty'),
     'truncated file': Case('/', lambda: bad(bytes_=APPLE[: len(APPLE) // 3]), 'truncated'),
-    'silence': Case('/', lambda: bad(bytes_=wav_bytes(np.zeros(2 * SAMPLE_RATE, np.float32))),
-                    'no speech: the audio is silent'),
-    'noise': Case('/', lambda: bad(tensor=rng.normal(0, 0.1, 2 * SAMPLE_RATE).astype(np.float32)),
-                  'no speech detected'),
-    'too long': Case('/', lambda: bad(tensor=np.tile(apple_samples(), 21)),
-                     'longer than the 60 s limit: the tensor holds'),
-    'header claims hours': Case('/', lambda: bad(bytes_=huge_wav_header()),
-                                "the file's header declares 62500.0 s"),
-    'tensor of the wrong dtype': Case('/', lambda: bad(tensor=np.zeros(SAMPLE_RATE, np.int32)),
-                                      'tensor dtype must be float32 or int16'),
-    'tensor of the wrong shape': Case('/', lambda: bad(tensor=np.zeros((2, SAMPLE_RATE), np.float32)),
-                                      'got shape'),
-    'NaN samples': Case('/', lambda: bad(tensor=np.full(SAMPLE_RATE, np.nan, np.float32)),
-                        'contains NaN or infinite'),
+    'silence': Case(
+        '/',
+        lambda: bad(bytes_=wav_bytes(np.zeros(2 * SAMPLE_RATE, np.float32))),
+        'no speech: the audio is silent',
+    ),
+    'noise': Case(
+        '/',
+        lambda: bad(tensor=rng.normal(0, 0.1, 2 * SAMPLE_RATE).astype(np.float32)),
+        'no speech detected',
+    ),
+    'too long': Case(
+        '/',
+        lambda: bad(tensor=np.tile(apple_samples(), 21)),
+        'longer than the 60 s limit: the tensor holds',
+    ),
+    'header claims hours': Case(
+        '/', lambda: bad(bytes_=huge_wav_header()), "the file's header declares 62500.0 s"
+    ),
+    'tensor of the wrong dtype': Case(
+        '/',
+        lambda: bad(tensor=np.zeros(SAMPLE_RATE, np.int32)),
+        'tensor dtype must be float32 or int16',
+    ),
+    'tensor of the wrong shape': Case(
+        '/', lambda: bad(tensor=np.zeros((2, SAMPLE_RATE), np.float32)), 'got shape'
+    ),
+    'NaN samples': Case(
+        '/',
+        lambda: bad(tensor=np.full(SAMPLE_RATE, np.nan, np.float32)),
+        'contains NaN or infinite',
+    ),
     'nothing to transcribe or draw': Case('/', lambda: bad(), 'no prompt'),
     'empty prompt': Case('/generate', lambda: bad(text='  '), 'no prompt'),
-    'over-long prompt': Case('/generate', lambda: bad(text='x' * 1001),
-                             'prompt is 1001 characters, the limit is 1000'),
+    'over-long prompt': Case(
+        '/generate', lambda: bad(text='x' * 1001), 'prompt is 1001 characters, the limit is 1000'
+    ),
     'second of two documents bad': Case(
-        '/', lambda: [SpeechDoc(id='good', bytes_=APPLE), SpeechDoc(id=BAD_ID, bytes_=b'nope')],
-        f'document 1 (id {BAD_ID})'),
-    'empty request': Case('/generate', lambda: [], 'the request has no documents',
-                          names_document=False),
-    'unknown endpoint': Case('/nope', prompt, "unknown endpoint '/nope': this service has /, "
-                             '/transcribe, /generate', status=NOT_FOUND, names_document=False),
-    'unknown task': Case('/', lambda: [SpeechDoc(bytes_=APPLE)], "'task' must be one of",
-                         {'task': 'summarise'}, names_document=False),
-    'unknown language': Case('/transcribe', lambda: [SpeechDoc(bytes_=APPLE)],
-                             "'language' must be one of", {'language': 'xx'}, names_document=False),
-    'infinite parameter': Case('/generate', prompt, "'parameters.num_images' must be a finite",
-                               {'num_images': float('inf')}, names_document=False),
-    **{f'{name}={value!r}': Case('/generate', prompt, f"parameter '{name}' must be", {name: value},
-                                 names_document=False)
-       for name, value in [('num_images', 99), ('num_images', 0), ('num_images', '2'),
-                           ('num_images', 1.5), ('num_inference_steps', 0),
-                           ('num_inference_steps', 101), ('guidance_scale', 31),
-                           ('guidance_scale', 'high'), ('width', 60), ('height', 2048),
-                           ('width', 100), ('seed', -1), ('seed', '42'), ('seed', 2**31),
-                           ('image_format', 'gif')]},
+        '/',
+        lambda: [SpeechDoc(id='good', bytes_=APPLE), SpeechDoc(id=BAD_ID, bytes_=b'nope')],
+        f'document 1 (id {BAD_ID})',
+    ),
+    'empty request': Case(
+        '/generate', lambda: [], 'the request has no documents', names_document=False
+    ),
+    'unknown endpoint': Case(
+        '/nope',
+        prompt,
+        "unknown endpoint '/nope': this service has /, /transcribe, /generate",
+        status=NOT_FOUND,
+        names_document=False,
+    ),
+    'unknown task': Case(
+        '/',
+        lambda: [SpeechDoc(bytes_=APPLE)],
+        "'task' must be one of",
+        {'task': 'summarise'},
+        names_document=False,
+    ),
+    'unknown language': Case(
+        '/transcribe',
+        lambda: [SpeechDoc(bytes_=APPLE)],
+        "'language' must be one of",
+        {'language': 'xx'},
+        names_document=False,
+    ),
+    'infinite parameter': Case(
+        '/generate',
+        prompt,
+        "'parameters.num_images' must be a finite",
+        {'num_images': float('inf')},
+        names_document=False,
+    ),
+    **{
+        f'{name}={value!r}': Case(
+            '/generate', prompt, f"parameter '{name}' must be", {name: value}, names_document=False
+        )
+        for name, value in [
+            ('num_images', 99),
+            ('num_images', 0),
+            ('num_images', '2'),
+            ('num_images', 1.5),
+            ('num_inference_steps', 0),
+            ('num_inference_steps', 101),
+            ('guidance_scale', 31),
+            ('guidance_scale', 'high'),
+            ('width', 60),
+            ('height', 2048),
+            ('width', 100),
+            ('seed', -1),
+            ('seed', '42'),
+            ('seed', 2**31),
+            ('image_format', 'gif'),
+        ]
+    },
 }
 
 
@@ -111,7 +169,9 @@ def assert_refused(answer, case: Case, protocol: str):
     assert answer.status == case.status, f'{protocol}: {answer}'
     assert case.message in answer.message, f'{protocol}: {answer.message!r}'
     if case.names_document:
-        assert BAD_ID in answer.message, f'{protocol} does not name the document: {answer.message!r}'
+        assert BAD_ID in answer.message, (
+            f'{protocol} does not name the document: {answer.message!r}'
+        )
 
 
 def assert_still_serving(running_flow):
@@ -130,15 +190,23 @@ def web_service(running_flow):
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_every_protocol_gives_the_same_clear_error(running_flow, web_service, name):
     case = CASES[name]
-    assert_refused(over_grpc(running_flow.grpc, case.endpoint, case.docs(), case.parameters),
-                   case, 'gRPC')
-    assert_refused(over_http(running_flow.http, case.endpoint, case.docs(), case.parameters),
-                   case, 'HTTP')
-    assert_refused(over_websocket(running_flow.websocket, case.endpoint, case.docs(),
-                                  case.parameters), case, 'WebSocket')
+    assert_refused(
+        over_grpc(running_flow.grpc, case.endpoint, case.docs(), case.parameters), case, 'gRPC'
+    )
+    assert_refused(
+        over_http(running_flow.http, case.endpoint, case.docs(), case.parameters), case, 'HTTP'
+    )
+    assert_refused(
+        over_websocket(running_flow.websocket, case.endpoint, case.docs(), case.parameters),
+        case,
+        'WebSocket',
+    )
     if case.endpoint != '/nope':  # the web service has its own list of endpoints (tested below)
-        assert_refused(over_web_service(web_service, case.endpoint, case.docs(), case.parameters),
-                       case, 'web service')
+        assert_refused(
+            over_web_service(web_service, case.endpoint, case.docs(), case.parameters),
+            case,
+            'web service',
+        )
     assert_still_serving(running_flow)
 
 
@@ -153,13 +221,16 @@ def test_the_jina_client_over_websocket_never_loses_an_error(running_flow, name)
 
 
 # Each protocol, and audio, typed-prompt and parameter mistakes, once each: a CLI run is slow.
-@pytest.mark.parametrize('protocol, case_name, args', [
-    ('grpc', 'garbage bytes', ['garbage.wav']),
-    ('http', 'truncated file', ['truncated.wav']),
-    ('websocket', 'silence', ['silence.wav']),
-    ('websocket', 'empty prompt', ['--text', '  ']),
-    ('http', 'num_images=99', ['--text', 'a red apple', '-n', '99']),
-])
+@pytest.mark.parametrize(
+    'protocol, case_name, args',
+    [
+        ('grpc', 'garbage bytes', ['garbage.wav']),
+        ('http', 'truncated file', ['truncated.wav']),
+        ('websocket', 'silence', ['silence.wav']),
+        ('websocket', 'empty prompt', ['--text', '  ']),
+        ('http', 'num_images=99', ['--text', 'a red apple', '-n', '99']),
+    ],
+)
 def test_the_cli_exits_non_zero_with_the_message(running_flow, tmp_path, protocol, case_name, args):
     (tmp_path / 'garbage.wav').write_bytes(bytes(rng.integers(0, 256, 3000, dtype=np.uint8)))
     (tmp_path / 'truncated.wav').write_bytes(APPLE[: len(APPLE) // 3])
@@ -173,26 +244,46 @@ def test_the_cli_exits_non_zero_with_the_message(running_flow, tmp_path, protoco
     assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize('content_type, body, status, message', [
-    ('audio/wav', APPLE, 415, 'send the request as application/json'),
-    ('multipart/form-data; boundary=x', b'--x--', 415, 'send the request as application/json'),
-    ('text/plain', b'hello', 415, 'not text/plain'),
-    ('application/json', b'{"data": [{"text": "a cat"}]', 400, 'not valid JSON'),
-    ('application/json', b'[1, 2]', 422, 'must be a JSON object'),
-    ('application/json', b'{"data": {"text": "a cat"}}', 422, '"data" must be a list'),
-    ('application/json', b'{"data": [{"text": "a cat"}], "parameters": {"num_images": 1e400}}',
-     422, "'parameters.num_images' must be a finite number"),
-    ('application/json', b'{"data": [{"text": "a cat"}], "parameters": {"seed": NaN}}',
-     422, "'parameters.seed' must be a finite number"),
-    ('application/json', b'{"data": [{"id": "b64", "bytes_": "!!!"}]}', 422,
-     'document 0 (id b64): bytes_: binary field is not valid base64'),
-])
-def test_http_bodies_that_are_not_a_request_get_4xx_naming_the_problem(running_flow, content_type,
-                                                                       body, status, message):
+@pytest.mark.parametrize(
+    'content_type, body, status, message',
+    [
+        ('audio/wav', APPLE, 415, 'send the request as application/json'),
+        ('multipart/form-data; boundary=x', b'--x--', 415, 'send the request as application/json'),
+        ('text/plain', b'hello', 415, 'not text/plain'),
+        ('application/json', b'{"data": [{"text": "a cat"}]', 400, 'not valid JSON'),
+        ('application/json', b'[1, 2]', 422, 'must be a JSON object'),
+        ('application/json', b'{"data": {"text": "a cat"}}', 422, '"data" must be a list'),
+        (
+            'application/json',
+            b'{"data": [{"text": "a cat"}], "parameters": {"num_images": 1e400}}',
+            422,
+            "'parameters.num_images' must be a finite number",
+        ),
+        (
+            'application/json',
+            b'{"data": [{"text": "a cat"}], "parameters": {"seed": NaN}}',
+            422,
+            "'parameters.seed' must be a finite number",
+        ),
+        (
+            'application/json',
+            b'{"data": [{"id": "b64", "bytes_": "!!!"}]}',
+            422,
+            'document 0 (id b64): bytes_: binary field is not valid base64',
+        ),
+    ],
+)
+def test_http_bodies_that_are_not_a_request_get_4xx_naming_the_problem(
+    running_flow, content_type, body, status, message
+):
     import requests
 
-    response = requests.post(f'{running_flow.http}/generate', data=body,
-                             headers={'Content-Type': content_type}, timeout=30)
+    response = requests.post(
+        f'{running_flow.http}/generate',
+        data=body,
+        headers={'Content-Type': content_type},
+        timeout=30,
+    )
     assert response.status_code == status, response.text
     assert message in response.json()['detail']
     assert_still_serving(running_flow)
@@ -201,11 +292,17 @@ def test_http_bodies_that_are_not_a_request_get_4xx_naming_the_problem(running_f
 def test_the_web_service_refuses_what_is_not_json_and_unknown_endpoints(web_service):
     import requests
 
-    response = requests.post(f'{web_service}/api/generate', data=b'hello',
-                             headers={'Content-Type': 'text/plain'}, timeout=30)
+    response = requests.post(
+        f'{web_service}/api/generate',
+        data=b'hello',
+        headers={'Content-Type': 'text/plain'},
+        timeout=30,
+    )
     assert response.status_code == 415 and 'application/json' in response.json()['error']
     response = requests.post(f'{web_service}/api/nope', json={'data': [{'text': 'x'}]}, timeout=30)
-    assert response.status_code == 404 and 'default, transcribe, generate' in response.json()['error']
+    assert (
+        response.status_code == 404 and 'default, transcribe, generate' in response.json()['error']
+    )
 
 
 def test_an_executor_failure_is_5xx_not_the_users_fault():
@@ -231,8 +328,12 @@ def test_refused_requests_are_answered_at_once_and_hold_no_slot(running_flow):
     bodies = [b'{"data": []}', b'{"data": [{"text": "a"}], "parameters": {"seed": 1e400}}']
 
     def refused(index: int) -> int:
-        return requests.post(f'{running_flow.http}/generate', data=bodies[index % 2],
-                             headers={'Content-Type': 'application/json'}, timeout=10).status_code
+        return requests.post(
+            f'{running_flow.http}/generate',
+            data=bodies[index % 2],
+            headers={'Content-Type': 'application/json'},
+            timeout=10,
+        ).status_code
 
     with ThreadPoolExecutor(16) as pool:
         statuses = list(pool.map(refused, range(2 * MAX_PENDING_REQUESTS)))

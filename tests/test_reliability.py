@@ -25,9 +25,18 @@ REQUEST_TIMEOUT_S = 12
 TIMEOUT_MARGIN_S = 5
 MAX_PENDING = 12
 FLOW_FLAGS = (
-    '--diffusion-replicas', '2', '--timeout-send-ms', '10000', '--retries', '1',
-    '--request-timeout-s', str(REQUEST_TIMEOUT_S), '--max-pending-requests', str(MAX_PENDING),
-    '--drain-seconds', '30',
+    '--diffusion-replicas',
+    '2',
+    '--timeout-send-ms',
+    '10000',
+    '--retries',
+    '1',
+    '--request-timeout-s',
+    str(REQUEST_TIMEOUT_S),
+    '--max-pending-requests',
+    str(MAX_PENDING),
+    '--drain-seconds',
+    '30',
 )
 # The gateway's own refusals, and jina's words for an Executor it could not reach or that timed out.
 CLEAR_ERRORS = ('server busy', 'no answer within', 'shutting down', 'may be down', 'timed out')
@@ -36,7 +45,9 @@ MEMORY_GROWTH_LIMIT_MB = 25
 REVIVAL_SECONDS = 60
 SLOW = {'num_inference_steps': 40}
 # 4 clients: at most the requests in flight on the killed replica, and a retry's bad luck.
-KILLED_REPLICA_MAX_FAILED_SHARE = 0.25  # seconds of work on the tiny model: still running at SIGTERM
+KILLED_REPLICA_MAX_FAILED_SHARE = (
+    0.25  # seconds of work on the tiny model: still running at SIGTERM
+)
 
 
 @pytest.fixture(scope='module')
@@ -51,7 +62,10 @@ def wait_until_serving(running, successes=4, seconds=60):
     replicas that came up late may still be backing off for a few seconds."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if asyncio.run(post_many(running.grpc, successes, {'num_inference_steps': 1})) == [None] * successes:
+        if (
+            asyncio.run(post_many(running.grpc, successes, {'num_inference_steps': 1}))
+            == [None] * successes
+        ):
             return
         time.sleep(0.5)
     pytest.fail(f'the Flow did not serve {successes} requests in a row within {seconds} s')
@@ -59,13 +73,17 @@ def wait_until_serving(running, successes=4, seconds=60):
 
 def pods(running, name):
     """The replicas (jina Pods) of one Deployment, in replica order."""
-    return [pod for shard in running.flow._deployment_nodes[name].shards.values() for pod in shard._pods]
+    return [
+        pod for shard in running.flow._deployment_nodes[name].shards.values() for pod in shard._pods
+    ]
 
 
 def all_pids(running):
-    return {f'{name}/{index}': pod.worker.pid
-            for name in running.flow._deployment_nodes
-            for index, pod in enumerate(pods(running, name))}
+    return {
+        f'{name}/{index}': pod.worker.pid
+        for name in running.flow._deployment_nodes
+        for index, pod in enumerate(pods(running, name))
+    }
 
 
 def diffusion_documents(pod) -> float:
@@ -93,10 +111,12 @@ def post_many(address, count, parameters, timeout=60):
         from jina import Client
 
         client = Client(host=address, asyncio=True)
-        return await asyncio.gather(*(
-            one_request(client, '/generate', f'prompt {i}', parameters, timeout, {})
-            for i in range(count)
-        ))
+        return await asyncio.gather(
+            *(
+                one_request(client, '/generate', f'prompt {i}', parameters, timeout, {})
+                for i in range(count)
+            )
+        )
 
     return all_of_them()
 
@@ -114,7 +134,9 @@ def test_memory_stays_flat_over_1000_requests(flow):
     warm_up = asyncio.run(run_load(flow.grpc, 8, 60, 200, '/transcribe', {}, timeout=30))
     assert_nothing_lost(warm_up, max_failed_share=0.0)
     before = {name: p.memory_info().rss for name, p in processes.items()}
-    report = asyncio.run(run_load(flow.grpc, 8, 120, MEMORY_REQUESTS, '/transcribe', {}, timeout=30))
+    report = asyncio.run(
+        run_load(flow.grpc, 8, 120, MEMORY_REQUESTS, '/transcribe', {}, timeout=30)
+    )
     after = {name: p.memory_info().rss for name, p in processes.items()}
     growth_mb = {name: round((after[name] - before[name]) / 2**20, 1) for name in processes}
     print('memory:', report.summary(), 'RSS growth MiB:', growth_mb)
@@ -156,15 +178,21 @@ def test_stuck_executor_gives_a_timeout_error_and_pending_requests_are_bounded(f
     whisper = pods(flow, 'whisper')[0].worker.pid
     os.kill(whisper, signal.SIGSTOP)
     try:
+
         async def pile_up():
             stuck = asyncio.create_task(post_many(flow.grpc, MAX_PENDING, {}, timeout=60))
-            await asyncio.to_thread(poll_until, lambda: gateway_pending_requests(
-                flow.port_monitoring) >= MAX_PENDING, 30, 'the requests did not pile up')
+            await asyncio.to_thread(
+                poll_until,
+                lambda: gateway_pending_requests(flow.port_monitoring) >= MAX_PENDING,
+                30,
+                'the requests did not pile up',
+            )
             started = time.monotonic()
             [refused] = await post_many(flow.grpc, 1, {}, timeout=10)
             refused_after = time.monotonic() - started
             http = await asyncio.to_thread(
-                requests.post, f'{flow.http}/generate', json={'data': [{'text': 'x'}]}, timeout=10)
+                requests.post, f'{flow.http}/generate', json={'data': [{'text': 'x'}]}, timeout=10
+            )
             started = time.monotonic()
             stuck_errors = await stuck
             return refused, refused_after, http, stuck_errors, time.monotonic() - started
@@ -219,8 +247,12 @@ def test_sigterm_on_the_gateway_drains_and_refuses_new_requests(flow):
 
     async def terminate_while_busy():
         answers = asyncio.create_task(post_many(flow.grpc, 2, SLOW))
-        await asyncio.to_thread(poll_until, lambda: gateway_pending_requests(
-            flow.port_monitoring) >= 2, 30, 'the two requests did not reach the gateway')
+        await asyncio.to_thread(
+            poll_until,
+            lambda: gateway_pending_requests(flow.port_monitoring) >= 2,
+            30,
+            'the two requests did not reach the gateway',
+        )
         gateway.send_signal(signal.SIGTERM)
         late = None
         while late is None or 'shutting down' not in late:  # until the drain has begun

@@ -12,8 +12,12 @@ from tests.conftest import ROOT
 sys.path.insert(0, str(ROOT / 'scripts'))
 import run_containers  # noqa: E402
 
-VALUES = {'api-key': 'key-value', 'token': 'token-value', 'metadata.uid': 'uid-value',
-          'metadata.name': 'pod-name'}
+VALUES = {
+    'api-key': 'key-value',
+    'token': 'token-value',
+    'metadata.uid': 'uid-value',
+    'metadata.name': 'pod-name',
+}
 
 
 @pytest.fixture(scope='module')
@@ -39,7 +43,7 @@ def test_container_runs_hardened_as_the_manifest_says(deployments, cache, name):
     assert '--cap-drop=ALL' in args and flag_value(args, '--security-opt') == 'no-new-privileges'
     assert flag_value(args, '--tmpfs').startswith('/tmp:rw,size=')
     # The image, then the manifest's command after the entrypoint, then the arguments given.
-    assert args[args.index(image) - 2:] == ['--entrypoint', 'jina', image, '--port', '1']
+    assert args[args.index(image) - 2 :] == ['--entrypoint', 'jina', image, '--port', '1']
     assert 'HOME=/tmp' in args
 
 

@@ -28,14 +28,18 @@ def secured_flow(tmp_path_factory):
     into a file; yields (its addresses, log path)."""
     log = tmp_path_factory.mktemp('secured') / 'flow.log'
     env = {'HF_TOKEN': HF_TOKEN, 'S2I_API_KEY': API_KEY, 'JINA_LOG_LEVEL': 'DEBUG'}
-    with serve_flow_process('--cors-origin', PAGE_ORIGIN, env=env, log=log,
-                            wait_ready=wait_until_serving) as running:
-        yield {
-            'grpc': running.grpc,
-            'http': running.http,
-            'websocket': running.websocket,
-            'metrics': [running.port_monitoring + offset for offset in range(3)],
-        }, log
+    with serve_flow_process(
+        '--cors-origin', PAGE_ORIGIN, env=env, log=log, wait_ready=wait_until_serving
+    ) as running:
+        yield (
+            {
+                'grpc': running.grpc,
+                'http': running.http,
+                'websocket': running.websocket,
+                'metrics': [running.port_monitoring + offset for offset in range(3)],
+            },
+            log,
+        )
 
 
 def wait_until_serving(running, process):
@@ -64,7 +68,9 @@ def test_the_key_is_required_on_every_protocol(secured_flow, protocol):
 
 def test_http_answers_401_and_health_checks_stay_open(secured_flow):
     addresses, _ = secured_flow
-    response = requests.post(f'{addresses["http"]}/generate', json={'data': [{'text': 'a'}]}, timeout=30)
+    response = requests.post(
+        f'{addresses["http"]}/generate', json={'data': [{'text': 'a'}]}, timeout=30
+    )
     assert response.status_code == 401
     assert response.headers['www-authenticate'] == 'Bearer'
     assert 'API key' in response.json()['detail']
@@ -74,14 +80,20 @@ def test_http_answers_401_and_health_checks_stay_open(secured_flow):
 
 def test_cors_allows_the_page_origin_only(secured_flow):
     addresses, _ = secured_flow
-    preflight = {'Access-Control-Request-Method': 'POST',
-                 'Access-Control-Request-Headers': 'authorization,content-type'}
-    allowed = requests.options(f'{addresses["http"]}/generate', timeout=30,
-                               headers={'Origin': PAGE_ORIGIN, **preflight})
+    preflight = {
+        'Access-Control-Request-Method': 'POST',
+        'Access-Control-Request-Headers': 'authorization,content-type',
+    }
+    allowed = requests.options(
+        f'{addresses["http"]}/generate', timeout=30, headers={'Origin': PAGE_ORIGIN, **preflight}
+    )
     assert allowed.status_code == 200
     assert allowed.headers['access-control-allow-origin'] == PAGE_ORIGIN
-    other = requests.options(f'{addresses["http"]}/generate', timeout=30,
-                             headers={'Origin': 'http://evil.example', **preflight})
+    other = requests.options(
+        f'{addresses["http"]}/generate',
+        timeout=30,
+        headers={'Origin': 'http://evil.example', **preflight},
+    )
     assert other.status_code == 400
     assert 'access-control-allow-origin' not in other.headers
 
@@ -100,10 +112,17 @@ def test_the_hf_token_appears_nowhere(secured_flow, tmp_path):
         seen.append(str(error.value))
     [doc] = send(addresses['grpc'], '/generate', [SpeechDoc(text='a cat')], {}, API_KEY)
     seen += [doc.model_dump_json(), doc.matches[0].bytes_.decode('latin-1')]
-    seen += [requests.get(f'http://127.0.0.1:{port}/metrics', timeout=30).text
-             for port in addresses['metrics']]
-    seen.append(requests.get(f'{addresses["http"]}/status', timeout=30,
-                             headers={'Authorization': f'Bearer {API_KEY}'}).text)
+    seen += [
+        requests.get(f'http://127.0.0.1:{port}/metrics', timeout=30).text
+        for port in addresses['metrics']
+    ]
+    seen.append(
+        requests.get(
+            f'{addresses["http"]}/status',
+            timeout=30,
+            headers={'Authorization': f'Bearer {API_KEY}'},
+        ).text
+    )
     seen.append(model_load_failure_output(tmp_path))
     seen.append(exported_yaml(tmp_path))
     seen.append(log.read_text(errors='replace'))
@@ -116,14 +135,32 @@ def test_the_hf_token_appears_nowhere(secured_flow, tmp_path):
 def model_load_failure_output(tmp_path: Path) -> str:
     """What the diffusion Executor prints when its model cannot be loaded, run as it runs in a
     container (`jina executor`), with the token in its environment."""
-    env = {**os.environ, 'HF_TOKEN': HF_TOKEN, 'HF_HUB_OFFLINE': '1', 'JINA_LOG_LEVEL': 'DEBUG',
-           'PYTHONPATH': str(ROOT)}
+    env = {
+        **os.environ,
+        'HF_TOKEN': HF_TOKEN,
+        'HF_HUB_OFFLINE': '1',
+        'JINA_LOG_LEVEL': 'DEBUG',
+        'PYTHONPATH': str(ROOT),
+    }
     jina = Path(sys.executable).parent / 'jina'
     result = subprocess.run(
-        [str(jina), 'executor', '--uses', 'executors/stablediffusion/config.yml',
-         '--uses-with', '{"model": "some-org/private-model"}', '--host', '127.0.0.1',
-         '--port', str(free_ports(1)[0])],
-        cwd=ROOT, env=env, timeout=120, capture_output=True, text=True,
+        [
+            str(jina),
+            'executor',
+            '--uses',
+            'executors/stablediffusion/config.yml',
+            '--uses-with',
+            '{"model": "some-org/private-model"}',
+            '--host',
+            '127.0.0.1',
+            '--port',
+            str(free_ports(1)[0]),
+        ],
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+        capture_output=True,
+        text=True,
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0
@@ -134,6 +171,11 @@ def model_load_failure_output(tmp_path: Path) -> str:
 def exported_yaml(tmp_path: Path) -> str:
     path = tmp_path / 'flow.yml'
     env = {**os.environ, 'HF_TOKEN': HF_TOKEN, 'S2I_API_KEY': API_KEY}
-    subprocess.run([sys.executable, 'flow.py', '--export-yaml', str(path)], cwd=ROOT, env=env,
-                   check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, 'flow.py', '--export-yaml', str(path)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=60,
+    )
     return path.read_text()

@@ -17,8 +17,11 @@ K8S_VERSION = '1.30'
 POD_LABELS = {
     'gateway': {'app': 'gateway', 'pod_type': 'GATEWAY', 'jina_deployment_name': 'gateway'},
     'whisper': {'app': 'whisper', 'pod_type': 'WORKER', 'jina_deployment_name': 'whisper'},
-    'stablediffusion': {'app': 'stablediffusion', 'pod_type': 'WORKER',
-                        'jina_deployment_name': 'stablediffusion'},
+    'stablediffusion': {
+        'app': 'stablediffusion',
+        'pod_type': 'WORKER',
+        'jina_deployment_name': 'stablediffusion',
+    },
 }
 EXECUTORS = ('whisper', 'stablediffusion')
 GRPC_PORT, METRICS_PORT = 8080, 9090
@@ -77,7 +80,9 @@ def test_only_the_gateway_reaches_the_executors(executor):
     assert selects(peer['podSelector'], POD_LABELS['gateway'])
     assert not any(selects(peer['podSelector'], POD_LABELS[other]) for other in EXECUTORS)
     [metrics] = allowed_sources(executor, METRICS_PORT)
-    assert metrics == {'namespaceSelector': {'matchLabels': {'kubernetes.io/metadata.name': 'monitoring'}}}
+    assert metrics == {
+        'namespaceSelector': {'matchLabels': {'kubernetes.io/metadata.name': 'monitoring'}}
+    }
 
 
 def test_the_gateway_is_open_to_clients_and_not_to_the_executor_policy():
@@ -89,16 +94,22 @@ def test_the_gateway_is_open_to_clients_and_not_to_the_executor_policy():
 def jina_like_deployment(name: str) -> dict:
     container = 'gateway' if name == 'gateway' else 'executor'
     return {
-        'apiVersion': 'apps/v1', 'kind': 'Deployment',
+        'apiVersion': 'apps/v1',
+        'kind': 'Deployment',
         'metadata': {'name': name, 'namespace': 'speech2image'},
         'spec': {
             'selector': {'matchLabels': {'app': name}},
             'template': {
                 'metadata': {'labels': POD_LABELS[name]},
-                'spec': {'containers': [{
-                    'name': container, 'image': f'speech2image/{name}:test',
-                    'env': [{'name': 'JINA_LOG_LEVEL', 'value': 'INFO'}],
-                }]},
+                'spec': {
+                    'containers': [
+                        {
+                            'name': container,
+                            'image': f'speech2image/{name}:test',
+                            'env': [{'name': 'JINA_LOG_LEVEL', 'value': 'INFO'}],
+                        }
+                    ]
+                },
             },
         },
     }
@@ -108,21 +119,31 @@ def jina_like_deployment(name: str) -> dict:
 def kustomized(tmp_path):
     """The patches applied by `kubectl kustomize` to jina-shaped Deployments."""
     (tmp_path / 'deployments.yml').write_text(
-        yaml.safe_dump_all([jina_like_deployment(name) for name in POD_LABELS]))
+        yaml.safe_dump_all([jina_like_deployment(name) for name in POD_LABELS])
+    )
     for patch in ('hardening-patch.yml', 'gateway-api-key-patch.yml'):
         shutil.copy(SECURITY / patch, tmp_path / patch)
-    (tmp_path / 'kustomization.yaml').write_text(yaml.safe_dump({
-        'resources': ['deployments.yml'],
-        'patches': [{'path': 'hardening-patch.yml'}, {'path': 'gateway-api-key-patch.yml'}],
-    }))
-    output = subprocess.run([str(KUBECTL), 'kustomize', str(tmp_path)], check=True, timeout=60,
-                            capture_output=True, text=True).stdout
+    (tmp_path / 'kustomization.yaml').write_text(
+        yaml.safe_dump(
+            {
+                'resources': ['deployments.yml'],
+                'patches': [{'path': 'hardening-patch.yml'}, {'path': 'gateway-api-key-patch.yml'}],
+            }
+        )
+    )
+    output = subprocess.run(
+        [str(KUBECTL), 'kustomize', str(tmp_path)],
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    ).stdout
     return {doc['metadata']['name']: doc for doc in yaml.safe_load_all(output)}
 
 
 def test_patches_give_read_only_root_and_keep_the_schema(kustomized):
     assert set(kustomized) == set(POD_LABELS)
-    for name, deployment in kustomized.items():
+    for _name, deployment in kustomized.items():
         validate(deployment, K8S_VERSION, strict=True)
         pod = deployment['spec']['template']['spec']
         [container] = pod['containers']
@@ -130,7 +151,9 @@ def test_patches_give_read_only_root_and_keep_the_schema(kustomized):
         assert container['securityContext']['allowPrivilegeEscalation'] is False
         assert {'name': 'tmp', 'mountPath': '/tmp'} in container['volumeMounts']
         assert {'name': 'HOME', 'value': '/tmp'} in container['env']
-        assert {'name': 'JINA_LOG_LEVEL', 'value': 'INFO'} in container['env']  # merged, not replaced
+        assert {'name': 'JINA_LOG_LEVEL', 'value': 'INFO'} in container[
+            'env'
+        ]  # merged, not replaced
         assert pod['terminationGracePeriodSeconds'] > 30  # the drain takes up to 30 s
 
 
@@ -138,7 +161,10 @@ def test_the_gateway_reads_its_api_key_from_a_required_secret(kustomized):
     [container] = kustomized['gateway']['spec']['template']['spec']['containers']
     [key] = [env for env in container['env'] if env['name'] == 'S2I_API_KEY']
     assert key['valueFrom']['secretKeyRef'] == {
-        'name': 'speech2image-api-key', 'key': 'api-key', 'optional': False}
+        'name': 'speech2image-api-key',
+        'key': 'api-key',
+        'optional': False,
+    }
     for executor in EXECUTORS:
         [executor_container] = kustomized[executor]['spec']['template']['spec']['containers']
         assert all(env['name'] != 'S2I_API_KEY' for env in executor_container['env'])

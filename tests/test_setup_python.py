@@ -30,8 +30,11 @@ SCRIPT_TIMEOUT_S = 60
 # The one line's parts: what is needed, why, and the command that gets it.
 NEEDS = 'speech2image needs Python 3.11'
 WHY = 'jina 3.34 does not run on Python 3.12 or newer'
-UV_PIN = next(line.strip() for line in (ROOT / 'requirements-dev.txt').read_text().splitlines()
-              if line.startswith('uv=='))
+UV_PIN = next(
+    line.strip()
+    for line in (ROOT / 'requirements-dev.txt').read_text().splitlines()
+    if line.startswith('uv==')
+)
 GET_IT = f'pipx install {UV_PIN} && uv python install 3.11'
 
 
@@ -39,14 +42,25 @@ GET_IT = f'pipx install {UV_PIN} && uv python install 3.11'
 def interpreter(version: str) -> Optional[Path]:
     """The real executable of an installed Python ``version`` ('3.12'), found the way uv finds
     one or among pyenv's versions; None where this machine has none."""
-    found = subprocess.run([str(UV), 'python', 'find', '--system', '--no-project', version],
-                           capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S).stdout.split()
+    found = subprocess.run(
+        [str(UV), 'python', 'find', '--system', '--no-project', version],
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT_S,
+    ).stdout.split()
     pyenv_root = os.environ.get('PYENV_ROOT', str(Path.home() / '.pyenv'))
     found += sorted(glob.glob(f'{pyenv_root}/versions/{version}.*/bin/python{version}'))
     for candidate in found:
-        ran = subprocess.run([candidate, '-c', 'import sys, platform; '
-                              'print(sys.executable, platform.python_version())'],
-                             capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+        ran = subprocess.run(
+            [
+                candidate,
+                '-c',
+                'import sys, platform; print(sys.executable, platform.python_version())',
+            ],
+            capture_output=True,
+            text=True,
+            timeout=SCRIPT_TIMEOUT_S,
+        )
         if ran.returncode == 0 and ran.stdout.split()[1].startswith(version + '.'):
             return Path(ran.stdout.split()[0])
     return None
@@ -62,9 +76,13 @@ def required_interpreter(version: str) -> Path:
 
 def python_version_of(executable: str) -> str:
     """'3.11' for a Python 3.11 executable."""
-    return subprocess.run([executable, '-c', 'import sys; print("%d.%d" % sys.version_info[:2])'],
-                          capture_output=True, text=True, check=True,
-                          timeout=SCRIPT_TIMEOUT_S).stdout.strip()
+    return subprocess.run(
+        [executable, '-c', 'import sys; print("%d.%d" % sys.version_info[:2])'],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SCRIPT_TIMEOUT_S,
+    ).stdout.strip()
 
 
 def make_path(tmp_path: Path, links: Dict[str, Path]) -> Path:
@@ -79,10 +97,14 @@ def make_path(tmp_path: Path, links: Dict[str, Path]) -> Path:
 def isolated_env(tmp_path: Path, bin_dir: Path, downloads_json: Optional[Path] = None) -> dict:
     """Only PATH, a fresh HOME and, for uv, its own install, cache and download list in tmp_path:
     nothing from this machine's Pythons, pyenv or uv reaches the script."""
-    env = {'PATH': str(bin_dir), 'HOME': str(tmp_path / 'home'),
-           'UV_NO_CONFIG': '1', 'UV_CACHE_DIR': str(tmp_path / 'uv-cache'),
-           'UV_PYTHON_INSTALL_DIR': str(tmp_path / 'uv-python'),
-           'UV_PYTHON_BIN_DIR': str(tmp_path / 'uv-bin')}
+    env = {
+        'PATH': str(bin_dir),
+        'HOME': str(tmp_path / 'home'),
+        'UV_NO_CONFIG': '1',
+        'UV_CACHE_DIR': str(tmp_path / 'uv-cache'),
+        'UV_PYTHON_INSTALL_DIR': str(tmp_path / 'uv-python'),
+        'UV_PYTHON_BIN_DIR': str(tmp_path / 'uv-bin'),
+    }
     if downloads_json is not None:
         env['UV_PYTHON_DOWNLOADS_JSON_URL'] = downloads_json.as_uri()
     return env
@@ -90,8 +112,9 @@ def isolated_env(tmp_path: Path, bin_dir: Path, downloads_json: Optional[Path] =
 
 def run(command: List[str], env: dict) -> subprocess.CompletedProcess:
     """Runs ``command`` from the repository root (its .venv is a 3.11 the script must not take)."""
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=SCRIPT_TIMEOUT_S)
+    return subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S
+    )
 
 
 def assert_the_line_first(stderr: str, newer: str) -> None:
@@ -117,11 +140,22 @@ def standalone_python_download(tmp_path: Path, real_311: Path) -> Path:
     with tarfile.open(tarball, 'w:gz') as archive:
         archive.add(root, arcname='python')
     key = f'cpython-3.11.7-linux-{platform.machine()}-gnu'
-    downloads = {key: {
-        'name': 'cpython', 'arch': {'family': platform.machine(), 'variant': None},
-        'os': 'linux', 'libc': 'gnu', 'major': 3, 'minor': 11, 'patch': 7, 'prerelease': '',
-        'url': tarball.as_uri(), 'sha256': hashlib.sha256(tarball.read_bytes()).hexdigest(),
-        'variant': None, 'build': '20240107'}}
+    downloads = {
+        key: {
+            'name': 'cpython',
+            'arch': {'family': platform.machine(), 'variant': None},
+            'os': 'linux',
+            'libc': 'gnu',
+            'major': 3,
+            'minor': 11,
+            'patch': 7,
+            'prerelease': '',
+            'url': tarball.as_uri(),
+            'sha256': hashlib.sha256(tarball.read_bytes()).hexdigest(),
+            'variant': None,
+            'build': '20240107',
+        }
+    }
     listing = tmp_path / 'download' / 'downloads.json'
     listing.write_text(json.dumps(downloads))
     return listing

@@ -13,8 +13,9 @@ CONFIG = 'executors/stablediffusion/config.yml'
 
 @pytest.fixture(scope='module')
 def diffusion():
-    return Executor.load_config(CONFIG, uses_with={'model': str(TINY_SD), 'num_inference_steps': 2,
-                                                   'max_images': 3})
+    return Executor.load_config(
+        CONFIG, uses_with={'model': str(TINY_SD), 'num_inference_steps': 2, 'max_images': 3}
+    )
 
 
 def spoken_doc(text: str, **settings) -> SpeechDoc:
@@ -26,8 +27,19 @@ def generate(executor, docs, **parameters):
 
 
 def test_spoken_settings_make_the_images(diffusion):
-    [doc] = generate(diffusion, [spoken_doc('a red fox', num_images=2, seed=42, orientation='landscape',
-                                            quality='detailed', negative_prompt='trees')])
+    [doc] = generate(
+        diffusion,
+        [
+            spoken_doc(
+                'a red fox',
+                num_images=2,
+                seed=42,
+                orientation='landscape',
+                quality='detailed',
+                negative_prompt='trees',
+            )
+        ],
+    )
     assert [image.tags['seed'] for image in doc.matches] == [42, 43]
     for image in doc.matches:
         assert (image.width, image.height) == (96, 64)  # 3:2 on the tiny model's 64 px side
@@ -36,31 +48,49 @@ def test_spoken_settings_make_the_images(diffusion):
 
 
 def test_request_parameters_win_and_caps_apply(diffusion):
-    [doc] = generate(diffusion, [spoken_doc('a red fox', num_images=20, seed=42, orientation='portrait')],
-                     seed=7, height=72)
+    [doc] = generate(
+        diffusion,
+        [spoken_doc('a red fox', num_images=20, seed=42, orientation='portrait')],
+        seed=7,
+        height=72,
+    )
     assert [image.tags['seed'] for image in doc.matches] == [7, 8, 9]  # 20 capped at max_images 3
     assert {(image.width, image.height) for image in doc.matches} == {(64, 72)}
 
 
 def test_each_document_of_a_batch_gets_its_own_settings(diffusion):
-    docs = [spoken_doc('a boat', seed=1, orientation='wide'), SpeechDoc(text='a tree'),
-            spoken_doc('a cat', seed=1, orientation='wide'), spoken_doc('a house', num_images=2)]
+    docs = [
+        spoken_doc('a boat', seed=1, orientation='wide'),
+        SpeechDoc(text='a tree'),
+        spoken_doc('a cat', seed=1, orientation='wide'),
+        spoken_doc('a house', num_images=2),
+    ]
     boat, tree, cat, house = generate(diffusion, docs)
     assert [(i.width, i.height, i.tags['seed']) for i in boat.matches] == [(112, 64, 1)]
     assert [(i.width, i.height, i.tags['seed']) for i in cat.matches] == [(112, 64, 1)]
     assert [(i.width, i.height) for i in tree.matches] == [(64, 64)]
     assert [(i.width, i.height) for i in house.matches] == [(64, 64)] * 2
     assert [i.tags['prompt'] for d in (boat, tree, cat, house) for i in d.matches] == [
-        'a boat', 'a tree', 'a cat', 'a house', 'a house']
+        'a boat',
+        'a tree',
+        'a cat',
+        'a house',
+        'a house',
+    ]
 
 
-@pytest.mark.parametrize('settings, message', [
-    ({'orientation': 'diagonal'}, 'spoken orientation must be one of'),
-    ({'seed': 'forty'}, "parameter 'seed' must be an integer"),
-])
+@pytest.mark.parametrize(
+    'settings, message',
+    [
+        ({'orientation': 'diagonal'}, 'spoken orientation must be one of'),
+        ({'seed': 'forty'}, "parameter 'seed' must be an integer"),
+    ],
+)
 def test_bad_spoken_settings_name_the_document(diffusion, settings, message):
     bad = spoken_doc('a cat', **settings)
-    with pytest.raises(RequestError, match=rf'document 1 \(id {bad.id}\): spoken settings: {message}'):
+    with pytest.raises(
+        RequestError, match=rf'document 1 \(id {bad.id}\): spoken settings: {message}'
+    ):
         generate(diffusion, [SpeechDoc(text='a dog'), bad])
 
 

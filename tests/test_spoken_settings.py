@@ -12,11 +12,21 @@ from speech2image.spoken_settings import (
 # (what Whisper wrote, the prompt sent to Stable Diffusion, the settings taken from speech)
 PHRASINGS = [
     # The article's example and the issue's.
-    ('Jarvis, paint me Captain America drinking a boba tea.', 'Captain America drinking a boba tea', {}),
-    ('Draw four pictures of a red fox in the snow, seed 42.', 'a red fox in the snow',
-     {'num_images': 4, 'seed': 42}),
-    ('A lighthouse at night, no people, in landscape.', 'A lighthouse at night',
-     {'negative_prompt': 'people', 'orientation': 'landscape'}),
+    (
+        'Jarvis, paint me Captain America drinking a boba tea.',
+        'Captain America drinking a boba tea',
+        {},
+    ),
+    (
+        'Draw four pictures of a red fox in the snow, seed 42.',
+        'a red fox in the snow',
+        {'num_images': 4, 'seed': 42},
+    ),
+    (
+        'A lighthouse at night, no people, in landscape.',
+        'A lighthouse at night',
+        {'negative_prompt': 'people', 'orientation': 'landscape'},
+    ),
     # An address and a command phrase.
     ('Please draw a cat on a sofa.', 'a cat on a sofa', {}),
     ('Can you make an image of a castle on a hill?', 'a castle on a hill', {}),
@@ -50,12 +60,19 @@ PHRASINGS = [
     ('A mountain range in landscape format', 'A mountain range', {'orientation': 'landscape'}),
     ('A desert road in widescreen', 'A desert road', {'orientation': 'wide'}),
     ('A desert road, wide format.', 'A desert road', {'orientation': 'wide'}),
-    ('An app icon of a rocket, square format.', 'An app icon of a rocket', {'orientation': 'square'}),
+    (
+        'An app icon of a rocket, square format.',
+        'An app icon of a rocket',
+        {'orientation': 'square'},
+    ),
     ('A flower in a vase as a square image', 'A flower in a vase', {'orientation': 'square'}),
     ('A waterfall in portrait mode', 'A waterfall', {'orientation': 'portrait'}),
     ('A skyscraper, vertical format', 'A skyscraper', {'orientation': 'portrait'}),
-    ('A train crossing a bridge, horizontal orientation.', 'A train crossing a bridge',
-     {'orientation': 'landscape'}),
+    (
+        'A train crossing a bridge, horizontal orientation.',
+        'A train crossing a bridge',
+        {'orientation': 'landscape'},
+    ),
     # Steps and quality.
     ('Quickly draw a dog.', 'a dog', {'quality': 'quick'}),
     ('A dog on a skateboard, make it quick.', 'A dog on a skateboard', {'quality': 'quick'}),
@@ -69,16 +86,30 @@ PHRASINGS = [
     # Negative prompts.
     ('A street market, without text.', 'A street market', {'negative_prompt': 'text'}),
     ('A street market with no cars', 'A street market', {'negative_prompt': 'cars'}),
-    ('A street market, no people and no cars.', 'A street market', {'negative_prompt': 'people, cars'}),
+    (
+        'A street market, no people and no cars.',
+        'A street market',
+        {'negative_prompt': 'people, cars'},
+    ),
     ('A beach at sunrise but no boats', 'A beach at sunrise', {'negative_prompt': 'boats'}),
     ('A room without any furniture', 'A room', {'negative_prompt': 'furniture'}),
     # Everything at once.
-    ('Jarvis, draw me four pictures of a red fox in the snow, seed 42, no trees, in portrait.',
-     'a red fox in the snow', {'num_images': 4, 'seed': 42, 'negative_prompt': 'trees',
-                               'orientation': 'portrait'}),
-    ('Please make 2 images of a koi pond in landscape with seed 8, highly detailed, without text',
-     'a koi pond, highly detailed', {'num_images': 2, 'orientation': 'landscape', 'seed': 8,
-                                     'quality': 'detailed', 'negative_prompt': 'text'}),
+    (
+        'Jarvis, draw me four pictures of a red fox in the snow, seed 42, no trees, in portrait.',
+        'a red fox in the snow',
+        {'num_images': 4, 'seed': 42, 'negative_prompt': 'trees', 'orientation': 'portrait'},
+    ),
+    (
+        'Please make 2 images of a koi pond in landscape with seed 8, highly detailed, without text',
+        'a koi pond, highly detailed',
+        {
+            'num_images': 2,
+            'orientation': 'landscape',
+            'seed': 8,
+            'quality': 'detailed',
+            'negative_prompt': 'text',
+        },
+    ),
 ]
 
 # Phrasings whose words look like settings but are the subject: they must come back unchanged.
@@ -102,7 +133,7 @@ UNCHANGED = [
     'The quick brown fox jumps over the lazy dog.',
     'A fast car on a race track',
     'A detailed map of Middle Earth',
-    'No Man\'s Sky spaceship',
+    "No Man's Sky spaceship",
     'A no parking sign in the snow',
     'A lonely road with no one around',
     'A knight with nobody around him',
@@ -146,9 +177,15 @@ DEFAULTS = {'num_inference_steps': 20, 'width': 512, 'height': 512}
 CAPS = dict(max_images=4, max_inference_steps=100, max_side=1024)
 
 
-@pytest.mark.parametrize('orientation, sides', [
-    ('portrait', (512, 768)), ('landscape', (768, 512)), ('wide', (904, 512)), ('square', (512, 512)),
-])
+@pytest.mark.parametrize(
+    'orientation, sides',
+    [
+        ('portrait', (512, 768)),
+        ('landscape', (768, 512)),
+        ('wide', (904, 512)),
+        ('square', (512, 512)),
+    ],
+)
 def test_orientation_keeps_the_short_side_and_follows_the_ratio(orientation, sides):
     assert scaled_sides(orientation, 512, 512, max_side=1024) == sides
 
@@ -158,16 +195,27 @@ def test_orientation_fits_under_the_side_cap():
 
 
 def test_spoken_settings_become_parameters_under_the_caps():
-    spoken = {'num_images': 9, 'seed': 42, 'orientation': 'landscape', 'quality': 'detailed',
-              'negative_prompt': 'people'}
+    spoken = {
+        'num_images': 9,
+        'seed': 42,
+        'orientation': 'landscape',
+        'quality': 'detailed',
+        'negative_prompt': 'people',
+    }
     assert generation_parameters(spoken, {}, DEFAULTS, **CAPS) == {
-        'num_images': 4, 'seed': 42, 'num_inference_steps': 40, 'width': 768, 'height': 512,
+        'num_images': 4,
+        'seed': 42,
+        'num_inference_steps': 40,
+        'width': 768,
+        'height': 512,
         'negative_prompt': 'people',
     }
 
 
 def test_quick_halves_the_steps_and_explicit_steps_beat_a_quality():
-    assert generation_parameters({'quality': 'quick'}, {}, DEFAULTS, **CAPS) == {'num_inference_steps': 10}
+    assert generation_parameters({'quality': 'quick'}, {}, DEFAULTS, **CAPS) == {
+        'num_inference_steps': 10
+    }
     said = {'quality': 'quick', 'num_inference_steps': 500}
     assert generation_parameters(said, {}, DEFAULTS, **CAPS) == {'num_inference_steps': 100}
 
@@ -176,17 +224,23 @@ def test_explicit_request_parameters_always_win():
     spoken = {'num_images': 3, 'seed': 42, 'orientation': 'portrait'}
     explicit = {'num_images': 1, 'seed': 7, 'width': 640}
     assert generation_parameters(spoken, explicit, DEFAULTS, **CAPS) == {
-        'num_images': 1, 'seed': 7, 'width': 640, 'height': 768,
+        'num_images': 1,
+        'seed': 7,
+        'width': 640,
+        'height': 768,
     }
 
 
-@pytest.mark.parametrize('spoken, message', [
-    ('four', "tag 'spoken_settings' must be an object"),
-    ({'orientation': 'diagonal'}, 'spoken orientation must be one of portrait, landscape'),
-    ({'quality': 'best'}, 'spoken quality must be one of quick, detailed'),
-    ({'quality': ['quick']}, 'spoken quality must be one of quick, detailed'),
-    ({'orientation': {'portrait': 1}}, 'spoken orientation must be one of'),
-])
+@pytest.mark.parametrize(
+    'spoken, message',
+    [
+        ('four', "tag 'spoken_settings' must be an object"),
+        ({'orientation': 'diagonal'}, 'spoken orientation must be one of portrait, landscape'),
+        ({'quality': 'best'}, 'spoken quality must be one of quick, detailed'),
+        ({'quality': ['quick']}, 'spoken quality must be one of quick, detailed'),
+        ({'orientation': {'portrait': 1}}, 'spoken orientation must be one of'),
+    ],
+)
 def test_bad_spoken_settings_are_refused_by_name(spoken, message):
     with pytest.raises(ValueError, match=message):
         generation_parameters(spoken, {}, DEFAULTS, **CAPS)

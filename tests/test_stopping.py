@@ -47,11 +47,13 @@ def started_flow(*flags: str) -> Iterator[Tuple[subprocess.Popen, RunningFlow, L
     the test does, no process of that session outlives it."""
     all_flags = offline_flow_flags('--drain-seconds', str(DRAIN_SECONDS), *flags)
     args = flow_module.parse_args(all_flags)
-    process = subprocess.Popen([sys.executable, str(ROOT / 'flow.py'), *all_flags], cwd=ROOT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / 'flow.py'), *all_flags], cwd=ROOT, start_new_session=True
+    )
     try:
-        running = RunningFlow(args.port_grpc, args.port_http, args.port_websocket,
-                              args.port_monitoring)
+        running = RunningFlow(
+            args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring
+        )
         wait_flow_ready(running, process)
         yield process, running, flow_ports(args)
     finally:
@@ -65,8 +67,13 @@ def kill_session(session_id: int) -> None:
 
 
 def flow_ports(args) -> List[int]:
-    return [args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring,
-            *(flow_module.monitoring_port(args, name) for name in defaults.EXECUTOR_MONITORING_OFFSETS)]
+    return [
+        args.port_grpc,
+        args.port_http,
+        args.port_websocket,
+        args.port_monitoring,
+        *(flow_module.monitoring_port(args, name) for name in defaults.EXECUTOR_MONITORING_OFFSETS),
+    ]
 
 
 def session_processes(session_id: int) -> List[psutil.Process]:
@@ -74,7 +81,10 @@ def session_processes(session_id: int) -> List[psutil.Process]:
     found = []
     for process in psutil.process_iter(['pid', 'status']):
         try:
-            if os.getsid(process.pid) == session_id and process.info['status'] != psutil.STATUS_ZOMBIE:
+            if (
+                os.getsid(process.pid) == session_id
+                and process.info['status'] != psutil.STATUS_ZOMBIE
+            ):
                 found.append(process)
         except (ProcessLookupError, PermissionError, psutil.Error):
             continue
@@ -86,7 +96,8 @@ def assert_all_gone(session_id: int, ports: List[int], within: float) -> None:
     alive = session_processes(session_id)
     gone, still = psutil.wait_procs(alive, timeout=within)
     assert not still, f'still running {within:g} s after the stop: ' + ', '.join(
-        f'{p.pid} {" ".join(p.cmdline())[:80]}' for p in still)
+        f'{p.pid} {" ".join(p.cmdline())[:80]}' for p in still
+    )
     for port in ports:
         with socket.socket() as probe:
             probe.bind(('127.0.0.1', port))  # raises if anything still holds it
@@ -101,9 +112,12 @@ def test_a_signal_to_flow_py_alone_stops_every_process(stop_signal):
 def stop_and_check(process, ports, stop_signal):
     children = session_processes(process.pid)
     assert len(children) >= 4, 'flow.py, the gateway and two Executors'
-    listening = {(connection.laddr.ip, connection.laddr.port) for child in children
-                 for connection in child.net_connections(kind='inet')
-                 if connection.status == psutil.CONN_LISTEN}
+    listening = {
+        (connection.laddr.ip, connection.laddr.port)
+        for child in children
+        for connection in child.net_connections(kind='inet')
+        if connection.status == psutil.CONN_LISTEN
+    }
     assert {port for _, port in listening} >= set(ports), 'every port, /metrics included, is up'
     assert {ip for ip, _ in listening} <= {'127.0.0.1', '::ffff:127.0.0.1'}, listening
     process.send_signal(stop_signal)  # to flow.py only, as `kill` or a container stop does
@@ -124,14 +138,19 @@ def stop_during_a_long_request(process, running, ports) -> dict:
 
     def long_request():
         try:
-            outcome['docs'] = send(running.grpc, '/generate', [SpeechDoc(text='slow')], LONG_REQUEST)
+            outcome['docs'] = send(
+                running.grpc, '/generate', [SpeechDoc(text='slow')], LONG_REQUEST
+            )
         except ServiceError as error:
             outcome['error'] = str(error)
 
     caller = threading.Thread(target=long_request)
     caller.start()
-    poll_until(lambda: gateway_pending_requests(running.port_monitoring) >= 1, 60,
-               'the long request never reached the gateway')
+    poll_until(
+        lambda: gateway_pending_requests(running.port_monitoring) >= 1,
+        60,
+        'the long request never reached the gateway',
+    )
     stopped_at = time.monotonic()
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=STOP_BOUND_SECONDS)
@@ -144,19 +163,39 @@ def stop_during_a_long_request(process, running, ports) -> dict:
 def test_the_demo_ends_with_nothing_left_running():
     grpc_port, http_port, websocket_port = free_ports(3)
     monitoring = str(free_port_run(3))
-    env = {**os.environ, 'S2I_PORT_GRPC': str(grpc_port), 'S2I_PORT_HTTP': str(http_port),
-           'S2I_PORT_WEBSOCKET': str(websocket_port), 'S2I_PORT_MONITORING': monitoring}
+    env = {
+        **os.environ,
+        'S2I_PORT_GRPC': str(grpc_port),
+        'S2I_PORT_HTTP': str(http_port),
+        'S2I_PORT_WEBSOCKET': str(websocket_port),
+        'S2I_PORT_MONITORING': monitoring,
+    }
     env.pop('OMP_NUM_THREADS', None)  # the demo runs as users run it
-    demo = subprocess.Popen(['bash', 'scripts/demo.sh'], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    demo = subprocess.Popen(
+        ['bash', 'scripts/demo.sh'],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         output, _ = demo.communicate(timeout=600)
         assert demo.returncode == 0, output
         assert '0-apple-0-seed42.png' in output, output
-        args = flow_module.parse_args(['--port-grpc', str(grpc_port), '--port-http', str(http_port),
-                                       '--port-websocket', str(websocket_port),
-                                       '--port-monitoring', monitoring])
+        args = flow_module.parse_args(
+            [
+                '--port-grpc',
+                str(grpc_port),
+                '--port-http',
+                str(http_port),
+                '--port-websocket',
+                str(websocket_port),
+                '--port-monitoring',
+                monitoring,
+            ]
+        )
         # Leftovers keep the session of the demo's shell (its pid) even once orphaned.
         assert_all_gone(demo.pid, flow_ports(args), within=STOP_MARGIN_SECONDS)
     finally:
@@ -170,8 +209,13 @@ def test_a_port_in_use_gives_one_clear_line():
     port = holder.getsockname()[1]
     try:
         flags = offline_flow_flags('--port-http', str(port))
-        result = subprocess.run([sys.executable, str(ROOT / 'flow.py'), *flags], cwd=ROOT,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, str(ROOT / 'flow.py'), *flags],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         holder.close()
     assert result.returncode == 1

@@ -81,11 +81,15 @@ def test_a_request_is_one_trace_across_the_flow(monkeypatch):
     servicer = SpanCollector()
     [port] = free_ports(1)
     monkeypatch.setenv('OTEL_BSP_SCHEDULE_DELAY', EXPORT_DELAY_MS)
-    with serve_flow_process('--traces-exporter-host', 'http://127.0.0.1',
-                            '--traces-exporter-port', str(port)) as flow, \
-            serve_collector(servicer, port):
-        [doc] = send(flow.grpc, '/', [SpeechDoc(bytes_=(ASSETS / 'apple.wav').read_bytes())],
-                     {'seed': 1})
+    with (
+        serve_flow_process(
+            '--traces-exporter-host', 'http://127.0.0.1', '--traces-exporter-port', str(port)
+        ) as flow,
+        serve_collector(servicer, port),
+    ):
+        [doc] = send(
+            flow.grpc, '/', [SpeechDoc(bytes_=(ASSETS / 'apple.wav').read_bytes())], {'seed': 1}
+        )
         assert doc.matches
         deadline = time.monotonic() + SPAN_DEADLINE_SECONDS
         while not servicer.common_traces() and time.monotonic() < deadline:
@@ -94,8 +98,12 @@ def test_a_request_is_one_trace_across_the_flow(monkeypatch):
     traces = servicer.common_traces()
     assert len(traces) == 1, f'spans per service: {dict(servicer.span_names)}'
     for service in SERVICES:
-        names = [name for key, spans in servicer.span_names.items() if key.startswith(service)
-                 for name in spans]
+        names = [
+            name
+            for key, spans in servicer.span_names.items()
+            if key.startswith(service)
+            for name in spans
+        ]
         assert names, f'no spans from {service}'
 
 

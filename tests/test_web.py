@@ -264,9 +264,7 @@ def test_errors_arrive_as_the_executors_message(web_url):
         f'{web_url}/api/generate', json={'data': [{'text': 'x' * 1001}]}, timeout=30
     )
     assert answer.status_code == 422
-    assert answer.json() == {
-        'error': 'document 0: prompt is 1001 characters, the limit is 1000'
-    }
+    assert answer.json() == {'error': 'document 0: prompt is 1001 characters, the limit is 1000'}
     too_long = base64.b64encode(wav_bytes(np.full(61 * 16_000, 0.1), 16_000)).decode()
     answer = requests.post(
         f'{web_url}/api/default', json={'data': [{'bytes_': too_long}]}, timeout=30

@@ -59,7 +59,9 @@ def test_noise_gives_no_speech_not_an_invented_prompt(whisper):
 def test_error_names_the_failing_document(whisper):
     good = SpeechDoc(bytes_=(ASSETS / 'apple.wav').read_bytes())
     bad = SpeechDoc(bytes_=b'not audio')
-    with pytest.raises(RequestError, match=rf'document 1 \(id {bad.id}\): bytes_ is not a decodable'):
+    with pytest.raises(
+        RequestError, match=rf'document 1 \(id {bad.id}\): bytes_ is not a decodable'
+    ):
         run(whisper, [good, bad])
 
 
@@ -73,7 +75,7 @@ def test_document_with_neither_audio_nor_text(whisper):
     [
         ({'task': 'summarise'}, "parameter 'task' must be one of transcribe, translate"),
         ({'language': 'xx'}, "parameter 'language' must be one of"),
-        ({'language': 'de'}, "the model is English-only"),
+        ({'language': 'de'}, 'the model is English-only'),
         ({'task': 'translate'}, "'translate', but the model is English-only: it cannot translate"),
         ({'spoken_settings': 'no'}, "parameter 'spoken_settings' must be true or false"),
     ],
@@ -90,8 +92,9 @@ def test_spoken_settings_are_taken_from_the_transcript(whisper):
     assert doc.tags['spoken_settings'] == {'num_images': 2, 'seed': 42}
 
 
-@pytest.mark.parametrize('executor_setting, parameters', [(True, {'spoken_settings': False}),
-                                                          (False, {})])
+@pytest.mark.parametrize(
+    'executor_setting, parameters', [(True, {'spoken_settings': False}), (False, {})]
+)
 def test_spoken_settings_turned_off_keep_the_transcript(executor_setting, parameters):
     executor = load_whisper(model=str(WHISPER_TINY_EN), spoken_settings=executor_setting)
     [doc] = run(executor, [SpeechDoc(bytes_=(ASSETS / 'fox_command.wav').read_bytes())], parameters)
@@ -120,12 +123,14 @@ def test_openai_whisper_backend_transcribes_the_spoken_clip_with_the_converted_w
     assert 0 <= segment['start'] < segment['end'] <= 3.1
 
 
-
 def test_openai_whisper_backend_decodes_at_most_max_new_tokens():
-    executor = load_whisper(backend='openai-whisper', model=str(OPENAI_WHISPER_TINY_EN), max_new_tokens=3)
+    executor = load_whisper(
+        backend='openai-whisper', model=str(OPENAI_WHISPER_TINY_EN), max_new_tokens=3
+    )
     transcript = executor.backend.transcribe(apple_samples(), task='transcribe', language=None)
     assert 1 <= len(transcript.text.split()) <= 3
     assert 'painting of a red apple'.startswith(transcript.text.lower())
+
 
 @pytest.mark.parametrize('backend', ['faster-whisper', 'openai-whisper'])
 def test_unavailable_model_fails_fast_with_its_name(backend):

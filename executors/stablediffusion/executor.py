@@ -16,9 +16,9 @@ from jina import dynamic_batching, requests
 
 from speech2image.defaults import DRAIN_SECONDS
 from speech2image.draining import DrainingExecutor
-from speech2image.schema import ImageDoc, SpeechDoc
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import DiffusionMetrics, instrumented, registry_of
+from speech2image.schema import ImageDoc, SpeechDoc
 from speech2image.spoken_settings import SPOKEN_SETTINGS_TAG, generation_parameters
 from speech2image.validation import (
     RequestError,
@@ -47,7 +47,6 @@ IMAGE_FORMATS = {'png': 'image/png', 'jpeg': 'image/jpeg', 'webp': 'image/webp'}
 LOSSY_QUALITY = 90
 
 
-
 @dataclass(frozen=True)
 class GenerationSettings:
     """The validated parameters of one request; a batch shares one set."""
@@ -67,7 +66,6 @@ class GenerationSettings:
         if self.seed is None:
             return [secrets.randbelow(SEED_LIMIT) for _ in range(self.num_images)]
         return [(self.seed + offset) % SEED_LIMIT for offset in range(self.num_images)]
-
 
 
 def encode_image(image, image_format: str) -> bytes:
@@ -218,18 +216,26 @@ class StableDiffusionExecutor(DrainingExecutor):
             sides[name] = side
         negative_prompt = parameters.get('negative_prompt')
         if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise RequestError(f"parameter 'negative_prompt' must be a string, got {negative_prompt!r}")
+            raise RequestError(
+                f"parameter 'negative_prompt' must be a string, got {negative_prompt!r}"
+            )
         return GenerationSettings(
             num_images=int_parameter(
                 parameters, 'num_images', self.defaults['num_images'], 1, self.max_images
             ),
             num_inference_steps=int_parameter(
-                parameters, 'num_inference_steps', self.defaults['num_inference_steps'],
-                1, self.max_inference_steps,
+                parameters,
+                'num_inference_steps',
+                self.defaults['num_inference_steps'],
+                1,
+                self.max_inference_steps,
             ),
             guidance_scale=float_parameter(
-                parameters, 'guidance_scale', self.defaults['guidance_scale'],
-                0.0, MAX_GUIDANCE_SCALE,
+                parameters,
+                'guidance_scale',
+                self.defaults['guidance_scale'],
+                0.0,
+                MAX_GUIDANCE_SCALE,
             ),
             seed=int_parameter(parameters, 'seed', None, 0, SEED_LIMIT - 1),
             negative_prompt=negative_prompt or None,
@@ -237,17 +243,25 @@ class StableDiffusionExecutor(DrainingExecutor):
             **sides,
         )
 
-    def document_settings(self, index: int, doc: SpeechDoc, parameters: Dict,
-                          request_settings: GenerationSettings) -> GenerationSettings:
+    def document_settings(
+        self, index: int, doc: SpeechDoc, parameters: Dict, request_settings: GenerationSettings
+    ) -> GenerationSettings:
         """A document's settings: the request's, with what its speaker said (the
         ``spoken_settings`` tag, from the WhisperExecutor) under the request's explicit ones."""
         spoken = doc.tags.get(SPOKEN_SETTINGS_TAG)
         if not spoken:
             return request_settings
         try:
-            return self.settings_from(generation_parameters(
-                spoken, parameters, self.defaults, self.max_images, self.max_inference_steps,
-                self.max_side))
+            return self.settings_from(
+                generation_parameters(
+                    spoken,
+                    parameters,
+                    self.defaults,
+                    self.max_images,
+                    self.max_inference_steps,
+                    self.max_side,
+                )
+            )
         except ValueError as error:  # RequestError included
             raise document_error(index, doc, f'spoken settings: {error}') from None
 
@@ -261,19 +275,22 @@ class StableDiffusionExecutor(DrainingExecutor):
         prompts = [check_prompt(index, doc) for index, doc in enumerate(docs)]
         groups: Dict[GenerationSettings, List[int]] = {}
         for index, doc in enumerate(docs):
-            groups.setdefault(self.document_settings(index, doc, parameters, request_settings),
-                              []).append(index)
+            groups.setdefault(
+                self.document_settings(index, doc, parameters, request_settings), []
+            ).append(index)
         self.metrics.batch_documents.observe(len(docs))
         for settings, indices in groups.items():
             seeds = [settings.seeds() for _ in indices]
             started = time.perf_counter()
             images = self.run_pipeline([prompts[i] for i in indices], seeds, settings)
-            self.metrics.observe_pipeline_call(len(images), time.perf_counter() - started,
-                                               self.pipeline.device)
+            self.metrics.observe_pipeline_call(
+                len(images), time.perf_counter() - started, self.pipeline.device
+            )
             images = iter(images)
             for index, doc_seeds in zip(indices, seeds):
                 docs[index].matches = DocList[ImageDoc](
-                    self.image_doc(next(images), prompts[index], seed, settings) for seed in doc_seeds
+                    self.image_doc(next(images), prompts[index], seed, settings)
+                    for seed in doc_seeds
                 )
         return docs
 
@@ -282,15 +299,21 @@ class StableDiffusionExecutor(DrainingExecutor):
         """'/transcribe' stops after Whisper; this Executor hands the transcript back as is."""
         return docs
 
-    def run_pipeline(self, prompts: List[str], seeds: List[List[int]], settings: GenerationSettings):
+    def run_pipeline(
+        self, prompts: List[str], seeds: List[List[int]], settings: GenerationSettings
+    ):
         """One pipeline call for every image of every prompt; returns PIL images in order."""
         import torch
 
         flat_prompts = [p for p, doc_seeds in zip(prompts, seeds) for _ in doc_seeds]
         generators = [
-            torch.Generator(device='cpu').manual_seed(seed) for doc_seeds in seeds for seed in doc_seeds
+            torch.Generator(device='cpu').manual_seed(seed)
+            for doc_seeds in seeds
+            for seed in doc_seeds
         ]
-        negative = [settings.negative_prompt] * len(flat_prompts) if settings.negative_prompt else None
+        negative = (
+            [settings.negative_prompt] * len(flat_prompts) if settings.negative_prompt else None
+        )
         with torch.inference_mode():
             result = self.pipeline(
                 prompt=flat_prompts,

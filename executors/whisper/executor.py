@@ -3,8 +3,8 @@
 Two backends behind one interface, chosen by the ``backend`` argument:
 
 - ``faster-whisper`` (default): CTranslate2, int8 on CPU and float16 on GPU; faster than PyTorch
-  Whisper on CPU (1.3x on tiny.en, 2 cores, bench/whisper_backends.py). Takes a model name (tiny ... large-v3, turbo) or a local
-  CTranslate2 model directory.
+  Whisper on CPU (1.3x on tiny.en, 2 cores, bench/whisper_backends.py). Takes a model name
+  (tiny ... large-v3, turbo) or a local CTranslate2 model directory.
 - ``openai-whisper``: the reference PyTorch implementation. Takes a model name or a local ``.pt``
   checkpoint.
 
@@ -42,7 +42,6 @@ TASKS = ('translate', 'transcribe')
 TEMPERATURES = (0.0, 0.2, 0.4)
 
 
-
 @dataclass
 class Transcript:
     """What a backend heard: text, the language (detected, or as given) and its probability,
@@ -60,12 +59,18 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-
 class FasterWhisperBackend:
     """Whisper on CTranslate2 (faster-whisper)."""
 
-    def __init__(self, model: str, device: str, compute_type: str, beam_size: int,
-                 max_new_tokens: int, vad_filter: bool):
+    def __init__(
+        self,
+        model: str,
+        device: str,
+        compute_type: str,
+        beam_size: int,
+        max_new_tokens: int,
+        vad_filter: bool,
+    ):
         import ctranslate2
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import _LANGUAGE_CODES
@@ -104,8 +109,12 @@ class FasterWhisperBackend:
             {'start': round(s.start, 2), 'end': round(s.end, 2), 'text': s.text.strip()}
             for s in segments
         ]
-        return Transcript(' '.join(s['text'] for s in timed).strip(), info.language,
-                          round(info.language_probability, 3), timed)
+        return Transcript(
+            ' '.join(s['text'] for s in timed).strip(),
+            info.language,
+            round(info.language_probability, 3),
+            timed,
+        )
 
 
 class OpenAIWhisperBackend:
@@ -227,11 +236,15 @@ class WhisperExecutor(DrainingExecutor):
 
     @requests(on=['/default', '/transcribe'])  # /default: jina's catch-all, so also '/'
     @instrumented
-    def transcribe(self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs) -> DocList[SpeechDoc]:
+    def transcribe(
+        self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs
+    ) -> DocList[SpeechDoc]:
         task = self.task_parameter(parameters)
         language = choice_parameter(parameters, 'language', None, self.backend.languages)
         if language not in (None, 'en') and not self.backend.multilingual:
-            raise RequestError(f"parameter 'language' is {language!r}, but the model is English-only")
+            raise RequestError(
+                f"parameter 'language' is {language!r}, but the model is English-only"
+            )
         spoken_settings = bool_parameter(parameters, 'spoken_settings', self.spoken_settings)
         for index, doc in enumerate(docs):
             if doc.has_audio():
@@ -248,7 +261,8 @@ class WhisperExecutor(DrainingExecutor):
                 raise RequestError(
                     "parameter 'task' is 'translate', but the model is English-only: it cannot "
                     'translate other languages; serve a multilingual Whisper (e.g. base), or ask '
-                    "for task 'transcribe' of English speech")
+                    "for task 'transcribe' of English speech"
+                )
             return 'transcribe'
         return choice_parameter(parameters, 'task', 'translate', TASKS)
 
@@ -261,16 +275,21 @@ class WhisperExecutor(DrainingExecutor):
             check_prompt(index, doc)
         return docs
 
-    def transcribe_doc(self, index: int, doc: SpeechDoc, task: str, language: Optional[str],
-                       spoken_settings: bool) -> None:
+    def transcribe_doc(
+        self, index: int, doc: SpeechDoc, task: str, language: Optional[str], spoken_settings: bool
+    ) -> None:
         try:
             samples = load_audio(doc, self.max_audio_seconds, self.audio_dir)
         except AudioError as error:
             raise document_error(index, doc, str(error)) from None
         started = time.perf_counter()
         transcript = self.backend.transcribe(samples, task, language)
-        self.metrics.observe_transcript(samples.size / SAMPLE_RATE, time.perf_counter() - started,
-                                        transcript.text, transcript.language)
+        self.metrics.observe_transcript(
+            samples.size / SAMPLE_RATE,
+            time.perf_counter() - started,
+            transcript.text,
+            transcript.language,
+        )
         if not transcript.text:
             raise document_error(index, doc, 'no speech detected in the audio')
         doc.text = transcript.text
