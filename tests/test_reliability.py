@@ -44,6 +44,8 @@ MEMORY_REQUESTS = 1000
 MEMORY_GROWTH_LIMIT_MB = 25
 REVIVAL_SECONDS = 60
 SLOW = {'num_inference_steps': 40}
+# Still running while the gateway takes in its SIGTERM and begins to refuse (the most steps allowed).
+SLOWEST = {'num_inference_steps': 100}
 # 4 clients: at most the requests in flight on the killed replica, and a retry's bad luck.
 KILLED_REPLICA_MAX_FAILED_SHARE = (
     0.25  # seconds of work on the tiny model: still running at SIGTERM
@@ -246,7 +248,7 @@ def test_sigterm_on_the_gateway_drains_and_refuses_new_requests(flow):
     gateway = psutil.Process(pods(flow, 'gateway')[0].worker.pid)
 
     async def terminate_while_busy():
-        answers = asyncio.create_task(post_many(flow.grpc, 2, SLOW))
+        answers = asyncio.create_task(post_many(flow.grpc, 2, SLOWEST))
         await asyncio.to_thread(
             poll_until,
             lambda: gateway_pending_requests(flow.port_monitoring) >= 2,

@@ -100,6 +100,8 @@ def assert_all_gone(session_id: int, ports: List[int], within: float) -> None:
     )
     for port in ports:
         with socket.socket() as probe:
+            # As a server binds: connections left in TIME_WAIT do not hold the port, a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(('127.0.0.1', port))  # raises if anything still holds it
 
 
