@@ -28,7 +28,7 @@ FLOW_FLAGS = (
     '--diffusion-replicas',
     '2',
     '--timeout-send-ms',
-    '10000',
+    '30000',
     '--retries',
     '1',
     '--request-timeout-s',
@@ -44,8 +44,8 @@ MEMORY_REQUESTS = 1000
 MEMORY_GROWTH_LIMIT_MB = 25
 REVIVAL_SECONDS = 60
 SLOW = {'num_inference_steps': 40}
-# Still running while the gateway takes in its SIGTERM and begins to refuse (the most steps allowed).
-SLOWEST = {'num_inference_steps': 100}
+# After a SIGTERM to the gateway: a request every LATE_INTERVAL_S until one is refused.
+LATE_REQUESTS, LATE_INTERVAL_S = 50, 0.1
 # 4 clients: at most the requests in flight on the killed replica, and a retry's bad luck.
 KILLED_REPLICA_MAX_FAILED_SHARE = (
     0.25  # seconds of work on the tiny model: still running at SIGTERM
@@ -248,7 +248,7 @@ def test_sigterm_on_the_gateway_drains_and_refuses_new_requests(flow):
     gateway = psutil.Process(pods(flow, 'gateway')[0].worker.pid)
 
     async def terminate_while_busy():
-        answers = asyncio.create_task(post_many(flow.grpc, 2, SLOWEST))
+        answers = asyncio.create_task(post_many(flow.grpc, 2, SLOW))
         await asyncio.to_thread(
             poll_until,
             lambda: gateway_pending_requests(flow.port_monitoring) >= 2,
@@ -256,15 +256,20 @@ def test_sigterm_on_the_gateway_drains_and_refuses_new_requests(flow):
             'the two requests did not reach the gateway',
         )
         gateway.send_signal(signal.SIGTERM)
-        late = None
-        while late is None or 'shutting down' not in late:  # until the drain has begun
-            [late] = await post_many(flow.grpc, 1, {'num_inference_steps': 1}, timeout=10)
-            if answers.done():
+        # A new request every LATE_INTERVAL_S, not waiting for it: one sent before the drain
+        # began queues behind the two and must not hold up the next one.
+        late = []
+        for _ in range(LATE_REQUESTS):
+            late.append(asyncio.create_task(post_many(flow.grpc, 1, {'num_inference_steps': 1})))
+            await asyncio.sleep(LATE_INTERVAL_S)
+            if any(task.done() and 'shutting down' in (task.result()[0] or '') for task in late):
                 break
-        return answers.done(), await answers, late
+        in_flight_at_refusal = not answers.done()
+        return in_flight_at_refusal, await answers, [(await task)[0] for task in late]
 
-    done_before_refusal, answers, late = asyncio.run(terminate_while_busy())
-    assert not done_before_refusal, 'new requests were refused while the two were in flight'
+    in_flight_at_refusal, answers, late = asyncio.run(terminate_while_busy())
+    assert any('shutting down' in (answer or '') for answer in late), late
+    assert all(answer is None or 'shutting down' in answer for answer in late), late
+    assert in_flight_at_refusal, 'the two requests were done before the drain refused anything'
     assert answers == [None, None]
-    assert 'shutting down' in late
     gateway.wait(timeout=30)
