@@ -44,6 +44,7 @@ from speech2image.request_policy import (
     check_json_request,
     error_response,
     executor_refusal,
+    invalid,
     service_failure,
     status_refusal,
     too_large,
@@ -139,9 +140,7 @@ async def checked_stream(requests, context):
     try:
         first = await iterator.__anext__()
     except StopAsyncIteration:
-        raise Refusal(
-            'the call carried no request', grpc.StatusCode.INVALID_ARGUMENT, 422
-        ) from None
+        raise invalid('the call carried no request') from None
     check_data_request(first)
 
     async def the_rest():

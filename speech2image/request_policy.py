@@ -183,7 +183,7 @@ def check_parameters(parameters: Any) -> None:
         )
 
 
-def struct_numbers_finite(struct) -> Optional[str]:
+def non_finite_struct_number(struct) -> Optional[str]:
     """The name of a parameter in a protobuf ``Struct`` that holds NaN or infinity, if any."""
     pending = [(f'parameters.{name}', value) for name, value in struct.fields.items()]
     while pending:
@@ -212,7 +212,7 @@ def check_data_request(request) -> None:
     """Raise ``Refusal`` for a jina DataRequest (gRPC or WebSocket) the Flow must not get."""
     endpoint = request.header.exec_endpoint
     check_endpoint(endpoint)
-    where = struct_numbers_finite(request.proto_wo_data.parameters)
+    where = non_finite_struct_number(request.proto_wo_data.parameters)
     if where is not None:
         raise invalid(f"'{where}' must be a finite number, got NaN or infinity")
     if endpoint not in JINA_INTERNAL_ENDPOINTS and document_count(request) == 0:

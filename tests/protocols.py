@@ -13,7 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import aiohttp
 import grpc
@@ -95,35 +95,23 @@ def http_path(endpoint: str) -> str:
     return HTTP_ROOT_ENDPOINT if endpoint == '/' else endpoint
 
 
-def over_http(
-    base_url: str,
-    endpoint: str,
-    docs: List[SpeechDoc],
-    parameters: Dict,
-    body: Optional[bytes] = None,
-) -> Answer:
-    """A JSON POST, as curl or a browser makes it (``body`` replaces the one built from docs)."""
-    return post_json(f'{base_url}{http_path(endpoint)}', docs, parameters, body, 'detail')
+def over_http(base_url: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict) -> Answer:
+    """A JSON POST, as curl or a browser makes it."""
+    return post_json(f'{base_url}{http_path(endpoint)}', docs, parameters, 'detail')
 
 
 def over_web_service(
-    web_url: str,
-    endpoint: str,
-    docs: List[SpeechDoc],
-    parameters: Dict,
-    body: Optional[bytes] = None,
+    web_url: str, endpoint: str, docs: List[SpeechDoc], parameters: Dict
 ) -> Answer:
     """What the web page sends: ``POST /api/<endpoint>`` to speech2image.web."""
-    return post_json(f'{web_url}/api{http_path(endpoint)}', docs, parameters, body, 'error')
+    return post_json(f'{web_url}/api{http_path(endpoint)}', docs, parameters, 'error')
 
 
-def post_json(
-    url: str, docs: List[SpeechDoc], parameters: Dict, body: Optional[bytes], error_key: str
-) -> Answer:
+def post_json(url: str, docs: List[SpeechDoc], parameters: Dict, error_key: str) -> Answer:
     """POST the request as JSON; the answer, with the error message read from ``error_key``."""
     response = requests.post(
         url,
-        data=json_body(docs, parameters) if body is None else body,
+        data=json_body(docs, parameters),
         headers={'Content-Type': 'application/json'},
         timeout=ANSWER_TIMEOUT_S,
     )
