@@ -123,6 +123,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "off sends the transcript as is (a request's spoken_settings wins)",
     )
     whisper.add_argument('--whisper-replicas', type=int, default=1)
+    whisper.add_argument(
+        '--whisper-threads',
+        type=int,
+        help='CPU threads per Whisper replica; unset: the local thread plan',
+    )
     diffusion = parser.add_argument_group('StableDiffusionExecutor (unset: the Executor default)')
     diffusion.add_argument(
         '--diffusion-model', help='diffusers checkpoint: hub id or local directory'
@@ -142,13 +147,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     diffusion.add_argument('--diffusion-replicas', type=int, default=1)
     diffusion.add_argument(
-        '--batch-size',
+        '--diffusion-threads',
         type=int,
-        default=4,
-        help='preferred dynamic batch size (documents per pipeline call)',
+        help='torch CPU threads per diffusion replica; unset: the local thread plan',
     )
     diffusion.add_argument(
-        '--batch-timeout-ms', type=int, default=50, help='longest wait to fill a dynamic batch'
+        '--batch-size',
+        type=int,
+        help='most documents per pipeline call, taken from what queued while '
+        'the previous call ran (no waiting window)',
     )
     parser.add_argument(
         '--export-yaml', type=Path, metavar='PATH', help='write the Flow as YAML to PATH and exit'
@@ -179,7 +186,6 @@ def tracing_options(args: argparse.Namespace) -> Dict[str, Any]:
 
 def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
     """The Flow as plain data: ``build_flow`` builds it in Python, ``--export-yaml`` dumps it."""
-    batching = {'preferred_batch_size': args.batch_size, 'timeout': args.batch_timeout_ms}
     tracing = tracing_options(args)
     return {
         'jtype': 'Flow',
@@ -216,6 +222,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     compute_type=args.whisper_compute_type,
                     max_audio_seconds=args.max_audio_seconds,
                     audio_dir=args.audio_dir,
+                    threads=args.whisper_threads,
                     drain_seconds=args.drain_seconds,
                     spoken_settings=None
                     if args.spoken_settings is None
@@ -240,9 +247,10 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     guidance_scale=args.guidance_scale,
                     scheduler=args.diffusion_scheduler,
                     compile_unet=args.compile_unet,
+                    max_batch_size=args.batch_size,
+                    threads=args.diffusion_threads,
                     drain_seconds=args.drain_seconds,
                 ),
-                'uses_dynamic_batching': {'generate': batching},  # every endpoint of generate()
                 'replicas': args.diffusion_replicas,
                 'monitoring': True,
                 'port_monitoring': monitoring_port(args, 'stablediffusion'),

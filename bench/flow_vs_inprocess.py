@@ -6,14 +6,14 @@ the same Executors in-process, in one run, on the offline models.
 Workloads (bench/measure.py): ``speech``, the whole pipeline on assets/apple.wav; ``text``,
 ``/generate`` with one denoising step, where the Flow's own overhead shows most.
 
-In-process, one Executor serves one request at a time (as jina runs it), so its throughput is
-the same at any concurrency; the Flow at concurrency > 1 also gains from dynamic batching. The
-"batching off" row (preferred batch size 1) shows the gateway and hops alone, without the
-dynamic-batching window a lone request waits out.
+In-process, one request at a time, so its throughput is the same at any concurrency; the Flow
+at concurrency > 1 also overlaps Whisper with diffusion and batches what queues. The "batching
+off" row (batch size 1) shows the gateway and hops alone.
 Every figure is the median over ``--repeats`` runs.
 """
 
 import argparse
+import asyncio
 from typing import Callable, Dict, List
 
 from docarray import DocList
@@ -31,9 +31,8 @@ from bench.measure import (
     flow_args,
     measure_flow_repeated,
     measure_in_process,
-    median_run,
 )
-from bench.report import machine_summary, markdown_table
+from bench.report import machine_summary, markdown_table, median_run
 from speech2image import offline_models
 from speech2image.schema import SpeechDoc
 
@@ -61,12 +60,15 @@ def load_executors():
 
 
 def in_process_call(whisper, diffusion, workload: Workload) -> Callable:
-    """The same work the Flow does for the workload's endpoint, as direct method calls."""
+    """The same work the Flow does for the workload's endpoint, as direct (awaited) calls."""
     first = whisper.transcribe if workload.endpoint == '/' else whisper.check_prompts
 
+    async def both(doc: SpeechDoc, parameters: Dict) -> None:
+        docs = await first(docs=DocList[SpeechDoc]([doc]), parameters=parameters)
+        await diffusion.generate(docs=docs, parameters=parameters)
+
     def call(doc: SpeechDoc, parameters: Dict) -> None:
-        docs = first(docs=DocList[SpeechDoc]([doc]), parameters=parameters)
-        diffusion.generate(docs=docs, parameters=parameters)
+        asyncio.run(both(doc, parameters))
 
     return call
 

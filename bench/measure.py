@@ -11,10 +11,9 @@ this module before jina or torch. It sets:
 
 import asyncio
 import os
-import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List
 
 os.environ.setdefault('JINA_OPTOUT_TELEMETRY', '1')
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -24,6 +23,7 @@ from docarray import DocList  # noqa: E402
 from jina import Client  # noqa: E402
 
 import flow as flow_module  # noqa: E402
+from bench.report import median_run, summarise  # noqa: E402
 from speech2image import offline_models  # noqa: E402
 from speech2image.schema import SpeechDoc  # noqa: E402
 from tests.conftest import free_port_run, free_ports  # noqa: E402
@@ -51,25 +51,6 @@ WORKLOADS = {
         '/generate', lambda: SpeechDoc(text='a red apple'), {'num_inference_steps': 1, 'seed': 1}
     ),
 }
-
-
-def percentile(values: Sequence[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
-
-
-def summarise(latencies: List[float], elapsed: float) -> Dict[str, float]:
-    """p50/p99 latency in ms and throughput in requests per second."""
-    return {
-        'p50_ms': 1000 * statistics.median(latencies),
-        'p99_ms': 1000 * percentile(latencies, 0.99),
-        'rps': len(latencies) / elapsed,
-    }
-
-
-def median_run(runs: List[Dict[str, float]]) -> Dict[str, float]:
-    """Each figure's median over repeated runs."""
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def flow_args(*extra: str):

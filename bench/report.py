@@ -1,9 +1,11 @@
-"""Printing helpers shared by the benchmarks: the machine and versions, and markdown tables."""
+"""What the benchmarks share that sets nothing up: the machine and versions, latency statistics,
+markdown tables. (bench/measure.py, by contrast, sets the environment at import.)"""
 
 import os
 import platform
+import statistics
 from importlib.metadata import version
-from typing import List
+from typing import Dict, List, Sequence
 
 PACKAGES = ('jina', 'docarray', 'torch', 'faster-whisper', 'diffusers', 'ctranslate2')
 
@@ -21,3 +23,22 @@ def markdown_table(header: List[str], rows: List[List[str]]) -> str:
     lines = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
     lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
     return '\n'.join(lines)
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def summarise(latencies: List[float], elapsed: float) -> Dict[str, float]:
+    """p50/p99 latency in ms and throughput in requests per second."""
+    return {
+        'p50_ms': 1000 * statistics.median(latencies),
+        'p99_ms': 1000 * percentile(latencies, 0.99),
+        'rps': len(latencies) / elapsed,
+    }
+
+
+def median_run(runs: List[Dict[str, float]]) -> Dict[str, float]:
+    """Each figure's median over repeated runs."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}

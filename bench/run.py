@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = [
+    ("The original example's workload at default threads", 'bench.original_workload'),
     ('Flow against in-process', 'bench.flow_vs_inprocess'),
     ('Replicas and dynamic batching', 'bench.scaling'),
     ('Images per second by step count', 'bench.steps'),

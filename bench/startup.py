@@ -20,8 +20,8 @@ import urllib.request
 from typing import Dict, List
 
 # bench.measure first: it sets the environment jina and torch read at import.
-from bench.measure import ROOT, median_run
-from bench.report import machine_summary, markdown_table
+from bench.measure import ROOT
+from bench.report import machine_summary, markdown_table, median_run
 from tests.conftest import serve_flow_process
 
 LOAD_METRIC = 'speech2image_model_load_seconds'

@@ -14,6 +14,7 @@ batching can gain on this hardware.
 """
 
 import argparse
+import asyncio
 import statistics
 import time
 from typing import List
@@ -69,7 +70,7 @@ def seconds_per_image(executor, side: int, steps: int, batch: int, repeats: int)
     for _ in range(repeats + 1):
         docs = DocList[SpeechDoc]([SpeechDoc(text='a red apple') for _ in range(batch)])
         started = time.perf_counter()
-        executor.generate(docs=docs, parameters=parameters)
+        asyncio.run(executor.generate(docs=docs, parameters=parameters))
         timings.append((time.perf_counter() - started) / batch)
     return statistics.median(timings[1:])
 

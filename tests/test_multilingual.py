@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-from docarray import DocList
 from jina import Executor
 from playwright.sync_api import sync_playwright
 
@@ -17,6 +16,7 @@ from speech2image import offline_models
 from speech2image.client import send
 from speech2image.schema import SpeechDoc
 from tests.conftest import ASSETS, MODELS, ROOT, serve_flow_process
+from tests.support import call_endpoint
 from tests.test_web import ANSWER_TIMEOUT_S, CHROMIUM, CHROMIUM_FLAGS, DESKTOP, open_page, serve_web
 
 CONFIG = 'executors/whisper/config.yml'
@@ -43,7 +43,7 @@ def whisper_base():
 
 
 def transcribe(executor, name: str, **parameters) -> SpeechDoc:
-    [doc] = executor.transcribe(docs=DocList[SpeechDoc]([clip(name)]), parameters=parameters)
+    [doc] = call_endpoint(executor, 'transcribe', [clip(name)], parameters)
     return doc
 
 

@@ -1,12 +1,12 @@
 """StableDiffusionExecutor on the tiny model: a document's spoken settings, under the request's."""
 
 import pytest
-from docarray import DocList
 from jina import Executor
 
 from speech2image.schema import SpeechDoc
 from speech2image.validation import RequestError
 from tests.conftest import TINY_SD
+from tests.support import call_endpoint
 
 CONFIG = 'executors/stablediffusion/config.yml'
 
@@ -23,7 +23,7 @@ def spoken_doc(text: str, **settings) -> SpeechDoc:
 
 
 def generate(executor, docs, **parameters):
-    return executor.generate(docs=DocList[SpeechDoc](docs), parameters=parameters)
+    return call_endpoint(executor, 'generate', docs, parameters)
 
 
 def test_spoken_settings_make_the_images(diffusion):

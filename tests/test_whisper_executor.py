@@ -1,15 +1,19 @@
 """WhisperExecutor on the offline models, loaded through its config.yml as the Flow loads it."""
 
+import asyncio
+
 import numpy as np
 import pytest
 from docarray import DocList
 from jina import Executor
 
+from speech2image.audio import load_audio
 from speech2image.hub import ModelLoadError
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from speech2image.validation import RequestError
 from tests.audio_files import apple_samples
 from tests.conftest import ASSETS, OPENAI_WHISPER_TINY_EN, WHISPER_TINY_EN
+from tests.support import call_endpoint
 
 CONFIG = 'executors/whisper/config.yml'
 
@@ -24,7 +28,7 @@ def whisper():
 
 
 def run(executor, docs, parameters=None, endpoint='transcribe'):
-    return getattr(executor, endpoint)(docs=DocList[SpeechDoc](docs), parameters=parameters or {})
+    return call_endpoint(executor, endpoint, docs, parameters)
 
 
 def test_real_tiny_en_transcribes_the_spoken_clip(whisper):
@@ -42,6 +46,37 @@ def test_real_tiny_en_transcribes_the_spoken_clip(whisper):
 def test_tensor_input_gives_the_same_transcript(whisper):
     [doc] = run(whisper, [SpeechDoc(tensor=apple_samples())])
     assert 'red apple on a wooden table' in doc.text.lower()
+
+
+def test_a_batched_decode_hears_each_clip_as_alone(whisper):
+    """Clips decoded in one batch give each its own transcript; noise among them gives none."""
+    apple = apple_samples()
+    lighthouse = load_audio(SpeechDoc(bytes_=(ASSETS / 'lighthouse.wav').read_bytes()), 60, None)
+    noise = np.random.default_rng(0).normal(0, 0.1, 3 * SAMPLE_RATE).astype(np.float32)
+    alone = [
+        whisper.backend.transcribe(clip, 'transcribe', None).text for clip in (apple, lighthouse)
+    ]
+    batched = whisper.backend.transcribe_batch([apple, noise, lighthouse], 'transcribe', None)
+    assert [transcript.text for transcript in batched] == [alone[0], '', alone[1]]
+    assert 'red apple' in alone[0] and 'painting' in alone[1]
+    [segment] = batched[2].segments
+    assert 0 <= segment['start'] < segment['end'] <= 3.2  # times within its own clip
+
+
+def test_concurrent_requests_get_their_own_transcripts(whisper):
+    clips = [(ASSETS / name).read_bytes() for name in ('apple.wav', 'lighthouse.wav')] * 2
+
+    async def concurrently():
+        return await asyncio.gather(
+            *(
+                whisper.transcribe(docs=DocList[SpeechDoc]([SpeechDoc(bytes_=clip)]), parameters={})
+                for clip in clips
+            )
+        )
+
+    texts = [doc.text.lower() for [doc] in asyncio.run(concurrently())]
+    assert ['red apple' in text for text in texts] == [True, False, True, False]
+    assert ['sea' in text for text in texts] == [False, True, False, True]
 
 
 def test_text_only_document_passes_through(whisper):

@@ -1,10 +1,14 @@
 """StableDiffusionExecutor: a prompt (``doc.text``) in, PNG images (``doc.matches``) out.
 
 Loads any diffusers text-to-image checkpoint, by hub id or local directory, through
-``AutoPipelineForText2Image``. Concurrent requests with the same parameters are merged by jina's
-dynamic batching into one pipeline call, so they share UNet forward passes.
+``AutoPipelineForText2Image``. One model thread makes every pipeline call (speech2image/batching.py):
+requests that queue while it is busy, with the same parameters, share its next call and so their
+UNet forward passes; a lone request starts at once.
 """
 
+import asyncio
+import dataclasses
+import functools
 import io
 import secrets
 import time
@@ -12,8 +16,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from docarray import DocList
-from jina import dynamic_batching, requests
+from jina import requests
 
+from speech2image.batching import ModelWorker
+from speech2image.cpus import thread_count, use_torch_threads
 from speech2image.defaults import DRAIN_SECONDS
 from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
@@ -45,6 +51,8 @@ FEW_STEP_DEFAULTS = {'turbo': (1, 0.0), 'lcm': (4, 1.0)}
 DPM_SOLVER_PIPELINES = ('StableDiffusionPipeline', 'StableDiffusionXLPipeline')
 IMAGE_FORMATS = {'png': 'image/png', 'jpeg': 'image/jpeg', 'webp': 'image/webp'}
 LOSSY_QUALITY = 90
+# torch.compile modes: CUDA graphs on GPU; on CPU, Inductor's C++ kernels (needs a C++ compiler).
+COMPILE_MODES = {'cuda': 'reduce-overhead', 'cpu': 'default'}
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,26 @@ class GenerationSettings:
         if self.seed is None:
             return [secrets.randbelow(SEED_LIMIT) for _ in range(self.num_images)]
         return [(self.seed + offset) % SEED_LIMIT for offset in range(self.num_images)]
+
+    def batch_key(self) -> 'GenerationSettings':
+        """What requests must share to share a pipeline call: everything but the seed, which
+        each request has already turned into its images' seeds."""
+        return dataclasses.replace(self, seed=None)
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """Work for the model thread: the prompts of a request's documents that share settings,
+    each prompt's seeds, those settings, and the documents' places in the request."""
+
+    prompts: List[str]
+    seeds: List[List[int]]
+    settings: GenerationSettings
+    indices: List[int]
+
+    @property
+    def images(self) -> int:
+        return sum(len(doc_seeds) for doc_seeds in self.seeds)
 
 
 def encode_image(image, image_format: str) -> bytes:
@@ -111,6 +139,8 @@ class StableDiffusionExecutor(DrainingExecutor):
         vae_tiling: bool = False,
         compile_unet: bool = False,
         warmup: bool = True,
+        max_batch_size: int = 4,
+        threads: Optional[int] = None,
         drain_seconds: float = DRAIN_SECONDS,
         **kwargs,
     ):
@@ -131,11 +161,16 @@ class StableDiffusionExecutor(DrainingExecutor):
         :param scheduler: 'auto' (DPM-Solver++ for Stable Diffusion 1.x/2.x/XL, the checkpoint's
             own for few-step models), 'checkpoint', or 'dpm++'.
         :param vae_tiling: decode in tiles, for large images on small GPUs.
-        :param compile_unet: ``torch.compile`` the UNet (slow first call, faster after).
+        :param compile_unet: ``torch.compile`` the UNet (slow first call, faster after; on CPU
+            it needs a C++ compiler).
         :param warmup: run one tiny generation at load, so the first request is not the slow one.
+        :param max_batch_size: the most documents one pipeline call takes from the queue.
+        :param threads: torch CPU threads for the pipeline; None is the CPUs this process may use
+            (its affinity, within a cgroup CPU quota) shared equally by the local replicas.
         :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
         """
         super().__init__(**kwargs)
+        self.threads = thread_count(threads, self)
         if scheduler not in SCHEDULERS:
             raise ValueError(f'scheduler must be one of {", ".join(SCHEDULERS)}, got {scheduler!r}')
         self.model_name = model
@@ -155,8 +190,16 @@ class StableDiffusionExecutor(DrainingExecutor):
         self.max_images = max_images
         self.max_inference_steps = max_inference_steps
         self.max_side = max_side
+        # Every pipeline call, the warm-up included, runs on this one thread (speech2image/batching.py).
+        self.worker = ModelWorker(
+            self.generate_batch,
+            max_batch_size,
+            'diffusion-model',
+            on_start=functools.partial(use_torch_threads, self.threads),
+        )
         if warmup:
-            self.run_pipeline(['warm-up'], [[0]], self.settings_from({'num_inference_steps': 1}))
+            settings = self.settings_from({'num_inference_steps': 1})
+            self.worker.call(lambda: self.run_pipeline(['warm-up'], [[0]], settings))
         # Watch the UNet only now: the warm-up is not traffic.
         self.metrics.watch_unet(self.pipeline.unet)
         self.start_draining_on_sigterm(drain_seconds)
@@ -202,7 +245,9 @@ class StableDiffusionExecutor(DrainingExecutor):
         if pipeline.device.type == 'cuda':
             pipeline.unet.to(memory_format=torch.channels_last)
         if compile_unet:
-            pipeline.unet = torch.compile(pipeline.unet, mode='reduce-overhead', fullgraph=True)
+            pipeline.unet = torch.compile(
+                pipeline.unet, mode=COMPILE_MODES[pipeline.device.type], fullgraph=True
+            )
 
     def settings_from(self, parameters: Dict) -> GenerationSettings:
         """Validate a request's parameters against the caps, filling in the defaults."""
@@ -265,38 +310,72 @@ class StableDiffusionExecutor(DrainingExecutor):
         except ValueError as error:  # RequestError included
             raise document_error(index, doc, f'spoken settings: {error}') from None
 
-    @requests(on=['/default', '/generate'])  # /default: jina's catch-all, so also '/'
-    @dynamic_batching(preferred_batch_size=4, timeout=50)
-    @instrumented
-    def generate(self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs) -> DocList[SpeechDoc]:
-        """Generate ``num_images`` images per document, one pipeline call per set of settings
-        in the batch (documents differ only when their speakers said settings)."""
+    def generation_jobs(self, docs: DocList[SpeechDoc], parameters: Dict) -> List[GenerationJob]:
+        """The request's documents as jobs for the model thread, one per set of settings
+        (documents differ only when their speakers said settings), each with its docs' indices."""
         request_settings = self.settings_from(parameters)
         prompts = [check_prompt(index, doc) for index, doc in enumerate(docs)]
         groups: Dict[GenerationSettings, List[int]] = {}
         for index, doc in enumerate(docs):
-            groups.setdefault(
-                self.document_settings(index, doc, parameters, request_settings), []
-            ).append(index)
-        self.metrics.batch_documents.observe(len(docs))
-        for settings, indices in groups.items():
-            seeds = [settings.seeds() for _ in indices]
-            started = time.perf_counter()
-            images = self.run_pipeline([prompts[i] for i in indices], seeds, settings)
-            self.metrics.observe_pipeline_call(
-                len(images), time.perf_counter() - started, self.pipeline.device
+            settings = self.document_settings(index, doc, parameters, request_settings)
+            groups.setdefault(settings, []).append(index)
+        return [
+            GenerationJob(
+                [prompts[i] for i in indices],
+                [settings.seeds() for _ in indices],
+                settings,
+                indices,
             )
-            images = iter(images)
-            for index, doc_seeds in zip(indices, seeds):
-                docs[index].matches = DocList[ImageDoc](
-                    self.image_doc(next(images), prompts[index], seed, settings)
-                    for seed in doc_seeds
-                )
-        return docs
+            for settings, indices in groups.items()
+        ]
+
+    @requests(on=['/default', '/generate'])  # /default: jina's catch-all, so also '/'
+    @instrumented
+    async def generate(
+        self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs
+    ) -> DocList[SpeechDoc]:
+        """Generate ``num_images`` images per document: each job waits on the model thread,
+        which may run it in one pipeline call with other requests' jobs queued beside it."""
+        jobs = self.generation_jobs(docs, parameters)
+        results = await asyncio.gather(
+            *(self.worker.run(job, job.settings.batch_key(), len(job.prompts)) for job in jobs)
+        )
+        # Encoding (PNG: tens of ms at 512 px) off the event loop and off the model thread.
+        return await asyncio.to_thread(self.attach_images, docs, jobs, results)
 
     @requests(on='/transcribe')
-    def pass_through(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:
+    async def pass_through(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:
         """'/transcribe' stops after Whisper; this Executor hands the transcript back as is."""
+        return docs
+
+    def generate_batch(self, jobs: List[GenerationJob]) -> List[List]:
+        """On the model thread: one pipeline call for every image of every job (they share a
+        batch key); returns each job's PIL images, in order."""
+        settings = jobs[0].settings
+        prompts = [prompt for job in jobs for prompt in job.prompts]
+        seeds = [doc_seeds for job in jobs for doc_seeds in job.seeds]
+        self.metrics.batch_documents.observe(len(prompts))
+        started = time.perf_counter()
+        images = self.run_pipeline(prompts, seeds, settings)
+        self.metrics.observe_pipeline_call(
+            len(images), time.perf_counter() - started, self.pipeline.device
+        )
+        per_job, start = [], 0
+        for job in jobs:
+            per_job.append(images[start : start + job.images])
+            start += job.images
+        return per_job
+
+    def attach_images(
+        self, docs: DocList[SpeechDoc], jobs: List[GenerationJob], results: List[List]
+    ) -> DocList[SpeechDoc]:
+        """Each document's images, encoded, as its ``matches``."""
+        for job, images in zip(jobs, results):
+            images = iter(images)
+            for index, prompt, doc_seeds in zip(job.indices, job.prompts, job.seeds):
+                docs[index].matches = DocList[ImageDoc](
+                    self.image_doc(next(images), prompt, seed, job.settings) for seed in doc_seeds
+                )
         return docs
 
     def run_pipeline(

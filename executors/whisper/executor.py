@@ -9,9 +9,13 @@ Two backends behind one interface, chosen by the ``backend`` argument:
   checkpoint.
 
 Decoding is bounded (temperature fallback over a short ladder, at most ``max_new_tokens`` tokens
-per window), so noise or a bad model cannot run for minutes.
+per window), so noise or a bad model cannot run for minutes. One model thread runs every
+transcription (speech2image/batching.py); clips that queue while it is busy go in its next batch.
 """
 
+import asyncio
+import bisect
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,8 @@ from docarray import DocList
 from jina import requests
 
 from speech2image.audio import AudioError, load_audio
+from speech2image.batching import ModelWorker
+from speech2image.cpus import thread_count, use_torch_threads
 from speech2image.defaults import DRAIN_SECONDS
 from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
@@ -40,6 +46,10 @@ BACKENDS = ('faster-whisper', 'openai-whisper')
 TASKS = ('translate', 'transcribe')
 # Retried temperatures when a decode looks degenerate; short, to bound the worst case.
 TEMPERATURES = (0.0, 0.2, 0.4)
+# Whisper's window: a batched decode takes each clip's speech in pieces of at most this length.
+WINDOW_SECONDS = 30
+# A batched segment starts where its piece of speech starts, to faster-whisper's rounding.
+SEGMENT_START_TOLERANCE_S = 0.01
 
 
 @dataclass
@@ -51,6 +61,15 @@ class Transcript:
     language: str
     language_probability: float
     segments: List[Dict] = field(default_factory=list)
+
+
+@dataclass
+class ClipJob:
+    """One clip for the model thread: its samples and how to decode them (the batch key)."""
+
+    samples: np.ndarray
+    task: str
+    language: Optional[str]
 
 
 def cuda_available() -> bool:
@@ -70,9 +89,10 @@ class FasterWhisperBackend:
         beam_size: int,
         max_new_tokens: int,
         vad_filter: bool,
+        threads: int,
     ):
         import ctranslate2
-        from faster_whisper import WhisperModel
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
         from faster_whisper.tokenizer import _LANGUAGE_CODES
 
         if device == 'auto':
@@ -81,8 +101,13 @@ class FasterWhisperBackend:
             compute_type = 'float16' if device == 'cuda' else 'int8'
         try:
             self.model = WhisperModel(
-                model, device=device, compute_type=compute_type, local_files_only=hub_offline()
+                model,
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=threads,
+                local_files_only=hub_offline(),
             )
+            self.batched = BatchedInferencePipeline(self.model)
         except Exception as error:
             raise ModelLoadError(
                 f'cannot load faster-whisper model {model!r}: {error}. Give a local CTranslate2 '
@@ -115,6 +140,76 @@ class FasterWhisperBackend:
             round(info.language_probability, 3),
             timed,
         )
+
+    def transcribe_batch(
+        self, clips: List[np.ndarray], task: str, language: Optional[str]
+    ) -> List[Transcript]:
+        """Several clips in one batched decode (faster-whisper's BatchedInferencePipeline): their
+        speech, found by VAD in each clip, laid end to end and decoded as one batch of windows.
+        One clip, or a multilingual model left to detect the language (the pipeline detects
+        one for the whole batch), takes ``transcribe`` per clip instead. A batched decode is
+        greedy at the first temperature: no fallback ladder."""
+        if len(clips) == 1 or (self.multilingual and language is None):
+            return [self.transcribe(samples, task, language) for samples in clips]
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        vad = VadOptions(max_speech_duration_s=WINDOW_SECONDS, min_silence_duration_ms=160)
+        window = WINDOW_SECONDS * SAMPLE_RATE
+        pieces, owners, offset = [], [], 0  # pieces in seconds on the joined audio
+        for number, samples in enumerate(clips):
+            speech = (
+                get_speech_timestamps(samples, vad)
+                if self.vad_filter
+                else [
+                    {'start': start, 'end': min(start + window, samples.size)}
+                    for start in range(0, samples.size, window)
+                ]
+            )
+            for span in speech:
+                pieces.append(
+                    {
+                        'start': (offset + span['start']) / SAMPLE_RATE,
+                        'end': (offset + span['end']) / SAMPLE_RATE,
+                    }
+                )
+                owners.append((number, offset / SAMPLE_RATE))
+            offset += samples.size
+        found = [[] for _ in clips]
+        if pieces:
+            segments, _ = self.batched.transcribe(
+                np.concatenate(clips),
+                language=language or 'en',
+                task=task,
+                clip_timestamps=pieces,
+                batch_size=len(pieces),
+                beam_size=self.beam_size,
+                temperature=TEMPERATURES[0],
+                max_new_tokens=self.max_new_tokens,
+                condition_on_previous_text=False,
+                vad_filter=False,
+            )
+            starts = [piece['start'] for piece in pieces]
+            for segment in segments:  # a piece gives one segment, or none when nothing was heard
+                piece = bisect.bisect_right(starts, segment.start + SEGMENT_START_TOLERANCE_S) - 1
+                number, start = owners[piece]
+                found[number].append(
+                    {
+                        'start': max(0.0, round(segment.start - start, 2)),
+                        'end': round(segment.end - start, 2),
+                        'text': segment.text.strip(),
+                    }
+                )
+        # The language was given (or the model is English-only): certain, as faster-whisper
+        # reports a given language.
+        return [
+            Transcript(
+                ' '.join(s['text'] for s in timed if s['text']).strip(),
+                language or 'en',
+                1.0,
+                [s for s in timed if s['text']],
+            )
+            for timed in found
+        ]
 
 
 class OpenAIWhisperBackend:
@@ -172,6 +267,12 @@ class OpenAIWhisperBackend:
         ]
         return Transcript(result['text'].strip(), result['language'], round(probability, 3), timed)
 
+    def transcribe_batch(
+        self, clips: List[np.ndarray], task: str, language: Optional[str]
+    ) -> List[Transcript]:
+        """One clip after another: openai-whisper's ``transcribe`` takes one clip."""
+        return [self.transcribe(samples, task, language) for samples in clips]
+
 
 class WhisperExecutor(DrainingExecutor):
     """Transcribes (or translates to English) each document's audio into ``doc.text``.
@@ -199,6 +300,8 @@ class WhisperExecutor(DrainingExecutor):
         spoken_settings: bool = True,
         max_audio_seconds: float = 60.0,
         audio_dir: Optional[str] = None,
+        max_batch_size: int = 8,
+        threads: Optional[int] = None,
         drain_seconds: float = DRAIN_SECONDS,
         **kwargs,
     ):
@@ -215,15 +318,19 @@ class WhisperExecutor(DrainingExecutor):
             seed 42"); a request's ``spoken_settings`` parameter overrides it.
         :param max_audio_seconds: longer audio is refused.
         :param audio_dir: directory that ``uri`` paths may read from; None refuses ``uri``.
+        :param max_batch_size: the most clips the model thread takes from the queue at once.
+        :param threads: CPU threads for the model (CTranslate2, or torch for openai-whisper);
+            None is the CPUs this process may use shared equally by the local replicas.
         :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
         """
         super().__init__(**kwargs)
         if backend not in BACKENDS:
             raise ValueError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
+        self.threads = thread_count(threads, self)
         load_started = time.perf_counter()
         if backend == 'faster-whisper':
             self.backend = FasterWhisperBackend(
-                model, device, compute_type, beam_size, max_new_tokens, vad_filter
+                model, device, compute_type, beam_size, max_new_tokens, vad_filter, self.threads
             )
         else:
             self.backend = OpenAIWhisperBackend(model, device, beam_size, max_new_tokens)
@@ -232,11 +339,19 @@ class WhisperExecutor(DrainingExecutor):
         self.max_audio_seconds = max_audio_seconds
         self.audio_dir = Path(audio_dir) if audio_dir else None
         self.spoken_settings = spoken_settings
+        # CTranslate2 took its thread count at load; torch takes it on the thread that runs it.
+        torch_threads = functools.partial(use_torch_threads, self.threads)
+        self.worker = ModelWorker(
+            self.transcribe_batch,
+            max_batch_size,
+            'whisper-model',
+            on_start=None if backend == 'faster-whisper' else torch_threads,
+        )
         self.start_draining_on_sigterm(drain_seconds)
 
     @requests(on=['/default', '/transcribe'])  # /default: jina's catch-all, so also '/'
     @instrumented
-    def transcribe(
+    async def transcribe(
         self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs
     ) -> DocList[SpeechDoc]:
         task = self.task_parameter(parameters)
@@ -246,9 +361,19 @@ class WhisperExecutor(DrainingExecutor):
                 f"parameter 'language' is {language!r}, but the model is English-only"
             )
         spoken_settings = bool_parameter(parameters, 'spoken_settings', self.spoken_settings)
-        for index, doc in enumerate(docs):
-            if doc.has_audio():
+        # Every clip of the request is queued at once, so they can share a batch.
+        outcomes = await asyncio.gather(
+            *(
                 self.transcribe_doc(index, doc, task, language, spoken_settings)
+                for index, doc in enumerate(docs)
+                if doc.has_audio()
+            ),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:  # the first document's error, as a loop over them would raise
+            if isinstance(outcome, BaseException):
+                raise outcome
+        for index, doc in enumerate(docs):
             check_prompt(index, doc)
         return docs
 
@@ -268,28 +393,38 @@ class WhisperExecutor(DrainingExecutor):
 
     @requests(on='/generate')
     @instrumented
-    def check_prompts(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:
+    async def check_prompts(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:
         """Text-to-image requests: refuse bad prompts here, before they reach the batched
         diffusion Executor, where one bad document would fail every request in its batch."""
         for index, doc in enumerate(docs):
             check_prompt(index, doc)
         return docs
 
-    def transcribe_doc(
+    def transcribe_batch(self, jobs: List[ClipJob]) -> List[Transcript]:
+        """On the model thread: every queued clip (they share a task and language) in one
+        batched call; each clip's seconds are its share of the call."""
+        started = time.perf_counter()
+        transcripts = self.backend.transcribe_batch(
+            [job.samples for job in jobs], jobs[0].task, jobs[0].language
+        )
+        share = (time.perf_counter() - started) / len(jobs)
+        for job, transcript in zip(jobs, transcripts):
+            self.metrics.observe_transcript(
+                job.samples.size / SAMPLE_RATE, share, transcript.text, transcript.language
+            )
+        return transcripts
+
+    async def transcribe_doc(
         self, index: int, doc: SpeechDoc, task: str, language: Optional[str], spoken_settings: bool
     ) -> None:
         try:
-            samples = load_audio(doc, self.max_audio_seconds, self.audio_dir)
+            # Decoding is CPU work of its own: off the event loop, beside the model thread.
+            samples = await asyncio.to_thread(
+                load_audio, doc, self.max_audio_seconds, self.audio_dir
+            )
         except AudioError as error:
             raise document_error(index, doc, str(error)) from None
-        started = time.perf_counter()
-        transcript = self.backend.transcribe(samples, task, language)
-        self.metrics.observe_transcript(
-            samples.size / SAMPLE_RATE,
-            time.perf_counter() - started,
-            transcript.text,
-            transcript.language,
-        )
+        transcript = await self.worker.run(ClipJob(samples, task, language), (task, language))
         if not transcript.text:
             raise document_error(index, doc, 'no speech detected in the audio')
         doc.text = transcript.text

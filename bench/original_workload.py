@@ -1,0 +1,293 @@
+"""The original example's workload (jina-ai/example-speech-to-image) at default threads: the Flow
+against in-process calls of the same Executors, at concurrency 1 and 8.
+
+    python -m bench.original_workload [--repeats 1] [--configurations default recommended ...]
+
+The workload: assets/apple.wav (3.0 s, English) sent to ``/`` as a 16 kHz float32 tensor; Whisper
+tiny.en; the tiny random Stable Diffusion at 64x64 with the checkpoint's scheduler; 2 images per
+request, 50 steps, guidance 7.5. Latency (c=1) is the median of 10 sequential requests after a
+warm-up; throughput (c=8) is 24 requests from 8 clients, each with its own jina Client. Also
+``/generate`` alone at c=1 (the same diffusion work) and the cheapest ``/generate`` (1 step,
+1 image), where the Flow's own cost shows.
+
+Default threads means no ``OMP_NUM_THREADS`` in the Flow's and the in-process processes (the
+other benchmarks set 1): each starts as a user would start it. Every Flow is its own
+``python flow.py`` process; the in-process figures come from a fresh process of this module
+(``--in-process``), which loads both Executors through their config.yml and awaits their
+endpoints as jina does. Figures are medians over ``--repeats`` runs; the load average is printed
+before and after, as other work on the machine moves every figure.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+
+from bench.report import machine_summary, markdown_table, median_run, summarise
+
+ROOT = Path(__file__).resolve().parent.parent
+OMP_THREADS_VARIABLE = 'OMP_NUM_THREADS'
+SPEECH_PARAMETERS = {'num_images': 2, 'num_inference_steps': 50, 'guidance_scale': 7.5, 'seed': 1}
+CHEAP_PARAMETERS = {'num_images': 1, 'num_inference_steps': 1, 'seed': 1}
+LATENCY_REQUESTS, THROUGHPUT_REQUESTS, CONCURRENCY = 10, 24, 8
+CHEAP_REQUESTS = 20
+WARMUP_REQUESTS = 1
+# flow.py flags of each configuration measured; 'default' is flow.py as shipped.
+CONFIGURATIONS = {
+    'default': [],
+    'recommended': ['--diffusion-replicas', '2'],
+    'batch-size-1': ['--batch-size', '1'],
+}
+# Executor arguments the workload needs beyond the offline models (as flow.py flags and in-process);
+# a long send timeout, so that a slow (shared) machine gives slow figures rather than none.
+WORKLOAD_FLAGS = ['--diffusion-scheduler', 'checkpoint', '--timeout-send-ms', '600000']
+WORKLOAD_ARGUMENTS = {'scheduler': 'checkpoint'}
+# Targets of issue 12 on the 2-core machines.
+MAX_GENERATE_RATIO, MAX_LATENCY_S, MIN_THROUGHPUT, MAX_OVERHEAD_MS = 1.1, 1.5, 0.75, 5.0
+# The original example on the same machine, as measured when the issue was filed (docarray v1
+# cannot be installed beside this project's environment).
+ORIGINAL = {'latency_s': '1.53-1.62', 'rps': '0.60-0.64'}
+
+
+def apple_tensor():
+    from speech2image.audio import decode_audio
+
+    return decode_audio((ROOT / 'assets' / 'apple.wav').read_bytes(), max_seconds=60)
+
+
+def measurements(post: Callable, samples: np.ndarray) -> Dict[str, float]:
+    """Every figure of one run, ``post(endpoint, doc, parameters)`` being one awaited request."""
+    from speech2image.schema import SpeechDoc
+
+    speech = ('/', lambda: SpeechDoc(tensor=samples), SPEECH_PARAMETERS)
+    generate = ('/generate', lambda: SpeechDoc(text='a painting of a red apple'), SPEECH_PARAMETERS)
+    cheap = ('/generate', lambda: SpeechDoc(text='a red apple'), CHEAP_PARAMETERS)
+
+    async def run(workload, requests: int, concurrency: int) -> Dict[str, float]:
+        endpoint, make_doc, parameters = workload
+        for _ in range(WARMUP_REQUESTS):
+            await post(endpoint, make_doc(), parameters)
+        latencies = []
+
+        async def client(count: int) -> None:
+            for _ in range(count):
+                begin = time.perf_counter()
+                await post(endpoint, make_doc(), parameters)
+                latencies.append(time.perf_counter() - begin)
+
+        started = time.perf_counter()
+        shares = [
+            requests // concurrency + (i < requests % concurrency) for i in range(concurrency)
+        ]
+        await asyncio.gather(*(client(share) for share in shares))
+        return summarise(latencies, time.perf_counter() - started)
+
+    async def everything() -> Dict[str, float]:
+        c1 = await run(speech, LATENCY_REQUESTS, 1)
+        c8 = await run(speech, THROUGHPUT_REQUESTS, CONCURRENCY)
+        generate_c1 = await run(generate, LATENCY_REQUESTS, 1)
+        cheap_c1 = await run(cheap, CHEAP_REQUESTS, 1)
+        return {
+            'latency_s': c1['p50_ms'] / 1000,
+            'rps': c8['rps'],
+            'generate_s': generate_c1['p50_ms'] / 1000,
+            'cheap_ms': cheap_c1['p50_ms'],
+        }
+
+    return asyncio.run(everything())
+
+
+def in_process(repeats: int) -> Dict[str, float]:
+    """The Executors loaded here, their endpoints awaited in turn as the Flow chains them."""
+    from docarray import DocList
+    from jina import Executor
+
+    from speech2image import offline_models
+    from speech2image.schema import SpeechDoc
+
+    models = ROOT / 'models'
+    whisper = Executor.load_config(
+        str(ROOT / 'executors/whisper/config.yml'),
+        uses_with={'model': str(models / offline_models.FASTER_WHISPER_LINK)},
+    )
+    diffusion = Executor.load_config(
+        str(ROOT / 'executors/stablediffusion/config.yml'),
+        uses_with={'model': str(models / offline_models.TINY_SD_DIR), **WORKLOAD_ARGUMENTS},
+    )
+
+    async def post(endpoint: str, doc, parameters: Dict) -> None:
+        first = whisper.transcribe if endpoint == '/' else whisper.check_prompts
+        docs = await first(docs=DocList[SpeechDoc]([doc]), parameters=parameters)
+        await diffusion.generate(docs=docs, parameters=parameters)
+
+    samples = apple_tensor()
+    return median_run([measurements(post, samples) for _ in range(repeats)])
+
+
+def through_flow(flags: List[str], repeats: int) -> Dict[str, float]:
+    """A ``python flow.py`` process with ``flags``, measured with one jina Client per client."""
+    from docarray import DocList
+    from jina import Client
+
+    from speech2image.schema import SpeechDoc
+    from tests.conftest import serve_flow_process
+
+    os.environ.pop(OMP_THREADS_VARIABLE, None)  # tests.conftest sets 1 at import: default threads
+    clients: Dict[int, Client] = {}
+
+    async def post(endpoint: str, doc, parameters: Dict) -> None:
+        task = id(asyncio.current_task())  # one Client per concurrent client
+        client = clients.setdefault(task, Client(host=address, asyncio=True))
+        async for _ in client.post(
+            endpoint,
+            inputs=DocList[SpeechDoc]([doc]),
+            parameters=parameters,
+            return_type=DocList[SpeechDoc],
+        ):
+            pass
+
+    samples = apple_tensor()
+    with serve_flow_process(*WORKLOAD_FLAGS, *flags) as flow:
+        address = flow.grpc
+        return median_run([measurements(post, samples) for _ in range(repeats)])
+
+
+def run_in_process(repeats: int) -> Dict[str, float]:
+    """``in_process`` in a fresh process of this module, at default threads."""
+    output = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'bench.original_workload',
+            '--in-process',
+            '--repeats',
+            str(repeats),
+        ],
+        cwd=ROOT,
+        env=os.environ,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def verdict(met: bool) -> str:
+    return 'yes' if met else 'no'
+
+
+def report(results: Dict[str, Dict[str, float]], base: Dict[str, float]) -> str:
+    rows = [
+        [
+            'original example (as filed in issue 12)',
+            '',
+            ORIGINAL['latency_s'],
+            ORIGINAL['rps'],
+            '',
+            '',
+            '',
+        ]
+    ]
+    rows.append(
+        [
+            'in-process',
+            '',
+            f'{base["latency_s"]:.2f}',
+            f'{base["rps"]:.2f}',
+            f'{base["generate_s"]:.2f}',
+            '',
+            f'{base["cheap_ms"]:.1f}',
+        ]
+    )
+    for name, result in results.items():
+        rows.append(
+            [
+                f'Flow, {name}',
+                ' '.join(CONFIGURATIONS[name]) or '(none)',
+                f'{result["latency_s"]:.2f}',
+                f'{result["rps"]:.2f}',
+                f'{result["generate_s"]:.2f}',
+                f'{result["generate_s"] / base["generate_s"]:.2f}x',
+                f'{result["cheap_ms"]:.1f} ({result["cheap_ms"] - base["cheap_ms"]:+.1f})',
+            ]
+        )
+    table = markdown_table(
+        [
+            'system',
+            'flow.py flags',
+            '`/` c=1 p50 s',
+            '`/` c=8 req/s',
+            '`/generate` c=1 p50 s',
+            '`/generate` Flow / in-process',
+            '1-step `/generate` p50 ms (over in-process)',
+        ],
+        rows,
+    )
+    default = results.get('default')
+    best = max(results.values(), key=lambda result: result['rps'])
+    targets = []
+    if default:
+        ratio = default['generate_s'] / base['generate_s']
+        overhead = default['cheap_ms'] - base['cheap_ms']
+        targets = [
+            [
+                'Flow `/generate` at most 1.1x in-process, c=1, default threads',
+                f'{ratio:.2f}x',
+                verdict(ratio <= MAX_GENERATE_RATIO),
+            ],
+            [
+                'c=1 latency at most 1.5 s (defaults)',
+                f'{default["latency_s"]:.2f} s',
+                verdict(default['latency_s'] <= MAX_LATENCY_S),
+            ],
+            [
+                'c=8 throughput at least 0.75 req/s (best configuration)',
+                f'{best["rps"]:.2f} req/s',
+                verdict(best['rps'] >= MIN_THROUGHPUT),
+            ],
+            [
+                'lone 1-step `/generate`: Flow overhead under 5 ms',
+                f'{overhead:+.1f} ms',
+                verdict(overhead < MAX_OVERHEAD_MS),
+            ],
+        ]
+    return table + '\n\n' + markdown_table(['target', 'measured', 'met'], targets)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--repeats', type=int, default=1)
+    parser.add_argument(
+        '--configurations', nargs='+', choices=list(CONFIGURATIONS), default=list(CONFIGURATIONS)
+    )
+    parser.add_argument('--in-process', action='store_true', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault('JINA_OPTOUT_TELEMETRY', '1')
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    if args.in_process:
+        print(json.dumps(in_process(args.repeats)))
+        return
+    load_before = os.getloadavg()
+    base = run_in_process(args.repeats)
+    print(f'in-process: {json.dumps(base)}', file=sys.stderr, flush=True)  # progress, as it comes
+    results = {}
+    for name in args.configurations:
+        results[name] = through_flow(CONFIGURATIONS[name], args.repeats)
+        print(f'Flow, {name}: {json.dumps(results[name])}', file=sys.stderr, flush=True)
+    print(machine_summary())
+    print(
+        f'Load average (1, 5, 15 min) before: {load_before}, after: {os.getloadavg()}; '
+        f'{OMP_THREADS_VARIABLE} unset; median of {args.repeats} run(s).\n'
+    )
+    print(report(results, base))
+
+
+if __name__ == '__main__':
+    main()
