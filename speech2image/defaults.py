@@ -5,6 +5,12 @@ written once. Light on purpose: importing it loads no jina, torch or PyAV.
 # The Flow's endpoints. '/' runs the whole pipeline; jina's HTTP gateway serves it at /default.
 ENDPOINTS = ('/', '/transcribe', '/generate')
 HTTP_ROOT_ENDPOINT = '/default'
+# The streaming call (speech2image/streaming.py): events of one request as they happen, over
+# gRPC (jina's stream_doc), HTTP (Server-Sent Events) and WebSocket; HTTP cancels by request id.
+STREAM_ENDPOINT = '/stream'
+STREAM_CANCEL_PATH = '/stream/cancel'
+# The diffusion Executor's streaming endpoint, which the gateway's /stream calls after Whisper.
+DIFFUSION_STREAM_ENDPOINT = '/generate_stream'
 
 # Addresses of a Flow served by `python flow.py`. 127.0.0.1 unless told otherwise: only a person
 # who means to expose the service should. The metrics ports are not 9090, Prometheus' own.

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 from jina import Executor
@@ -103,6 +103,11 @@ class DrainingExecutor(Executor):
 
     def start_draining_on_sigterm(self, drain_seconds: float) -> None:
         self.drain = Drain(drain_seconds, self.logger)
+
+    def tracking(self):
+        """Count a request the drain waits for, from inside an endpoint: a streaming endpoint
+        returns its generator before its work begins, so ``__acall__`` does not cover it."""
+        return self.drain.tracking() if self.drain is not None else nullcontext()
 
     async def __acall__(self, req_endpoint: str, **kwargs):
         """jina's single entry into the Executor, per request or per dynamic batch; it includes

@@ -14,6 +14,10 @@ an adapter in front that asks speech2image/request_policy.py what to let through
   with an error response of its own; and after an error the gateway lets the client close the
   connection first: jina's WebSocket client drops an error that arrives with the server's close.
 
+The streaming call ``/stream`` (speech2image/streaming.py) is the gateway's own on each protocol:
+gRPC ``stream_doc`` with endpoint '/stream', HTTP ``POST /stream`` answered with Server-Sent
+Events (``POST /stream/cancel`` cancels one by request id), and a WebSocket at ``/stream``.
+
 Loaded by jina from ``gateway.yml`` beside this file (``py_modules``), in the gateway process.
 """
 
@@ -42,12 +46,22 @@ from speech2image.request_policy import (
     check_data_request,
     check_endpoint,
     check_json_request,
+    check_parameters,
     error_response,
     executor_refusal,
     invalid,
     service_failure,
     status_refusal,
     too_large,
+    unknown_endpoint,
+)
+from speech2image.schema import StreamEvent, StreamRequest
+from speech2image.streaming import (
+    StreamService,
+    error_event,
+    event_json,
+    server_sent_event,
+    stream_request_from_json,
 )
 
 # gRPC calls that carry documents to the Executors: the ones checked and counted.
@@ -55,14 +69,15 @@ GRPC_DATA_METHODS = frozenset(
     {
         '/jina.JinaRPC/Call',
         '/jina.JinaSingleDataRequestRPC/process_single_data',
-        '/jina.JinaSingleDocumentRequestRPC/stream_doc',
     }
 )
+# jina's one-document streaming call: the gateway serves '/stream' on it itself.
+GRPC_STREAM_DOC_METHOD = '/jina.JinaSingleDocumentRequestRPC/stream_doc'
 # Health checks stay open: Kubernetes probes (`jina ping`) and the Flow's readiness use them.
 GRPC_HEALTH_PREFIX = '/grpc.health.v1.Health/'
 HTTP_HEALTH_PATH = '/'
 # WebSocket close codes (RFC 6455).
-WS_POLICY_VIOLATION, WS_TOO_BIG = 1008, 1009
+WS_NORMAL_CLOSURE, WS_POLICY_VIOLATION, WS_TOO_BIG = 1000, 1008, 1009
 # jina's WebSocket client ends its request stream with this message ("end of iteration").
 WS_END_OF_ITERATION = bytes(True)
 # After an error response, how long the gateway waits for the client to close the WebSocket.
@@ -73,10 +88,12 @@ WS_CLOSE_AFTER_ERROR_SECONDS = 2.0
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
-    """Checks the key on every gRPC call but health checks; checks, counts and times data calls."""
+    """Checks the key on every gRPC call but health checks; checks, counts and times data calls;
+    serves '/stream' on jina's one-document streaming call."""
 
-    def __init__(self, guard: RequestGuard):
+    def __init__(self, guard: RequestGuard, streams: StreamService):
         self.guard = guard
+        self.streams = streams
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -92,6 +109,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             return replace_behavior(
                 handler, lambda behavior, kind: guarded(self.guard, behavior, kind)
             )
+        if details.method == GRPC_STREAM_DOC_METHOD:
+            return replace_behavior(handler, lambda behavior, kind: streamed(self.streams))
         return handler
 
 
@@ -227,6 +246,61 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
     return guarded_unary
 
 
+# gRPC status codes of a stream's error event, by its HTTP status: as the unary call ends.
+GRPC_CODES = {
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def grpc_code(http_status: int) -> grpc.StatusCode:
+    if http_status in GRPC_CODES:
+        return GRPC_CODES[http_status]
+    return grpc.StatusCode.INVALID_ARGUMENT if http_status < 500 else grpc.StatusCode.INTERNAL
+
+
+def streamed(streams: StreamService) -> Callable:
+    """The '/stream' call on jina's ``stream_doc``: a ``StreamRequest`` in, ``StreamEvent``s
+    out, each as a response of its own. A refused request ends the call with its status before
+    any event; an error event ends it with the status the same error gets from ``/``."""
+
+    async def stream(request, context):
+        from jina.types.request.data import SingleDocumentRequest
+
+        try:
+            if request.header.exec_endpoint != defaults.STREAM_ENDPOINT:
+                raise unknown_endpoint(request.header.exec_endpoint)
+            live = streams.open(grpc_stream_request(request))
+        except Refusal as refusal:
+            await context.abort(refusal.grpc_code, refusal.message)
+            return
+        async for event in live.events():
+            response = SingleDocumentRequest()
+            response.header.request_id = request.header.request_id
+            response.document_cls = StreamEvent
+            response.data.doc = event
+            yield response
+            if event.event == 'error':
+                context.set_code(grpc_code(event.status))
+                context.set_details(event.message)
+
+    return stream
+
+
+def grpc_stream_request(request) -> StreamRequest:
+    """The ``StreamRequest`` a ``stream_doc`` call carries, checked as ``/`` checks documents."""
+    request.document_cls = StreamRequest
+    try:
+        document = request.data.doc
+    except Exception as error:  # noqa: BLE001 - what docarray says is wrong with it
+        raise invalid(f'document 0: not a StreamRequest: {error}') from None
+    check_parameters(document.parameters)
+    return document
+
+
 # --- HTTP and WebSocket -----------------------------------------------------------------------
 
 
@@ -234,9 +308,10 @@ class GuardMiddleware:
     """ASGI middleware for jina's FastAPI apps: key check, request checks, pending bound,
     request-size cap, and errors in one shape."""
 
-    def __init__(self, app, guard: RequestGuard, max_request_bytes: int):
+    def __init__(self, app, guard: RequestGuard, streams: StreamService, max_request_bytes: int):
         self.app = app
         self.guard = guard
+        self.streams = streams
         self.max_request_bytes = max_request_bytes
 
     async def __call__(self, scope, receive, send):
@@ -252,8 +327,12 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         try:
             self.guard.check_credentials(header(scope, b'authorization'))
+            if scope['path'] == defaults.DIFFUSION_STREAM_ENDPOINT:  # jina's route to one Executor
+                raise unknown_endpoint(scope['path'])
             if scope['method'] != 'POST':
                 return await self.app(scope, receive, send)
+            if scope['path'] in (defaults.STREAM_ENDPOINT, defaults.STREAM_CANCEL_PATH):
+                return await self.http_stream(scope, receive, send)
             check_endpoint(http_endpoint(scope['path']))
             body = await read_body(receive, self.max_request_bytes)
             check_json_request(header(scope, b'content-type'), body)
@@ -271,9 +350,59 @@ class GuardMiddleware:
         finally:
             self.guard.release()
 
+    async def http_stream(self, scope, receive, send):
+        """``POST /stream``: the events as Server-Sent Events; ``POST /stream/cancel``:
+        ``{"request_id": ...}`` cancels that stream. Refusals come before any event, as errors
+        of the usual shape."""
+        body = await read_body(receive, self.max_request_bytes)
+        if scope['path'] == defaults.STREAM_CANCEL_PATH:
+            return await self.cancel_stream(send, body)
+        request = check_json_request(header(scope, b'content-type'), body)
+        live = self.streams.open(stream_request_from_json(request))
+        await send(
+            {
+                'type': 'http.response.start',
+                'status': 200,
+                'headers': [
+                    (b'content-type', b'text/event-stream'),
+                    (b'cache-control', b'no-cache'),
+                    (b'x-accel-buffering', b'no'),  # no buffering in nginx-style proxies
+                ],
+            }
+        )
+        # A client that hangs up cancels its stream, and with it the generation.
+        hang_up = asyncio.create_task(wait_for_disconnect(receive, live.cancel))
+        try:
+            async for event in live.events():
+                await send(
+                    {
+                        'type': 'http.response.body',
+                        'body': server_sent_event(event),
+                        'more_body': True,
+                    }
+                )
+            await send({'type': 'http.response.body', 'body': b''})
+        finally:
+            hang_up.cancel()
+
+    async def cancel_stream(self, send, body: bytes) -> None:
+        try:
+            request_id = json.loads(body)['request_id']
+        except (ValueError, KeyError, TypeError):
+            raise invalid('send {"request_id": "<the id of the accepted event>"}') from None
+        if not self.streams.cancel(str(request_id)):
+            raise Refusal(
+                f'no stream with request id {request_id!r} is running on this gateway',
+                grpc.StatusCode.NOT_FOUND,
+                404,
+            )
+        await send_json(send, 200, {'request_id': request_id, 'cancelled': True})
+
     async def websocket(self, scope, receive, send):
         try:
             self.guard.check_credentials(header(scope, b'authorization'))
+            if scope['path'] == defaults.STREAM_ENDPOINT:
+                return await self.websocket_stream(receive, send)
             self.guard.admit()
         except Refusal:
             # Closing before accepting refuses the handshake (HTTP 403): clients fail at once.
@@ -286,6 +415,54 @@ class GuardMiddleware:
             await connection.linger_after_error()  # the server closes when the app returns
         finally:
             self.guard.release()
+
+    async def websocket_stream(self, receive, send):
+        """The WebSocket at /stream: one request message (JSON, as ``POST /stream``'s body), then
+        the events as JSON text messages, the last one final; ``{"cancel": true}`` from the
+        client, or its close, cancels. A refused request gets one error event."""
+        await receive()  # websocket.connect
+        await send({'type': 'websocket.accept'})
+        try:
+            message = await receive()
+            if message['type'] != 'websocket.receive':
+                return
+            data = message.get('text') or (message.get('bytes') or b'').decode()
+            if len(data.encode()) > self.max_request_bytes:
+                raise too_large(self.max_request_bytes)
+            request = check_json_request(defaults.JSON_CONTENT_TYPE, data.encode())
+            live = self.streams.open(stream_request_from_json(request))
+        except Refusal as refusal:
+            await send({'type': 'websocket.send', 'text': event_json(error_event(refusal))})
+            await send({'type': 'websocket.close', 'code': WS_NORMAL_CLOSURE})
+            return
+        listener = asyncio.create_task(listen_for_cancel(receive, live.cancel))
+        try:
+            async for event in live.events():
+                await send({'type': 'websocket.send', 'text': event_json(event)})
+            await send({'type': 'websocket.close', 'code': WS_NORMAL_CLOSURE})
+        finally:
+            listener.cancel()
+
+
+async def wait_for_disconnect(receive, on_disconnect: Callable[[], None]) -> None:
+    """Call ``on_disconnect`` once the HTTP client has gone (its request body is read)."""
+    while (await receive())['type'] != 'http.disconnect':
+        pass
+    on_disconnect()
+
+
+async def listen_for_cancel(receive, cancel: Callable[[], None]) -> None:
+    """Call ``cancel`` on a WebSocket message ``{"cancel": true}`` or the client's close."""
+    while True:
+        message = await receive()
+        if message['type'] == 'websocket.disconnect':
+            return cancel()
+        try:
+            wants_cancel = json.loads(message.get('text') or message.get('bytes') or '{}')
+        except ValueError:
+            continue
+        if isinstance(wants_cancel, dict) and wants_cancel.get('cancel') is True:
+            return cancel()
 
 
 def header(scope, name: bytes) -> Optional[str]:
@@ -369,13 +546,23 @@ class ErrorRewriter:
 
 async def send_refusal(send, refusal: Refusal) -> None:
     """An HTTP error response in the shape jina's own HTTP errors have: ``{"detail": ...}``."""
-    body = json.dumps({'detail': refusal.message}).encode()
-    headers = [(b'content-type', b'application/json'), (b'content-length', str(len(body)).encode())]
+    headers = []
     if refusal.http_status == 401:
         headers.append((b'www-authenticate', b'Bearer'))
     if refusal.http_status == 503:
         headers.append((b'retry-after', b'1'))
-    await send({'type': 'http.response.start', 'status': refusal.http_status, 'headers': headers})
+    await send_json(send, refusal.http_status, {'detail': refusal.message}, headers)
+
+
+async def send_json(send, status: int, content, headers=()) -> None:
+    """A whole HTTP response with a JSON body."""
+    body = json.dumps(content).encode()
+    headers = [
+        (b'content-type', b'application/json'),
+        (b'content-length', str(len(body)).encode()),
+        *headers,
+    ]
+    await send({'type': 'http.response.start', 'status': status, 'headers': headers})
     await send({'type': 'http.response.body', 'body': body})
 
 
@@ -484,12 +671,20 @@ REDACT_CREDENTIALS = RedactCredentials()
 WEBSOCKET_LOGGER = 'uvicorn.error'
 
 
-def guarded_app(app, guard: RequestGuard, max_request_bytes: int, cors_origins: List[str]):
+def guarded_app(
+    app,
+    guard: RequestGuard,
+    streams: StreamService,
+    max_request_bytes: int,
+    cors_origins: List[str],
+):
     """Put the guard in front of a FastAPI app, and CORS for ``cors_origins`` in front of both
     (outermost, so that refusals carry CORS headers and preflights need no key)."""
     from fastapi.middleware.cors import CORSMiddleware
 
-    app.add_middleware(GuardMiddleware, guard=guard, max_request_bytes=max_request_bytes)
+    app.add_middleware(
+        GuardMiddleware, guard=guard, streams=streams, max_request_bytes=max_request_bytes
+    )
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -504,11 +699,11 @@ def guarded_app(app, guard: RequestGuard, max_request_bytes: int, cors_origins: 
 
 
 class GuardedGRPCGateway(GRPCGateway):
-    def __init__(self, guard: RequestGuard, **kwargs):
+    def __init__(self, guard: RequestGuard, streams: StreamService, **kwargs):
         super().__init__(**kwargs)
         # jina passes this list to grpc.aio.server(interceptors=...); it holds the tracing ones.
         self.grpc_tracing_server_interceptors = [
-            GuardInterceptor(guard),
+            GuardInterceptor(guard, streams),
             *(self.grpc_tracing_server_interceptors or []),
         ]
 
@@ -517,17 +712,19 @@ class GuardedASGIGateway:
     """What the HTTP and WebSocket servers add to jina's: the guard's middleware on their app."""
 
     def __init__(
-        self, guard: RequestGuard, max_request_bytes: int, cors_origins: List[str], **kwargs
+        self,
+        guard: RequestGuard,
+        streams: StreamService,
+        max_request_bytes: int,
+        cors_origins: List[str],
+        **kwargs,
     ):
         super().__init__(**kwargs)
-        self.guard, self.max_request_bytes, self.cors_origins = (
-            guard,
-            max_request_bytes,
-            cors_origins,
-        )
+        self.guard, self.streams = guard, streams
+        self.max_request_bytes, self.cors_origins = max_request_bytes, cors_origins
 
     def guarded(self, app):
-        return guarded_app(app, self.guard, self.max_request_bytes, self.cors_origins)
+        return guarded_app(app, self.guard, self.streams, self.max_request_bytes, self.cors_origins)
 
 
 class GuardedHTTPGateway(GuardedASGIGateway, HTTPGateway):
@@ -582,6 +779,7 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
         logging.getLogger(WEBSOCKET_LOGGER).addFilter(REDACT_CREDENTIALS)
         api_key = api_key_from_environment()
         self.guard = RequestGuard(api_key, max_pending_requests, request_timeout_seconds)
+        streams = StreamService(self.guard, self.streamer)
         self.drain_seconds = drain_seconds
         max_request_bytes = int(max_request_mb * defaults.MEBIBYTE)
         self.servers = []
@@ -596,7 +794,7 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
                 server_kwargs.update(
                     max_request_bytes=max_request_bytes, cors_origins=list(cors_origins)
                 )
-            self.servers.append(server_class(guard=self.guard, **server_kwargs))
+            self.servers.append(server_class(guard=self.guard, streams=streams, **server_kwargs))
         # Scale to zero: calls wait (bounded) for an Executor with no replica yet (cold_start.py).
         hold_calls_for_replicas(
             self.streamer._connection_pool, cold_start_seconds_from_environment()

@@ -110,10 +110,13 @@ class ExecutorMetrics:
         try:
             yield
         except Exception as error:
-            self.errors[self.error_kind(error)].inc()
+            self.count_error(error)
             raise
         finally:
             self.call_seconds.labels(self.executor, endpoint).observe(time.perf_counter() - started)
+
+    def count_error(self, error: BaseException) -> None:
+        self.errors[self.error_kind(error)].inc()
 
     def error_kind(self, error: BaseException) -> str:
         """The kind of ``error``: the first of ``error_classes`` found in it or the exceptions
@@ -216,6 +219,12 @@ class DiffusionMetrics(ExecutorMetrics):
             'speech2image_diffusion_unet_batch_samples',
             'Latents per UNet call (images, twice over with classifier-free guidance)',
             buckets=UNET_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.cancelled_requests = Counter(
+            'speech2image_diffusion_cancelled_requests_total',
+            'Requests whose caller stopped waiting before their images were made (a cancelled '
+            'stream, a client that hung up): dropped from the queue, or skipped mid-call',
             registry=registry,
         )
         self.gpu_memory_bytes = Gauge(

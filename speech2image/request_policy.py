@@ -20,7 +20,7 @@ import asyncio
 import json
 import math
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import grpc
 
@@ -219,10 +219,10 @@ def check_data_request(request) -> None:
         raise invalid(NO_DOCUMENTS_MESSAGE)
 
 
-def check_json_request(content_type: Optional[str], body: bytes) -> None:
+def check_json_request(content_type: Optional[str], body: bytes) -> Dict[str, Any]:
     """Raise ``Refusal`` for an HTTP request body the Flow must not get: not JSON (415 for
     another content type, 400 for bad syntax), not an object with a non-empty ``data`` list,
-    or parameters that are not finite numbers (422)."""
+    or parameters that are not finite numbers (422). Returns the decoded body."""
     media_type = (content_type or '').split(';')[0].strip().lower()
     if media_type != JSON_CONTENT_TYPE:
         raise Refusal(
@@ -252,6 +252,7 @@ def check_json_request(content_type: Optional[str], body: bytes) -> None:
     check_parameters(request.get('parameters'))
     for index, document in enumerate(data):
         check_json_document(index, document)
+    return request
 
 
 def check_json_document(index: int, document: Any) -> None:

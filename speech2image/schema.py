@@ -8,6 +8,9 @@ A request carries a ``SpeechDoc`` per utterance. Audio comes in one of three for
 
 WhisperExecutor fills ``text`` and ``tags`` (``language``, ``segments``); StableDiffusionExecutor
 appends one ``ImageDoc`` per generated image to ``matches``.
+
+A streaming call (``/stream``, speech2image/streaming.py) sends one ``StreamRequest`` and gets
+``StreamEvent``s back: accepted, transcript, progress, preview, then done (or error).
 """
 
 import base64
@@ -90,3 +93,34 @@ class SpeechDoc(BaseDoc):
 
     def has_audio(self) -> bool:
         return self.tensor is not None or self.bytes_ is not None or self.uri is not None
+
+
+class StreamRequest(SpeechDoc):
+    """The one document of a streaming call, with the request's parameters: jina's
+    single-document stream carries no parameters of its own."""
+
+    parameters: Dict[str, Any] = {}
+
+
+class StreamEvent(BaseDoc):
+    """One event of a streaming call; which fields are set depends on ``event``:
+
+    - ``accepted``: ``request_id``, ``queue_position`` (requests ahead of it at the gateway);
+    - ``transcript``: ``text`` (the prompt) and ``tags`` (language, segments, transcript, ...);
+    - ``progress``: ``step`` of ``steps``, for every image of the request (they advance together);
+    - ``preview``: ``step``, ``steps`` and ``images``: one small JPEG per image, tagged ``image``;
+    - ``done``: ``text``, ``tags`` and ``images``: the document's transcript, tags and images,
+      exactly as ``/`` returns them in ``matches``;
+    - ``error``: ``status`` (the HTTP status the same mistake gets from ``/``) and ``message``.
+    """
+
+    event: str
+    request_id: str = ''
+    queue_position: Optional[int] = None
+    text: Optional[str] = None
+    tags: Dict[str, Any] = {}
+    step: Optional[int] = None
+    steps: Optional[int] = None
+    images: DocList[ImageDoc] = DocList[ImageDoc]()
+    status: Optional[int] = None
+    message: Optional[str] = None

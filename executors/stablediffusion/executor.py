@@ -4,6 +4,11 @@ Loads any diffusers text-to-image checkpoint, by hub id or local directory, thro
 ``AutoPipelineForText2Image``. One model thread makes every pipeline call (speech2image/batching.py):
 requests that queue while it is busy, with the same parameters, share its next call and so their
 UNet forward passes; a lone request starts at once.
+
+``/generate_stream`` (the gateway's ``/stream``) runs one document the same way and yields its
+progress every step, a preview every few steps (speech2image/previews.py) and its images. A job
+whose caller is gone (a cancelled stream, a client that hung up) is dropped from the queue, or,
+when every job of the running call is gone, stops the call at the end of the current step.
 """
 
 import asyncio
@@ -11,20 +16,22 @@ import dataclasses
 import functools
 import io
 import secrets
+import threading
 import time
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Dict, List, Optional
 
 from docarray import DocList
 from jina import requests
 
 from speech2image.batching import ModelWorker
 from speech2image.cpus import thread_count, use_torch_threads
-from speech2image.defaults import DRAIN_SECONDS
+from speech2image.defaults import DIFFUSION_STREAM_ENDPOINT, DRAIN_SECONDS
 from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import DiffusionMetrics, instrumented, registry_of
-from speech2image.schema import ImageDoc, SpeechDoc
+from speech2image.previews import PREVIEW_MIME_TYPE, preview_jpeg, projection_for
+from speech2image.schema import ImageDoc, SpeechDoc, StreamEvent, StreamRequest
 from speech2image.spoken_settings import SPOKEN_SETTINGS_TAG, generation_parameters
 from speech2image.validation import (
     RequestError,
@@ -51,6 +58,8 @@ FEW_STEP_DEFAULTS = {'turbo': (1, 0.0), 'lcm': (4, 1.0)}
 DPM_SOLVER_PIPELINES = ('StableDiffusionPipeline', 'StableDiffusionXLPipeline')
 IMAGE_FORMATS = {'png': 'image/png', 'jpeg': 'image/jpeg', 'webp': 'image/webp'}
 LOSSY_QUALITY = 90
+# Previews per streamed generation when a request does not say (``preview_every`` steps apart).
+DEFAULT_PREVIEWS = 4
 # torch.compile modes: CUDA graphs on GPU; on CPU, Inductor's C++ kernels (needs a C++ compiler).
 COMPILE_MODES = {'cuda': 'reduce-overhead', 'cpu': 'default'}
 
@@ -90,10 +99,20 @@ class GenerationJob:
     seeds: List[List[int]]
     settings: GenerationSettings
     indices: List[int]
+    # Set by whoever waits for the job when it stops waiting; the model thread then skips it.
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    # Streaming jobs: called on the model thread after each step with (step, steps, the job's
+    # latents when a preview is due, else None).
+    on_step: Optional[Callable] = None
+    preview_every: int = 0
 
     @property
     def images(self) -> int:
         return sum(len(doc_seeds) for doc_seeds in self.seeds)
+
+
+class GenerationCancelled(Exception):
+    """Every job of a running pipeline call was cancelled: the call stops at this step."""
 
 
 def encode_image(image, image_format: str) -> bytes:
@@ -120,7 +139,8 @@ class StableDiffusionExecutor(DrainingExecutor):
 
     Per-request parameters, each checked against this Executor's caps: ``num_images``,
     ``num_inference_steps``, ``guidance_scale``, ``width``, ``height``, ``seed``,
-    ``negative_prompt``.
+    ``negative_prompt``; on the stream, ``preview_every`` (steps between previews; 0: none;
+    default about a quarter of the steps).
     """
 
     def __init__(
@@ -178,6 +198,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         with self.metrics.model_load_seconds.time():
             self.pipeline = self.load_pipeline(model, device)
             self.configure_pipeline(scheduler, vae_tiling, compile_unet)
+        self.preview_projection = projection_for(self.pipeline)
         native_side = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
         default_steps, default_guidance = step_defaults(model, self.pipeline)
         self.defaults = dict(
@@ -310,9 +331,12 @@ class StableDiffusionExecutor(DrainingExecutor):
         except ValueError as error:  # RequestError included
             raise document_error(index, doc, f'spoken settings: {error}') from None
 
-    def generation_jobs(self, docs: DocList[SpeechDoc], parameters: Dict) -> List[GenerationJob]:
+    def generation_jobs(
+        self, docs: DocList[SpeechDoc], parameters: Dict, **job_fields
+    ) -> List[GenerationJob]:
         """The request's documents as jobs for the model thread, one per set of settings
-        (documents differ only when their speakers said settings), each with its docs' indices."""
+        (documents differ only when their speakers said settings), each with its docs' indices;
+        ``job_fields`` go to every job."""
         request_settings = self.settings_from(parameters)
         prompts = [check_prompt(index, doc) for index, doc in enumerate(docs)]
         groups: Dict[GenerationSettings, List[int]] = {}
@@ -325,6 +349,7 @@ class StableDiffusionExecutor(DrainingExecutor):
                 [settings.seeds() for _ in indices],
                 settings,
                 indices,
+                **job_fields,
             )
             for settings, indices in groups.items()
         ]
@@ -337,11 +362,87 @@ class StableDiffusionExecutor(DrainingExecutor):
         """Generate ``num_images`` images per document: each job waits on the model thread,
         which may run it in one pipeline call with other requests' jobs queued beside it."""
         jobs = self.generation_jobs(docs, parameters)
-        results = await asyncio.gather(
-            *(self.worker.run(job, job.settings.batch_key(), len(job.prompts)) for job in jobs)
-        )
+        try:
+            results = await asyncio.gather(
+                *(self.worker.run(job, job.settings.batch_key(), len(job.prompts)) for job in jobs)
+            )
+        except asyncio.CancelledError:  # the caller is gone (client hung up, timeout)
+            self.cancel(jobs)
+            raise
         # Encoding (PNG: tens of ms at 512 px) off the event loop and off the model thread.
         return await asyncio.to_thread(self.attach_images, docs, jobs, results)
+
+    @requests(on=DIFFUSION_STREAM_ENDPOINT)
+    async def generate_stream(self, doc: StreamRequest, **kwargs) -> StreamEvent:
+        """One document's generation as events: progress after every step, previews every
+        ``preview_every`` steps, then ``done`` with its images, or one ``error``. The gateway's
+        ``/stream`` calls it after Whisper; closing the stream cancels the generation."""
+        with self.metrics.call('generate_stream'), self.tracking():
+            try:
+                async for event in self.generation_events(doc):
+                    yield event
+            except Exception as error:  # noqa: BLE001 - the client gets it as its error event
+                self.metrics.count_error(error)
+                yield StreamEvent(
+                    event='error',
+                    status=422 if isinstance(error, RequestError) else 500,
+                    message=str(error),
+                )
+
+    async def generation_events(self, doc: StreamRequest) -> AsyncIterator[StreamEvent]:
+        """``generate_stream``'s events; raises what ``generate`` would raise."""
+        loop = asyncio.get_running_loop()
+        steps: asyncio.Queue = asyncio.Queue()
+        docs = DocList[SpeechDoc]([SpeechDoc(**doc.model_dump(exclude={'parameters'}))])
+        [job] = self.generation_jobs(
+            docs,
+            doc.parameters,
+            on_step=lambda *step: loop.call_soon_threadsafe(steps.put_nowait, step),
+        )
+        default_every = max(1, round(job.settings.num_inference_steps / DEFAULT_PREVIEWS))
+        job = dataclasses.replace(
+            job,
+            preview_every=int_parameter(
+                doc.parameters, 'preview_every', default_every, 0, self.max_inference_steps
+            ),
+        )
+        future = self.worker.submit(job, job.settings.batch_key(), len(job.prompts))
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(steps.put_nowait, None))
+        try:
+            while (item := await steps.get()) is not None:
+                step, total, latents = item
+                yield StreamEvent(event='progress', step=step, steps=total)
+                if latents is not None:
+                    previews = await asyncio.to_thread(self.preview_images, latents, job.settings)
+                    yield StreamEvent(event='preview', step=step, steps=total, images=previews)
+            images = await asyncio.wrap_future(future)
+        finally:
+            if not future.done():  # the stream was closed: its caller is gone
+                self.cancel([job])
+        [doc] = await asyncio.to_thread(self.attach_images, docs, [job], [images])
+        yield StreamEvent(event='done', text=doc.text, tags=doc.tags, images=doc.matches)
+
+    def cancel(self, jobs: List[GenerationJob]) -> None:
+        """Stop waiting for ``jobs``: out of the queue if not started, else skipped by the
+        model thread (which stops the call once none of its jobs is wanted)."""
+        for job in jobs:
+            job.cancelled.set()
+        self.metrics.cancelled_requests.inc()
+
+    def preview_images(self, latents, settings: GenerationSettings) -> DocList[ImageDoc]:
+        """One JPEG preview per image of a job, from its latents (images x channels x h x w)."""
+        return DocList[ImageDoc](
+            ImageDoc(
+                bytes_=preview_jpeg(
+                    image, self.preview_projection, settings.width, settings.height
+                ),
+                mime_type=PREVIEW_MIME_TYPE,
+                width=settings.width,
+                height=settings.height,
+                tags={'image': number},
+            )
+            for number, image in enumerate(latents)
+        )
 
     @requests(on='/transcribe')
     async def pass_through(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:
@@ -356,7 +457,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         seeds = [doc_seeds for job in jobs for doc_seeds in job.seeds]
         self.metrics.batch_documents.observe(len(prompts))
         started = time.perf_counter()
-        images = self.run_pipeline(prompts, seeds, settings)
+        images = self.run_pipeline(prompts, seeds, settings, self.step_callback(jobs))
         self.metrics.observe_pipeline_call(
             len(images), time.perf_counter() - started, self.pipeline.device
         )
@@ -378,10 +479,45 @@ class StableDiffusionExecutor(DrainingExecutor):
                 )
         return docs
 
+    def step_callback(self, jobs: List[GenerationJob]) -> Callable:
+        """diffusers' ``callback_on_step_end`` for one call over ``jobs``: each streaming job
+        hears of its step (with its own latents when a preview is due), and the call stops once
+        every job is cancelled. It reads the latents and changes nothing: previews leave the
+        images as they would be without."""
+        spans, start = [], 0
+        for job in jobs:
+            spans.append((start, start + job.images))
+            start += job.images
+        steps = jobs[0].settings.num_inference_steps
+
+        def on_step_end(pipeline, index: int, timestep, tensors: Dict) -> Dict:
+            step = index + 1
+            for job, (first, end) in zip(jobs, spans):
+                if job.on_step is None or job.cancelled.is_set():
+                    continue
+                preview_due = (
+                    self.preview_projection is not None
+                    and job.preview_every
+                    and step % job.preview_every == 0
+                    and step < steps
+                )
+                latents = tensors['latents'][first:end].clone() if preview_due else None
+                job.on_step(step, steps, latents)
+            if all(job.cancelled.is_set() for job in jobs):
+                raise GenerationCancelled(f'cancelled after step {step} of {steps}')
+            return tensors
+
+        return on_step_end
+
     def run_pipeline(
-        self, prompts: List[str], seeds: List[List[int]], settings: GenerationSettings
+        self,
+        prompts: List[str],
+        seeds: List[List[int]],
+        settings: GenerationSettings,
+        on_step_end: Optional[Callable] = None,
     ):
-        """One pipeline call for every image of every prompt; returns PIL images in order."""
+        """One pipeline call for every image of every prompt; returns PIL images in order.
+        ``on_step_end`` is diffusers' ``callback_on_step_end``."""
         import torch
 
         flat_prompts = [p for p, doc_seeds in zip(prompts, seeds) for _ in doc_seeds]
@@ -402,6 +538,7 @@ class StableDiffusionExecutor(DrainingExecutor):
                 width=settings.width,
                 height=settings.height,
                 generator=generators,
+                callback_on_step_end=on_step_end,
             )
         return list(result.images)
 
