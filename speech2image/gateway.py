@@ -50,6 +50,7 @@ from speech2image.request_policy import (
     error_response,
     executor_refusal,
     invalid,
+    non_finite_struct_number,
     service_failure,
     status_refusal,
     too_large,
@@ -291,12 +292,18 @@ def streamed(streams: StreamService) -> Callable:
 
 
 def grpc_stream_request(request) -> StreamRequest:
-    """The ``StreamRequest`` a ``stream_doc`` call carries, checked as ``/`` checks documents."""
+    """The ``StreamRequest`` a ``stream_doc`` call carries, checked as ``/`` checks documents.
+    Parameters travel in the request's ``parameters`` (a protobuf Struct, as on every other
+    call) or, for jina's ``Client.stream_doc``, which sends none, in the document's own."""
     request.document_cls = StreamRequest
     try:
         document = request.data.doc
     except Exception as error:  # noqa: BLE001 - what docarray says is wrong with it
         raise invalid(f'document 0: not a StreamRequest: {error}') from None
+    where = non_finite_struct_number(request.proto_wo_data.parameters)
+    if where is not None:
+        raise invalid(f"'{where}' must be a finite number, got NaN or infinity")
+    document.parameters = request.parameters or document.parameters
     check_parameters(document.parameters)
     return document
 

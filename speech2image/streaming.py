@@ -54,6 +54,17 @@ def server_sent_event(event: StreamEvent) -> bytes:
     return f'event: {event.event}\ndata: {event_json(event)}\n\n'.encode()
 
 
+def as_call_parameters(parameters: Dict) -> Dict:
+    """``parameters`` as every other call hands them to the Executors: through a protobuf
+    Struct, where every number is a float. (DocArray stores a document's integers as int32, so
+    a seed of 2**31 sent as an int would fail on the way instead of being refused by name.)"""
+    from google.protobuf import json_format, struct_pb2
+
+    struct = struct_pb2.Struct()
+    struct.update(parameters)
+    return json_format.MessageToDict(struct)
+
+
 def stream_request_from_json(request: Dict) -> StreamRequest:
     """The document and parameters of a ``/stream`` body already passed by
     ``check_json_request`` (an object with a non-empty ``data`` list): it must hold one document."""
@@ -163,6 +174,7 @@ class StreamService:
         place in the queue is how many calls were in flight at this gateway before it."""
         queue_position = self.guard.pending
         self.guard.admit()
+        request.parameters = as_call_parameters(request.parameters)
         stream = LiveStream(self, request, queue_position)
         self._live[stream.request_id] = stream
         return stream

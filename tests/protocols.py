@@ -23,9 +23,10 @@ from docarray import DocList
 from jina.proto import jina_pb2_grpc
 from jina.types.request.data import DataRequest
 
-from speech2image.defaults import HTTP_ROOT_ENDPOINT
+from speech2image.defaults import HTTP_ROOT_ENDPOINT, STREAM_ENDPOINT
 from speech2image.request_policy import NOT_FOUND_NAME, USER_ERROR_NAME
-from speech2image.schema import SpeechDoc
+from speech2image.schema import SpeechDoc, StreamEvent, StreamRequest
+from speech2image.streaming import event_json
 
 # Status classes, one name for what each protocol says.
 OK, INVALID, NOT_FOUND = 'ok', 'invalid', 'not found'
@@ -35,6 +36,8 @@ GRPC_CLASSES = {
     grpc.StatusCode.NOT_FOUND: NOT_FOUND,
 }
 HTTP_CLASSES = {200: OK, 422: INVALID, 404: NOT_FOUND}
+# A stream's error event says the HTTP status the same error gets from '/'.
+EVENT_CLASSES = {422: INVALID, 404: NOT_FOUND}
 WEBSOCKET_CLASSES = {USER_ERROR_NAME: INVALID, NOT_FOUND_NAME: NOT_FOUND}
 ANSWER_TIMEOUT_S = 60
 WS_END_OF_ITERATION = bytes(True)
@@ -171,3 +174,104 @@ def over_cli(address: str, args: List[str], cwd: Path) -> subprocess.CompletedPr
         text=True,
         timeout=ANSWER_TIMEOUT_S * 2,
     )
+
+
+# --- the streaming call ----------------------------------------------------------------------
+
+
+@dataclass
+class StreamAnswer:
+    """What a streaming client observes: the events (as JSON objects) and the status class of
+    the refusal or of the final error event (OK when the stream ended with ``done``)."""
+
+    status: str
+    message: str = ''
+    events: List[Dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def kinds(self) -> List[str]:
+        return [event['event'] for event in self.events]
+
+
+def stream_answer(events: List[Dict[str, Any]]) -> StreamAnswer:
+    """The answer a stream's events give: its error event's status and message, else OK."""
+    last = events[-1] if events else {'event': 'none'}
+    if last['event'] == 'error':
+        return StreamAnswer(
+            EVENT_CLASSES.get(last['status'], str(last['status'])), last['message'], events
+        )
+    return StreamAnswer(OK if last['event'] == 'done' else last['event'], '', events)
+
+
+def stream_over_grpc(address: str, doc: SpeechDoc, parameters: Dict) -> StreamAnswer:
+    """jina's ``stream_doc`` call with endpoint '/stream', on a raw stub. An error event must
+    end the call with the status class the event names."""
+    from jina.types.request.data import SingleDocumentRequest
+
+    request = SingleDocumentRequest()
+    request.header.exec_endpoint = STREAM_ENDPOINT
+    request.document_cls = StreamRequest
+    request.data.doc = StreamRequest(**doc.model_dump())
+    if parameters:
+        request.parameters = parameters
+    events = []
+    with grpc.insecure_channel(address.removeprefix('grpc://')) as channel:
+        stub = jina_pb2_grpc.JinaSingleDocumentRequestRPCStub(channel)
+        try:
+            for response in stub.stream_doc(request, timeout=ANSWER_TIMEOUT_S):
+                response.document_cls = StreamEvent
+                events.append(json.loads(event_json(response.data.doc)))
+        except grpc.RpcError as error:
+            answer = stream_answer(events)
+            code_class = GRPC_CLASSES.get(error.code(), error.code().name)
+            if events and events[-1]['event'] == 'error':
+                assert code_class == answer.status, (error.code(), events[-1])
+                return answer
+            return StreamAnswer(code_class, error.details(), events)
+    return stream_answer(events)
+
+
+def stream_body(doc: SpeechDoc, parameters: Dict) -> bytes:
+    return json_body([doc], parameters)
+
+
+def stream_over_http(base_url: str, doc: SpeechDoc, parameters: Dict) -> StreamAnswer:
+    """``POST /stream``, read as Server-Sent Events (each event's JSON on its ``data:`` line)."""
+    with requests.post(
+        f'{base_url}{STREAM_ENDPOINT}',
+        data=stream_body(doc, parameters),
+        headers={'Content-Type': 'application/json'},
+        stream=True,
+        timeout=ANSWER_TIMEOUT_S,
+    ) as response:
+        if response.status_code != 200:
+            status = HTTP_CLASSES.get(response.status_code, str(response.status_code))
+            return StreamAnswer(status, response.json()['detail'])
+        assert response.headers['content-type'] == 'text/event-stream'
+        events = [
+            json.loads(line.removeprefix('data: '))
+            for line in response.iter_lines(decode_unicode=True)
+            if line.startswith('data: ')
+        ]
+    return stream_answer(events)
+
+
+def stream_over_websocket(address: str, doc: SpeechDoc, parameters: Dict) -> StreamAnswer:
+    """The WebSocket at /stream: the request as one text message, then one message per event
+    until the server closes."""
+    from websockets.sync.client import connect
+
+    url = address.replace('websocket://', 'ws://') + STREAM_ENDPOINT
+    with connect(url, open_timeout=ANSWER_TIMEOUT_S, max_size=None) as websocket:
+        websocket.send(stream_body(doc, parameters).decode())
+        events = [json.loads(message) for message in websocket]
+    return stream_answer(events)
+
+
+STREAM_SENDERS = {
+    'gRPC': lambda flow, doc, parameters: stream_over_grpc(flow.grpc, doc, parameters),
+    'HTTP': lambda flow, doc, parameters: stream_over_http(flow.http, doc, parameters),
+    'WebSocket': lambda flow, doc, parameters: stream_over_websocket(
+        flow.websocket, doc, parameters
+    ),
+}

@@ -17,8 +17,8 @@ VENV_BIN = Path(sys.executable).parent
 KUBECTL = VENV_BIN / 'kubectl'
 
 
-def gateway_pending_requests(port_monitoring: int) -> float:
-    """jina's count of requests in flight at the gateway, read from its /metrics."""
+def metric_total(port_monitoring: int, name: str) -> float:
+    """The sum of the samples named ``name`` on the /metrics of ``port_monitoring``."""
     import requests
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,9 +26,14 @@ def gateway_pending_requests(port_monitoring: int) -> float:
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
-        if family.name == 'jina_number_of_pending_requests'
         for sample in family.samples
+        if sample.name == name
     )
+
+
+def gateway_pending_requests(port_monitoring: int) -> float:
+    """jina's count of requests in flight at the gateway, read from its /metrics."""
+    return metric_total(port_monitoring, 'jina_number_of_pending_requests')
 
 
 def poll_until(condition, timeout: float, what: str, interval: float = 0.05):

@@ -1,6 +1,7 @@
 """One contract on every protocol: a bad request gets the same clear error over gRPC, HTTP,
 WebSocket, the web service and the CLI, with the status class a client expects, naming the
-document (by the id the client gave it) and what was wrong; then the Flow still serves.
+document (by the id the client gave it) and what was wrong; then the Flow still serves. The
+streaming call /stream gives the same errors, on each protocol, as an error event or a refusal.
 
 Each case is sent at the wire (raw gRPC stub, HTTP JSON, raw WebSocket frames), so the real
 status is seen, and through the jina Client over WebSocket ``WS_REPEATS`` times: jina's WebSocket
@@ -21,6 +22,7 @@ from tests.protocols import (
     INVALID,
     NOT_FOUND,
     OK,
+    STREAM_SENDERS,
     over_cli,
     over_grpc,
     over_http,
@@ -208,6 +210,52 @@ def test_every_protocol_gives_the_same_clear_error(running_flow, web_service, na
             'web service',
         )
     assert_still_serving(running_flow)
+
+
+# The cases a stream can carry: one document, to an endpoint /stream runs ('/stream' is '/').
+STREAM_CASES = sorted(
+    name
+    for name, case in CASES.items()
+    if case.endpoint != '/nope' and name not in ('empty request', 'second of two documents bad')
+)
+
+
+@pytest.mark.parametrize('name', STREAM_CASES)
+def test_the_stream_gives_the_same_clear_error_on_every_protocol(running_flow, name):
+    case = CASES[name]
+    for protocol, send_stream in STREAM_SENDERS.items():
+        [doc] = case.docs()
+        answer = send_stream(running_flow, doc, case.parameters)
+        assert_refused(answer, case, f'{protocol} /stream')
+        # Refused before admission: no event (gRPC, HTTP) or one error event (WebSocket);
+        # after: accepted first, one error event last, no images.
+        if answer.kinds[:1] == ['accepted']:
+            assert answer.kinds.count('error') == 1 and answer.kinds[-1] == 'error'
+            assert 'done' not in answer.kinds
+        else:
+            assert answer.kinds in ([], ['error']), answer.kinds
+    assert_still_serving(running_flow)
+
+
+def test_the_stream_takes_one_document_and_only_its_own_endpoint(running_flow):
+    import requests
+
+    from tests.protocols import stream_body
+
+    response = requests.post(
+        f'{running_flow.http}/stream',
+        data=stream_body(SpeechDoc(text='a'), {})[:-1] + b', "data": [{}, {}]}',
+        headers={'Content-Type': 'application/json'},
+        timeout=30,
+    )
+    assert response.status_code == 422
+    assert 'a stream takes exactly one document in "data", got 2' in response.json()['detail']
+    # The diffusion Executor's own streaming endpoint is the gateway's business, not a client's.
+    for method in ('GET', 'POST'):
+        response = requests.request(method, f'{running_flow.http}/generate_stream', timeout=30)
+        assert response.status_code == 404, (method, response.text)
+    answer = over_grpc(running_flow.grpc, '/generate_stream', prompt(), {})
+    assert answer.status == NOT_FOUND
 
 
 @pytest.mark.parametrize('name', sorted(CASES))
