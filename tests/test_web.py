@@ -567,9 +567,11 @@ def test_errors_arrive_as_the_executors_message(web_url):
     assert answer.status_code == 404 and 'unknown endpoint' in answer.json()['error']
 
 
-def test_busy_and_silent_gateways_are_explained():
-    """Beyond --max-in-flight, requests are refused at once with "server busy"; a gateway that
-    never answers (here a socket that listens and never replies) ends in a timeout."""
+@pytest.mark.parametrize('endpoint', ['generate', 'stream'])
+def test_busy_and_silent_gateways_are_explained(endpoint):
+    """Beyond --max-in-flight, requests are refused at once with "server busy" (a cancel is not
+    counted: it gets through); a gateway that never answers (here a socket that listens and
+    never replies) ends in a timeout, before any event of a stream."""
     with socket.socket() as silent_gateway:
         silent_gateway.bind(('127.0.0.1', 0))
         silent_gateway.listen()
@@ -579,21 +581,64 @@ def test_busy_and_silent_gateways_are_explained():
             first = {}
             sender = threading.Thread(
                 target=lambda: first.update(
-                    answer=requests.post(f'{url}/api/generate', json={'data': []}, timeout=30)
+                    answer=requests.post(f'{url}/api/{endpoint}', json={'data': []}, timeout=30)
                 )
             )
             sender.start()
             while requests.get(f'{url}/healthz', timeout=5).json()['in_flight'] == 0:
                 assert sender.is_alive(), 'the first request was answered at once'
                 time.sleep(POLL_S)
-            second = requests.post(f'{url}/api/generate', json={'data': []}, timeout=30)
+            second = requests.post(f'{url}/api/{endpoint}', json={'data': []}, timeout=30)
+            cancel = requests.post(f'{url}/api/stream/cancel', json={'request_id': 'r'}, timeout=30)
             sender.join()
+    assert cancel.status_code == 504  # forwarded, and the gateway did not answer
     assert second.status_code == 503
     assert second.json() == {
         'error': 'server busy: too many requests at once (the limit is 1); try again in a moment'
     }
     assert first['answer'].status_code == 504
     assert first['answer'].json() == {'error': 'the service did not answer within 2 s'}
+
+
+# The start of an event stream, as the gateway sends it: headers, then one chunk with one event.
+STREAM_START = (
+    b'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n'
+)
+ACCEPTED_EVENT = b'event: accepted\ndata: {"event": "accepted", "request_id": "r1"}\n\n'
+
+
+def break_off_a_stream(listener: socket.socket) -> None:
+    """Answer one request with the start of an event stream, then hang up mid-stream."""
+    connection, _ = listener.accept()
+    with connection:
+        connection.recv(2**16)
+        chunk = b'%x\r\n%s\r\n' % (len(ACCEPTED_EVENT), ACCEPTED_EVENT)
+        connection.sendall(STREAM_START + chunk)
+
+
+def test_a_stream_the_gateway_breaks_off_ends_with_an_error_event():
+    """After the first event the page reads events only: a failure midway is the last one."""
+    with socket.socket() as listener:
+        listener.bind(('127.0.0.1', 0))
+        listener.listen()
+        gateway = threading.Thread(target=break_off_a_stream, args=(listener,), daemon=True)
+        gateway.start()
+        with serve_web('--gateway', f'http://127.0.0.1:{listener.getsockname()[1]}') as url:
+            with post_stream(url, {'text': 'a red apple'}) as answer:
+                assert answer.status_code == 200
+                events = list(server_sent_events(answer))
+        gateway.join(timeout=SERVICE_STOP_TIMEOUT_S)
+    assert events == [
+        ('accepted', {'event': 'accepted', 'request_id': 'r1'}),
+        (
+            'error',
+            {
+                'event': 'error',
+                'status': 502,
+                'message': 'the image service broke off the stream; try again',
+            },
+        ),
+    ]
 
 
 def test_unreachable_gateway_and_oversized_uploads_are_explained():
