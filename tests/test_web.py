@@ -352,6 +352,26 @@ def test_cancel_stops_the_generation_and_the_next_request_starts_at_once(
     assert not [text for text in statuses if 'ahead' in text], statuses
 
 
+def test_closing_the_page_mid_stream_cancels_the_generation(browser, web_url, running_flow):
+    cancelled_before = diffusion_counter(running_flow, CANCELLED_METRIC)
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        page.goto(web_url)
+        page.click('#settings summary')
+        page.fill('[name=num_inference_steps]', str(CANCELLED_STEPS))
+        page.fill('#prompt', 'a painting nobody waits for')
+        page.click('#generate')
+        wait_until(page, "document.getElementById('progress').value >= 1")
+    finally:
+        context.close()
+    poll_until(
+        lambda: diffusion_counter(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
+        ANSWER_TIMEOUT_S,
+        'the diffusion Executor did not count the abandoned request',
+    )
+
+
 # The test streams of the page's SSE parser: every kind of line it must read.
 SSE_TEXT = (
     'event: accepted\ndata: {"event": "accepted"}\n\n'
