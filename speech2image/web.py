@@ -9,19 +9,26 @@ origin only, and the gateway need not be reachable from outside. On the way back
 gateway's errors into ``{"error": "<the Executor's message>"}``, refuses work beyond
 ``--max-in-flight`` requests with "server busy", and bounds uploads and waiting time.
 
+``POST /api/stream`` is relayed to the gateway's streaming call ``POST /stream`` as it happens:
+its Server-Sent Events (accepted, transcript, progress, preview, then done, error or cancelled)
+reach the page one by one, unbuffered. ``POST /api/stream/cancel`` forwards
+``{"request_id": ...}`` to ``/stream/cancel``; a browser that goes away closes the gateway
+stream, which cancels the generation.
+
 Every flag can also be given as an ``S2I_WEB_*`` environment variable: ``--gateway`` is
 ``S2I_WEB_GATEWAY``.
 """
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, web
+from aiohttp import ClientConnectionError, ClientPayloadError, ClientSession, ClientTimeout, web
 
 from speech2image import defaults
 from speech2image.auth import api_key_from_environment, authorization_header
@@ -34,6 +41,15 @@ PAGE_DIR = Path(__file__).resolve().parent / 'webpage'
 ENDPOINTS = tuple(
     (defaults.HTTP_ROOT_ENDPOINT if name == '/' else name).strip('/') for name in defaults.ENDPOINTS
 )
+# The gateway's streaming call and its cancel, as the page names them: /api/stream...
+STREAM_NAME = defaults.STREAM_ENDPOINT.strip('/')
+STREAM_CANCEL_NAME = defaults.STREAM_CANCEL_PATH.strip('/')
+SSE_CONTENT_TYPE = 'text/event-stream'
+SSE_HEADERS = {
+    'Content-Type': SSE_CONTENT_TYPE,
+    'Cache-Control': 'no-cache',
+    'X-Accel-Buffering': 'no',  # no buffering in nginx-style proxies in front of this service
+}
 # The page loads only its own files; images and recordings are blob: URLs made by the page.
 SECURITY_HEADERS = {
     'Content-Security-Policy': "default-src 'self'; img-src 'self' blob:; media-src 'self' blob:",
@@ -126,23 +142,50 @@ async def forward(request: web.Request) -> web.Response:
         return error_response(
             404, f'unknown endpoint {endpoint!r}; use one of {", ".join(ENDPOINTS)}'
         )
-    if request.content_type != defaults.JSON_CONTENT_TYPE:
-        return error_response(
-            415, f'send the request as {defaults.JSON_CONTENT_TYPE}, not {request.content_type}'
-        )
     settings = request.app[SETTINGS]
-    load = request.app[LOAD]
-    if load.in_flight >= settings.max_in_flight:
+    return await within_bounds(request, lambda: send_to_gateway(request, endpoint, settings))
+
+
+def not_json(request: web.Request) -> Optional[web.Response]:
+    """The error for a request that is not JSON, or None."""
+    if request.content_type == defaults.JSON_CONTENT_TYPE:
+        return None
+    return error_response(
+        415, f'send the request as {defaults.JSON_CONTENT_TYPE}, not {request.content_type}'
+    )
+
+
+def busy(request: web.Request) -> Optional[web.Response]:
+    """The error for a request beyond ``--max-in-flight``, or None."""
+    limit = request.app[SETTINGS].max_in_flight
+    if request.app[LOAD].in_flight >= limit:
         return error_response(
             503,
-            f'server busy: too many requests at once (the limit is {settings.max_in_flight}); '
-            'try again in a moment',
+            f'server busy: too many requests at once (the limit is {limit}); try again in a moment',
         )
+    return None
+
+
+async def within_bounds(request: web.Request, handle) -> web.StreamResponse:
+    """``await handle()``, counted in flight, unless the request is not JSON or one too many."""
+    refused = not_json(request) or busy(request)
+    if refused is not None:
+        return refused
+    load = request.app[LOAD]
     load.in_flight += 1
     try:
-        return await send_to_gateway(request, endpoint, settings)
+        return await handle()
     finally:
         load.in_flight -= 1
+
+
+def too_large(settings: Settings) -> web.Response:
+    """The error for an upload beyond ``--max-request-mb``."""
+    return error_response(
+        413,
+        f'the upload is too large: the limit is {settings.max_request_mb} MB '
+        'of base64 audio, about 3/4 of that as a file',
+    )
 
 
 async def send_to_gateway(request: web.Request, endpoint: str, settings: Settings) -> web.Response:
@@ -150,11 +193,7 @@ async def send_to_gateway(request: web.Request, endpoint: str, settings: Setting
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return error_response(
-            413,
-            f'the upload is too large: the limit is {settings.max_request_mb} MB '
-            'of base64 audio, about 3/4 of that as a file',
-        )
+        return too_large(settings)
     session = request.app[SESSION]
     try:
         async with session.post(
@@ -165,17 +204,99 @@ async def send_to_gateway(request: web.Request, endpoint: str, settings: Setting
         ) as answer:
             if answer.status == 200:
                 return web.Response(body=await answer.read(), content_type='application/json')
-            # The gateway answers the user's mistakes 4xx and its own failures 5xx already.
-            error = read_gateway_error(await answer.json(content_type=None))
-            logger.info('gateway failed /%s (%s): %s', endpoint, answer.status, error.message)
-            return error_response(answer.status, error.message)
-    except asyncio.TimeoutError:
-        return error_response(504, f'the service did not answer within {settings.timeout_s:g} s')
-    except ClientConnectionError as error:
+            return await gateway_refusal(answer, endpoint)
+    except GATEWAY_FAILURES as error:
+        return error_response(*gateway_failure(error, settings))
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """``POST /api/stream``: the gateway's ``/stream``, its events relayed as they arrive."""
+    settings = request.app[SETTINGS]
+    return await within_bounds(request, lambda: relay_stream(request, settings))
+
+
+async def relay_stream(request: web.Request, settings: Settings) -> web.StreamResponse:
+    """Post the body to the gateway's ``/stream`` and pass its Server-Sent Events on to the page
+    chunk by chunk. A refusal before the first event is the usual ``{"error": ...}``; a failure
+    after it ends the stream with an ``error`` event. The page going away ends the relay, and
+    closing the gateway connection cancels the stream there."""
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return too_large(settings)
+    relay = None
+    try:
+        async with request.app[SESSION].post(
+            f'{settings.gateway}/{STREAM_NAME}',
+            data=body,
+            headers=gateway_headers(),
+            timeout=ClientTimeout(total=settings.timeout_s),
+        ) as answer:
+            if answer.status != 200:
+                return await gateway_refusal(answer, STREAM_NAME)
+            relay = web.StreamResponse(headers=SSE_HEADERS)
+            await relay.prepare(request)
+            async for chunk in answer.content.iter_any():
+                if not await pass_on(relay, chunk):
+                    logger.info('the page left a stream; closing it at the gateway')
+                    return relay
+    except GATEWAY_FAILURES as error:
+        status, message = gateway_failure(error, settings)
+        if relay is None:
+            return error_response(status, message)
+        await pass_on(relay, server_sent_error(status, message))
+    return relay
+
+
+async def pass_on(relay: web.StreamResponse, chunk: bytes) -> bool:
+    """Write ``chunk`` to the page at once; False when the page has gone."""
+    try:
+        await relay.write(chunk)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
+        return False
+    return True
+
+
+def server_sent_error(status: int, message: str) -> bytes:
+    """A final ``error`` event in the gateway's Server-Sent Events format
+    (speech2image.streaming, not imported: it loads jina), for a relay that fails midway."""
+    data = json.dumps({'event': 'error', 'status': status, 'message': message})
+    return f'event: error\ndata: {data}\n\n'.encode()
+
+
+async def cancel_stream(request: web.Request) -> web.Response:
+    """``POST /api/stream/cancel``, ``{"request_id": ...}``: the gateway's ``/stream/cancel``.
+    Not counted in flight: a cancel must get through when the page is at its limit."""
+    refused = not_json(request)
+    if refused is not None:
+        return refused
+    return await send_to_gateway(request, STREAM_CANCEL_NAME, request.app[SETTINGS])
+
+
+async def gateway_refusal(answer, endpoint: str) -> web.Response:
+    """The page's error for the gateway's error answer ``answer`` (its own words, its status:
+    the gateway answers the user's mistakes 4xx and its own failures 5xx already)."""
+    error = read_gateway_error(await answer.json(content_type=None))
+    logger.info('gateway failed /%s (%s): %s', endpoint, answer.status, error.message)
+    return error_response(answer.status, error.message)
+
+
+# What can go wrong talking to the gateway; ValueError: a body that is not JSON, e.g. a proxy's
+# HTML error page.
+GATEWAY_FAILURES = (asyncio.TimeoutError, ClientConnectionError, ClientPayloadError, ValueError)
+
+
+def gateway_failure(error: Exception, settings: Settings) -> Tuple[int, str]:
+    """The status and message the page gets for one of ``GATEWAY_FAILURES``."""
+    if isinstance(error, asyncio.TimeoutError):
+        return 504, f'the service did not answer within {settings.timeout_s:g} s'
+    if isinstance(error, ClientConnectionError):
         logger.warning('gateway %s unreachable: %s', settings.gateway, error)
-        return error_response(502, 'the image service is not reachable; try again later')
-    except ValueError:  # a body that is not JSON, e.g. a proxy's HTML error page
-        return error_response(502, 'the image service answered with something that is not JSON')
+        return 502, 'the image service is not reachable; try again later'
+    if isinstance(error, ClientPayloadError):
+        logger.warning('gateway %s broke off a stream: %s', settings.gateway, error)
+        return 502, 'the image service broke off the stream; try again'
+    return 502, 'the image service answered with something that is not JSON'
 
 
 async def gateway_session(app: web.Application):
@@ -200,7 +321,8 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
 
 
 def create_app(settings: Settings) -> web.Application:
-    """The page at ``/``, its files under ``/static/``, the gateway's endpoints under ``/api/``."""
+    """The page at ``/``, its files under ``/static/``, the gateway's endpoints (and its
+    ``/stream``) under ``/api/``."""
     app = web.Application(client_max_size=settings.max_request_mb * defaults.MEBIBYTE)
     app[SETTINGS] = settings
     app[LOAD] = Load()
@@ -209,6 +331,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get('/', index)
     app.router.add_get('/healthz', healthz)
     app.router.add_static('/static/', PAGE_DIR)
+    # Before /api/{endpoint}, which would otherwise take /api/stream.
+    app.router.add_post(f'/api/{STREAM_NAME}', stream)
+    app.router.add_post(f'/api/{STREAM_CANCEL_NAME}', cancel_stream)
     app.router.add_post('/api/{endpoint}', forward)
     return app
 
@@ -222,7 +347,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     logger.info(
         'serving the page on http://%s:%d, forwarding to %s', args.host, args.port, settings.gateway
     )
-    web.run_app(create_app(settings), host=args.host, port=args.port, print=None)
+    # A page that goes away cancels its handler, and with it the gateway request it waits on.
+    web.run_app(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        print=None,
+        handler_cancellation=True,
+    )
 
 
 if __name__ == '__main__':

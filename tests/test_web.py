@@ -7,6 +7,8 @@ tests/artifacts/ (ignored by git).
 
 import base64
 import io
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -15,16 +17,19 @@ import time
 import wave
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Tuple
 
 import numpy as np
 import pytest
 import requests
 from playwright.sync_api import sync_playwright
+from prometheus_client.parser import text_string_to_metric_families
 
+from speech2image.defaults import EXECUTOR_MONITORING_OFFSETS
 from speech2image.gateway_errors import GatewayError, read_gateway_error
 from speech2image.web import parse_args
-from tests.conftest import ASSETS, ROOT, free_ports
+from tests.conftest import ASSETS, ROOT, RunningFlow, free_ports
+from tests.support import poll_until
 
 CHROMIUM = Path('/usr/bin/chromium')
 ARTIFACTS = ROOT / 'tests' / 'artifacts'
@@ -45,6 +50,11 @@ SERVICE_STOP_TIMEOUT_S = 10
 ANSWER_TIMEOUT_S = 60
 POLL_S = 0.05
 DESKTOP = {'width': 1024, 'height': 768}
+# Steps for a stream the tests watch or cancel midway: enough that it is not over before they
+# look (the offline model does a step in tens of ms), within the Executor's limit of 100.
+WATCHED_STEPS = 40
+CANCELLED_STEPS = 100
+CANCELLED_METRIC = 'speech2image_diffusion_cancelled_requests'
 PHONE = {'width': 390, 'height': 844}
 
 
@@ -190,6 +200,15 @@ def rendered_image_widths(page) -> list:
     )
 
 
+def wait_for_final_images(page, count: int) -> None:
+    """Until the stream's final images (not its previews) have all loaded."""
+    wait_until(
+        page,
+        '(images => images.length === %d && images.every(i => i.complete && i.naturalWidth))'
+        "([...document.querySelectorAll('#images figure:not(.preview) img')])" % count,
+    )
+
+
 # --- the page in a browser -------------------------------------------------------------------
 
 
@@ -202,10 +221,9 @@ def test_recorded_speech_shows_transcript_and_images(browser, web_url):
         wait_until(page, "document.getElementById('level').value > 0.05", timeout_s=5)
         time.sleep(LEAD_SILENCE_S + SPOKEN_S)
         page.click('#record')
-        page.wait_for_selector('#result:not([hidden])', timeout=ANSWER_TIMEOUT_S * 1000)
+        wait_for_final_images(page, 2)
         assert 'red apple' in page.inner_text('#transcript').lower()
         assert 'from recording' in page.inner_text('#transcript-info')
-        wait_until(page, "[...document.querySelectorAll('#images img')].every(i => i.complete)")
         assert rendered_image_widths(page) == [64, 64]
         captions = page.eval_on_selector_all(
             '#images figcaption', 'cs => cs.map(c => c.textContent)'
@@ -238,17 +256,306 @@ def test_typed_prompt_on_a_phone_screen(browser, web_url):
         page.click('#settings summary')
         page.fill('#prompt', 'a lighthouse at dusk')
         page.click('#generate')
-        page.wait_for_selector('#result:not([hidden])', timeout=ANSWER_TIMEOUT_S * 1000)
+        wait_for_final_images(page, 1)
         assert page.inner_text('#result-title') == 'Prompt'
         assert page.inner_text('#transcript') == 'a lighthouse at dusk'
-        wait_until(page, "document.querySelector('#images img').complete")
         assert rendered_image_widths(page) == [64]
         assert_layout_fits(page)
         image_box = page.locator('#images img').bounding_box()
         assert image_box['width'] > PHONE['width'] / 2  # one image per row, not a thumbnail
 
 
+# What the page went through while it streamed, recorded in the page: a snapshot of the progress
+# bar and the transcript at each change of the bar, and at each image that finished loading
+# ("preview" or "final"); and each status line shown.
+RECORD_PAGE_STATES = """() => {
+  window.pageStates = [];
+  window.statusTexts = [];
+  const progress = document.getElementById('progress');
+  const snapshot = (what) => window.pageStates.push({
+    what,
+    transcript: document.getElementById('result').hidden
+      ? '' : document.getElementById('transcript').textContent,
+    step: progress.hasAttribute('value') ? progress.value : null,
+    steps: progress.max,
+  });
+  new MutationObserver(() => snapshot('progress')).observe(progress, { attributes: true });
+  document.getElementById('images').addEventListener(
+    'load', (event) => snapshot(event.target.closest('figure').className || 'final'), true);
+  const status = document.getElementById('status-text');
+  new MutationObserver(() => window.statusTexts.push(status.textContent))
+    .observe(status, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+def test_the_page_shows_the_transcript_then_previews_then_the_images(browser, web_url):
+    """An upload streams: the transcript is on the page while the bar shows real steps part way,
+    a preview image is shown before the final one, which replaces it."""
+    with open_page(browser, web_url, DESKTOP, 'web-streaming-desktop.png') as page:
+        page.evaluate(RECORD_PAGE_STATES)
+        page.click('#settings summary')
+        page.fill('[name=num_inference_steps]', str(WATCHED_STEPS))
+        page.set_input_files('#file', str(ASSETS / 'apple.wav'))
+        wait_for_final_images(page, 1)
+        states = page.evaluate('window.pageStates')
+        captions = page.eval_on_selector_all(
+            '#images figcaption', 'cs => cs.map(c => c.textContent)'
+        )
+        assert page.eval_on_selector_all('#images figure.preview', 'fs => fs.length') == 0
+        assert page.is_hidden('#status')
+    bar = [state for state in states if state['what'] == 'progress' and state['step'] is not None]
+    assert {state['steps'] for state in bar} == {WATCHED_STEPS}
+    assert len({state['step'] for state in bar}) > 1  # it moved with the steps
+    assert any(
+        'red apple' in state['transcript'].lower() and 0 < state['step'] < WATCHED_STEPS
+        for state in bar
+    ), states
+    loads = [state for state in states if state['what'] != 'progress']
+    assert loads[0]['what'] == 'preview' and loads[0]['step'] < WATCHED_STEPS, loads
+    assert loads[-1]['what'] == 'final', loads
+    assert f'{WATCHED_STEPS} steps' in captions[0]
+
+
+def test_cancel_stops_the_generation_and_the_next_request_starts_at_once(
+    browser, web_url, running_flow
+):
+    cancelled_before = diffusion_counter(running_flow, CANCELLED_METRIC)
+    with open_page(browser, web_url, DESKTOP, 'web-cancelled-desktop.png') as page:
+        page.click('#settings summary')
+        page.fill('[name=num_inference_steps]', str(CANCELLED_STEPS))
+        page.fill('#prompt', 'a slow painting')
+        page.click('#generate')
+        wait_until(page, "document.getElementById('progress').value >= 1")  # painting
+        page.click('#cancel')
+        page.wait_for_selector('#notice:not([hidden])', timeout=ANSWER_TIMEOUT_S * 1000)
+        cancelled = re.fullmatch(
+            r'Cancelled after step (\d+) of (\d+)\.', page.inner_text('#notice')
+        )
+        assert cancelled, page.inner_text('#notice')
+        assert int(cancelled[1]) < int(cancelled[2]) == CANCELLED_STEPS
+        assert page.eval_on_selector_all('#images figure', 'fs => fs.length') == 0
+        assert page.is_hidden('#status') and page.is_hidden('#error')
+        poll_until(
+            lambda: diffusion_counter(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
+            ANSWER_TIMEOUT_S,
+            'the diffusion Executor did not count the cancelled request',
+        )
+        # The next request: nothing ahead of it at the gateway, and it runs to its images.
+        page.evaluate(RECORD_PAGE_STATES)
+        page.fill('[name=num_inference_steps]', '2')
+        page.fill('#prompt', 'a quick sketch')
+        page.click('#generate')
+        wait_for_final_images(page, 1)
+        assert page.is_hidden('#notice')
+        statuses = page.evaluate('window.statusTexts')
+    assert 'Reading the prompt…' in statuses, statuses
+    assert not [text for text in statuses if 'ahead' in text], statuses
+
+
+def test_closing_the_page_mid_stream_cancels_the_generation(browser, web_url, running_flow):
+    cancelled_before = diffusion_counter(running_flow, CANCELLED_METRIC)
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        page.goto(web_url)
+        page.click('#settings summary')
+        page.fill('[name=num_inference_steps]', str(CANCELLED_STEPS))
+        page.fill('#prompt', 'a painting nobody waits for')
+        page.click('#generate')
+        wait_until(page, "document.getElementById('progress').value >= 1")
+    finally:
+        context.close()
+    poll_until(
+        lambda: diffusion_counter(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
+        ANSWER_TIMEOUT_S,
+        'the diffusion Executor did not count the abandoned request',
+    )
+
+
+# The test streams of the page's SSE parser: every kind of line it must read.
+SSE_TEXT = (
+    'event: accepted\ndata: {"event": "accepted"}\n\n'
+    ': a comment line\n\n'
+    'event: preview\ndata: line one\ndata:line two, café\n\n'
+    'data:  unnamed, one space kept\n\n'
+    'event: no data\n\n'
+    'event: done\ndata: {}\n\n'
+)
+SSE_EVENTS = [
+    {'event': 'accepted', 'data': '{"event": "accepted"}'},
+    {'event': 'preview', 'data': 'line one\nline two, café'},
+    {'event': 'message', 'data': ' unnamed, one space kept'},
+    {'event': 'done', 'data': '{}'},
+]
+# In the page: parse the chunks as readEvents does, one after the other; or every split of one
+# text into two chunks.
+PARSE_CHUNKS = """chunks => {
+  let rest = '';
+  const events = [];
+  for (const chunk of chunks) {
+    const parsed = parseServerSentEvents(rest + chunk);
+    rest = parsed.rest;
+    events.push(...parsed.events);
+  }
+  return { events, rest };
+}"""
+PARSE_EVERY_SPLIT = """text => [...text].map((_, cut) => {
+  const first = parseServerSentEvents(text.slice(0, cut));
+  const second = parseServerSentEvents(first.rest + text.slice(cut));
+  return { events: [...first.events, ...second.events], rest: second.rest };
+})"""
+
+
+def test_the_pages_server_sent_events_parser(browser, web_url):
+    with open_page(browser, web_url, DESKTOP, 'web-parser.png') as page:
+        for text in (SSE_TEXT, SSE_TEXT.replace('\n', '\r\n')):
+            whole = {'events': SSE_EVENTS, 'rest': ''}
+            assert page.evaluate(PARSE_CHUNKS, [text]) == whole
+            splits = page.evaluate(PARSE_EVERY_SPLIT, text)
+            assert [split for split in splits if split != whole] == []
+            assert page.evaluate(PARSE_CHUNKS, list(text)) == whole  # one character at a time
+        # Lines ended by a lone CR; an unfinished event waits for the rest of its text.
+        carriage_returns = page.evaluate(PARSE_CHUNKS, [SSE_TEXT.replace('\n', '\r') + 'data: x'])
+        assert carriage_returns == {'events': SSE_EVENTS, 'rest': 'data: x'}
+
+
 # --- the service ------------------------------------------------------------------------------
+
+
+def diffusion_counter(flow: RunningFlow, name: str) -> float:
+    """The diffusion Executor's counter ``name`` (without ``_total``), from its /metrics."""
+    port = flow.port_monitoring + EXECUTOR_MONITORING_OFFSETS['stablediffusion']
+    text = requests.get(f'http://127.0.0.1:{port}/metrics', timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == name
+        for sample in family.samples
+        if sample.name == f'{name}_total'
+    )
+
+
+def server_sent_events(answer: requests.Response) -> Iterator[Tuple[str, dict]]:
+    """Each event of a streamed answer as it arrives: its SSE name and its JSON data."""
+    name = None
+    for line in answer.iter_lines(decode_unicode=True):
+        if line.startswith('event: '):
+            name = line[len('event: ') :]
+        elif line.startswith('data: '):
+            yield name, json.loads(line[len('data: ') :])
+
+
+def post_stream(url: str, document: dict, **parameters) -> requests.Response:
+    """``POST /api/stream`` with one document, its answer streamed (a context manager)."""
+    body = {'data': [document], 'parameters': parameters}
+    return requests.post(f'{url}/api/stream', json=body, stream=True, timeout=ANSWER_TIMEOUT_S)
+
+
+def read_until_progress(events: Iterator[Tuple[str, dict]]) -> dict:
+    """Read events up to the first progress; returns the accepted event."""
+    name, accepted = next(events)
+    assert name == 'accepted', accepted
+    for name, event in events:
+        assert name not in ('done', 'error', 'cancelled'), event
+        if name == 'progress':
+            return accepted
+    raise AssertionError('the stream ended without progress')
+
+
+def test_the_stream_relay_passes_the_events_on_in_order(web_url):
+    with post_stream(web_url, {'text': 'a red apple'}, num_inference_steps=10, seed=1) as answer:
+        assert answer.status_code == 200
+        assert answer.headers['Content-Type'] == 'text/event-stream'
+        events = list(server_sent_events(answer))
+    assert all(name == event['event'] for name, event in events)
+    assert [(event['event'], event.get('step')) for _, event in events] == [
+        ('accepted', None),
+        ('transcript', None),
+        *[
+            kind
+            for step in range(1, 11)
+            for kind in [('progress', step)] + [('preview', step)] * (step in (2, 4, 6, 8))
+        ],
+        ('done', None),
+    ]
+    request_id = events[0][1]['request_id']
+    assert all(event['request_id'] == request_id for _, event in events)
+    assert events[1][1]['text'] == 'a red apple'
+    [preview] = events[4][1]['images']
+    assert preview['mime_type'] == 'image/jpeg' and preview['tags'] == {'image': 0}
+    [image] = events[-1][1]['images']
+    assert image['mime_type'] == 'image/png' and image['tags']['seed'] == 1
+
+
+def test_a_stream_is_cancelled_by_its_request_id(web_url, running_flow):
+    """The events reach the page as they happen (the accepted event comes in time to cancel
+    the stream with its id), and the cancel reaches the generation."""
+    cancelled_before = diffusion_counter(running_flow, CANCELLED_METRIC)
+    with post_stream(web_url, {'text': 'a slow painting'}, num_inference_steps=100) as answer:
+        events = server_sent_events(answer)
+        request_id = read_until_progress(events)['request_id']
+        cancel = requests.post(
+            f'{web_url}/api/stream/cancel', json={'request_id': request_id}, timeout=10
+        )
+        assert cancel.status_code == 200
+        assert cancel.json() == {'request_id': request_id, 'cancelled': True}
+        rest = list(events)
+    name, cancelled = rest[-1]
+    assert name == cancelled['event'] == 'cancelled'
+    assert cancelled['request_id'] == request_id
+    assert cancelled['message'] == 'cancelled by the client'
+    assert {name for name, _ in rest[:-1]} <= {'progress', 'preview'}  # no images
+    poll_until(
+        lambda: diffusion_counter(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
+        ANSWER_TIMEOUT_S,
+        'the diffusion Executor did not count the cancelled request',
+    )
+    again = requests.post(
+        f'{web_url}/api/stream/cancel', json={'request_id': request_id}, timeout=10
+    )
+    assert again.status_code == 404
+    assert again.json() == {
+        'error': f'no stream with request id {request_id!r} is running on this gateway'
+    }
+
+
+def test_a_page_that_goes_away_cancels_its_stream(web_url, running_flow):
+    cancelled_before = diffusion_counter(running_flow, CANCELLED_METRIC)
+    with post_stream(web_url, {'text': 'a slow painting'}, num_inference_steps=100) as answer:
+        read_until_progress(server_sent_events(answer))
+    # Leaving the block closed the connection mid-stream.
+    poll_until(
+        lambda: diffusion_counter(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
+        ANSWER_TIMEOUT_S,
+        'the diffusion Executor did not count the abandoned request',
+    )
+    poll_until(
+        lambda: requests.get(f'{web_url}/healthz', timeout=5).json()['in_flight'] == 0,
+        ANSWER_TIMEOUT_S,
+        'the web service still counts the abandoned stream',
+    )
+
+
+def test_refused_streams_keep_the_error_shape(web_url):
+    """Refusals before the first event are plain errors, as for the other endpoints."""
+    two = {'data': [{'text': 'a'}, {'text': 'b'}]}
+    answer = requests.post(f'{web_url}/api/stream', json=two, timeout=30)
+    assert answer.status_code == 422
+    assert answer.json() == {'error': 'a stream takes exactly one document in "data", got 2'}
+    answer = requests.post(
+        f'{web_url}/api/stream',
+        data='{"data": [',
+        timeout=30,
+        headers={'Content-Type': 'application/json'},
+    )
+    assert answer.status_code == 400
+    assert answer.json()['error'].startswith('the request body is not valid JSON')
+    answer = requests.post(f'{web_url}/api/stream', data='text', timeout=30)
+    assert answer.status_code == 415
+    assert answer.json()['error'].startswith('send the request as application/json')
+    answer = requests.post(f'{web_url}/api/stream/cancel', json={}, timeout=30)
+    assert answer.status_code == 422
+    assert answer.json() == {'error': 'send {"request_id": "<the id of the accepted event>"}'}
 
 
 def test_page_and_its_files_are_served(web_url):
@@ -280,9 +587,11 @@ def test_errors_arrive_as_the_executors_message(web_url):
     assert answer.status_code == 404 and 'unknown endpoint' in answer.json()['error']
 
 
-def test_busy_and_silent_gateways_are_explained():
-    """Beyond --max-in-flight, requests are refused at once with "server busy"; a gateway that
-    never answers (here a socket that listens and never replies) ends in a timeout."""
+@pytest.mark.parametrize('endpoint', ['generate', 'stream'])
+def test_busy_and_silent_gateways_are_explained(endpoint):
+    """Beyond --max-in-flight, requests are refused at once with "server busy" (a cancel is not
+    counted: it gets through); a gateway that never answers (here a socket that listens and
+    never replies) ends in a timeout, before any event of a stream."""
     with socket.socket() as silent_gateway:
         silent_gateway.bind(('127.0.0.1', 0))
         silent_gateway.listen()
@@ -292,21 +601,64 @@ def test_busy_and_silent_gateways_are_explained():
             first = {}
             sender = threading.Thread(
                 target=lambda: first.update(
-                    answer=requests.post(f'{url}/api/generate', json={'data': []}, timeout=30)
+                    answer=requests.post(f'{url}/api/{endpoint}', json={'data': []}, timeout=30)
                 )
             )
             sender.start()
             while requests.get(f'{url}/healthz', timeout=5).json()['in_flight'] == 0:
                 assert sender.is_alive(), 'the first request was answered at once'
                 time.sleep(POLL_S)
-            second = requests.post(f'{url}/api/generate', json={'data': []}, timeout=30)
+            second = requests.post(f'{url}/api/{endpoint}', json={'data': []}, timeout=30)
+            cancel = requests.post(f'{url}/api/stream/cancel', json={'request_id': 'r'}, timeout=30)
             sender.join()
+    assert cancel.status_code == 504  # forwarded, and the gateway did not answer
     assert second.status_code == 503
     assert second.json() == {
         'error': 'server busy: too many requests at once (the limit is 1); try again in a moment'
     }
     assert first['answer'].status_code == 504
     assert first['answer'].json() == {'error': 'the service did not answer within 2 s'}
+
+
+# The start of an event stream, as the gateway sends it: headers, then one chunk with one event.
+STREAM_START = (
+    b'HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n'
+)
+ACCEPTED_EVENT = b'event: accepted\ndata: {"event": "accepted", "request_id": "r1"}\n\n'
+
+
+def break_off_a_stream(listener: socket.socket) -> None:
+    """Answer one request with the start of an event stream, then hang up mid-stream."""
+    connection, _ = listener.accept()
+    with connection:
+        connection.recv(2**16)
+        chunk = b'%x\r\n%s\r\n' % (len(ACCEPTED_EVENT), ACCEPTED_EVENT)
+        connection.sendall(STREAM_START + chunk)
+
+
+def test_a_stream_the_gateway_breaks_off_ends_with_an_error_event():
+    """After the first event the page reads events only: a failure midway is the last one."""
+    with socket.socket() as listener:
+        listener.bind(('127.0.0.1', 0))
+        listener.listen()
+        gateway = threading.Thread(target=break_off_a_stream, args=(listener,), daemon=True)
+        gateway.start()
+        with serve_web('--gateway', f'http://127.0.0.1:{listener.getsockname()[1]}') as url:
+            with post_stream(url, {'text': 'a red apple'}) as answer:
+                assert answer.status_code == 200
+                events = list(server_sent_events(answer))
+        gateway.join(timeout=SERVICE_STOP_TIMEOUT_S)
+    assert events == [
+        ('accepted', {'event': 'accepted', 'request_id': 'r1'}),
+        (
+            'error',
+            {
+                'event': 'error',
+                'status': 502,
+                'message': 'the image service broke off the stream; try again',
+            },
+        ),
+    ]
 
 
 def test_unreachable_gateway_and_oversized_uploads_are_explained():

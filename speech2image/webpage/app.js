@@ -1,16 +1,20 @@
-// speech2image web page: record, upload or type a prompt; POST it to /api/<endpoint>; show the
-// transcript and the images. Plain browser APIs only: MediaRecorder, Web Audio, fetch.
+// speech2image web page: record, upload or type a prompt; POST it to /api/stream; show the
+// transcript, previews sharpening step by step, then the images. Plain browser APIs only:
+// MediaRecorder, Web Audio, fetch with a ReadableStream reader (EventSource cannot POST).
 'use strict';
 
 const NUMBER_PARAMETERS = ['num_images', 'num_inference_steps', 'guidance_scale', 'seed'];
 const TEXT_PARAMETERS = ['task', 'language', 'negative_prompt'];
 // Opus in WebM (Chrome, Firefox) or Ogg; MP4 for Safari. The server decodes all three with PyAV.
 const RECORDING_TYPES = ['audio/webm;codecs=opus', 'audio/ogg;codecs=opus', 'audio/mp4'];
+// The events a stream ends with (speech2image/streaming.py).
+const FINAL_EVENTS = ['done', 'error', 'cancelled'];
 
 const $ = (id) => document.getElementById(id);
 const recording = { recorder: null, context: null, meterFrame: 0, clock: 0 };
+// The request being streamed: its fetch's AbortController, its id, how far it has come.
+const live = { controller: null, requestId: '', step: 0, steps: 0 };
 let imageUrls = [];
-let busyTimer = 0;
 
 /** The request parameters set in the Settings form; blank fields are left to the server. */
 function requestParameters() {
@@ -30,19 +34,66 @@ function requestParameters() {
   return parameters;
 }
 
-/** Show or hide the waiting indicator, and lock the inputs meanwhile. */
-function setBusy(message) {
-  clearInterval(busyTimer);
-  $('status').hidden = !message;
-  for (const id of ['record', 'file', 'prompt', 'generate']) $(id).disabled = Boolean(message);
-  if (!message) return;
-  const started = performance.now();
-  const tick = () => {
-    $('status-text').textContent = `${message} ${Math.round((performance.now() - started) / 1000)} s`;
-  };
-  tick();
-  busyTimer = setInterval(tick, 1000);
+/**
+ * Split Server-Sent Events text into its complete events and the unfinished rest.
+ * In: the text received so far and not yet parsed. Out: { events: [{ event, data }], rest }:
+ * `event` is the event's name ("message" when unnamed), `data` its data lines joined by "\n";
+ * comments and events without data are dropped; `rest` goes in front of the next chunk.
+ */
+function parseServerSentEvents(text) {
+  // Lines end in \n, \r\n or \r; a \r at the very end may be the first half of a \r\n.
+  const blocks = text.replace(/\r\n|\r(?!$)/g, '\n').split('\n\n');
+  const rest = blocks.pop();
+  const events = [];
+  for (const block of blocks) {
+    let name = 'message';
+    const data = [];
+    for (const line of block.split('\n')) {
+      if (line === '' || line.startsWith(':')) continue;
+      const colon = line.indexOf(':');
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+      if (field === 'event') name = value;
+      else if (field === 'data') data.push(value);
+    }
+    if (data.length) events.push({ event: name, data: data.join('\n') });
+  }
+  return { events, rest };
+}
+
+/** Read a streamed response's events, calling onEvent with each one's JSON as it arrives;
+ * returns the final event (done, error or cancelled), or null if the stream broke off first. */
+async function readEvents(response, onEvent) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let rest = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return null;
+    const parsed = parseServerSentEvents(rest + value);
+    rest = parsed.rest;
+    for (const { data } of parsed.events) {
+      const event = JSON.parse(data);
+      onEvent(event);
+      if (FINAL_EVENTS.includes(event.event)) return event;
+    }
+  }
+}
+
+/** Show or hide the progress section, and lock the inputs meanwhile. */
+function setBusy(busy) {
+  $('status').hidden = !busy;
+  for (const id of ['record', 'file', 'prompt', 'generate']) $(id).disabled = busy;
+  $('cancel').disabled = !busy;
+  if (!busy) return;
+  showProgress(0, 0);
   $('status').scrollIntoView({ block: 'nearest' });
+}
+
+/** The progress bar at step of steps; no steps yet: a bar that only says "working". */
+function showProgress(step, steps) {
+  Object.assign(live, { step, steps });
+  if (steps) Object.assign($('progress'), { max: steps, value: step });
+  else $('progress').removeAttribute('value');
 }
 
 function showError(message) {
@@ -51,38 +102,113 @@ function showError(message) {
   $('error').scrollIntoView({ block: 'nearest' });
 }
 
+function showNotice(message) {
+  $('notice').textContent = message;
+  $('notice').hidden = false;
+}
+
 function clearOutput() {
   $('error').hidden = true;
+  $('notice').hidden = true;
   $('result').hidden = true;
+  clearImages();
+}
+
+function clearImages() {
   $('images').replaceChildren();
   imageUrls.forEach((url) => URL.revokeObjectURL(url));
   imageUrls = [];
 }
 
-/** POST one document to the Flow through this page's server; show what comes back. */
-async function send(endpoint, doc, source) {
+/** Stream one document through the Flow via this page's server; show each event as it comes. */
+async function send(doc, source) {
   clearOutput();
-  setBusy(endpoint === 'generate' ? 'Painting…' : 'Listening and painting…');
+  const controller = new AbortController();
+  Object.assign(live, { controller, requestId: '' });
+  setBusy(true);
+  $('status-text').textContent = 'Sending…';
   try {
-    const response = await fetch(`/api/${endpoint}`, {
+    const response = await fetch('/api/stream', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify({ data: [doc], parameters: requestParameters() }),
+      signal: controller.signal,
     });
-    const body = await response.json().catch(() => ({}));
     if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
       throw new Error(body.error || `the server answered ${response.status} ${response.statusText}`);
     }
-    showResult(body.data[0], source);
+    const final = await readEvents(response, (event) => showEvent(event, source));
+    if (!final) throw new Error('the service broke off the stream; try again');
   } catch (error) {
-    const message = error instanceof TypeError ? `cannot reach the server: ${error.message}` : error.message;
-    showError(message);
+    if (error.name === 'AbortError') showCancelled();
+    else showError(error instanceof TypeError ? `cannot reach the server: ${error.message}` : error.message);
   } finally {
-    setBusy('');
+    live.controller = null;
+    setBusy(false);
   }
 }
 
-function showResult(doc, source) {
+/** One event of the stream on the page (speech2image/schema.py's StreamEvent). */
+function showEvent(event, source) {
+  switch (event.event) {
+    case 'accepted':
+      live.requestId = event.request_id;
+      $('status-text').textContent = event.queue_position
+        ? `Waiting: ${event.queue_position} ahead…`
+        : (source === 'typed' ? 'Reading the prompt…' : 'Listening…');
+      break;
+    case 'transcript':
+      showTranscript(event, source);
+      $('status-text').textContent = 'Painting…';
+      break;
+    case 'progress':
+      showProgress(event.step, event.steps);
+      $('status-text').textContent = `Painting: step ${event.step} of ${event.steps}`;
+      break;
+    case 'preview':
+      showPreviews(event.images, event.step, event.steps);
+      break;
+    case 'done':
+      showTranscript(event, source);
+      clearImages();
+      $('images').replaceChildren(...event.images.map(imageFigure));
+      break;
+    case 'error':
+      clearImages();
+      showError(event.message);
+      break;
+    case 'cancelled':
+      showCancelled();
+      break;
+    default: // an event this page does not know yet: nothing to show
+  }
+}
+
+function showCancelled() {
+  clearImages();
+  showNotice(live.steps ? `Cancelled after step ${live.step} of ${live.steps}.` : 'Cancelled.');
+}
+
+/** Stop the request: the server cancels it by id; before the id is known, or if the server
+ * cannot, closing the connection cancels it too. */
+async function cancel() {
+  const { controller, requestId } = live;
+  $('cancel').disabled = true;
+  if (!controller) return;
+  if (requestId) {
+    const answer = await fetch('/api/stream/cancel', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ request_id: requestId }),
+    }).catch(() => null);
+    if (answer && answer.ok) return; // the stream ends with its "cancelled" event
+  }
+  controller.abort();
+}
+
+/** The transcript (or typed prompt) with its language, length and spoken settings. */
+function showTranscript(doc, source) {
   $('result-title').textContent = source === 'typed' ? 'Prompt' : 'Transcript';
   $('transcript').textContent = doc.text;
   const info = [source === 'typed' ? 'typed' : `from ${source}`];
@@ -94,9 +220,46 @@ function showResult(doc, source) {
   $('transcript-info').textContent = info.join(' · ');
   $('spoken').textContent = spokenSummary(doc.tags);
   $('spoken').hidden = !$('spoken').textContent;
-  $('images').replaceChildren(...doc.matches.map(imageFigure));
-  $('result').hidden = false;
-  $('result').scrollIntoView({ block: 'start' });
+  if ($('result').hidden) {
+    $('result').hidden = false;
+    $('result').scrollIntoView({ block: 'start' });
+  }
+}
+
+/** Each image's latest preview, swapped into the same <img> so it sharpens in place. */
+function showPreviews(images, step, steps) {
+  let figures = [...$('images').querySelectorAll('figure.preview')];
+  if (figures.length !== images.length) {
+    clearImages();
+    figures = images.map(previewFigure);
+    $('images').replaceChildren(...figures);
+  }
+  images.forEach((image, index) => {
+    const img = figures[index].querySelector('img');
+    const previous = img.src;
+    img.src = imageUrl(image);
+    if (previous) {
+      URL.revokeObjectURL(previous);
+      imageUrls = imageUrls.filter((url) => url !== previous);
+    }
+    figures[index].querySelector('figcaption').textContent = `preview · step ${step} of ${steps}`;
+  });
+}
+
+function previewFigure(image) {
+  const figure = document.createElement('figure');
+  figure.className = 'preview';
+  const img = document.createElement('img');
+  Object.assign(img, { width: image.width, height: image.height, alt: `preview of image ${image.tags.image + 1}` });
+  figure.append(img, document.createElement('figcaption'));
+  return figure;
+}
+
+/** A blob: URL for an image's base64 bytes (the page's Content-Security-Policy allows blob:). */
+function imageUrl(image) {
+  const url = URL.createObjectURL(base64ToBlob(image.bytes_, image.mime_type));
+  imageUrls.push(url);
+  return url;
 }
 
 /** What Whisper heard, when the prompt is not that, and the settings taken from speech. */
@@ -113,8 +276,7 @@ function spokenSummary(tags) {
 /** One generated image with its seed and parameters, and a download link. */
 function imageFigure(image) {
   const tags = image.tags;
-  const url = URL.createObjectURL(base64ToBlob(image.bytes_, image.mime_type));
-  imageUrls.push(url);
+  const url = imageUrl(image);
   const figure = document.createElement('figure');
   const img = document.createElement('img');
   Object.assign(img, { src: url, width: image.width, height: image.height, alt: tags.prompt });
@@ -149,7 +311,7 @@ function blobToBase64(blob) {
 }
 
 async function sendAudio(blob, source) {
-  send('default', { bytes_: await blobToBase64(blob) }, source);
+  send({ bytes_: await blobToBase64(blob) }, source);
 }
 
 // Recording: click to start, click again to stop and send.
@@ -225,5 +387,6 @@ $('file').addEventListener('change', (event) => {
 });
 $('typed').addEventListener('submit', (event) => {
   event.preventDefault();
-  send('generate', { text: $('prompt').value }, 'typed');
+  send({ text: $('prompt').value }, 'typed');
 });
+$('cancel').addEventListener('click', cancel);
