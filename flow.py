@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from speech2image import defaults
+from speech2image.cpus import prefer_passive_openmp_waits
 from speech2image.settings import apply_environment
 
 ROOT = Path(__file__).resolve().parent
@@ -391,6 +392,7 @@ def export_yaml(args: argparse.Namespace, path: Path) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     os.environ.setdefault('JINA_OPTOUT_TELEMETRY', '1')
+    prefer_passive_openmp_waits()  # before jina loads torch; the Executors' processes inherit it
     args = parse_args(argv)
     if args.export_yaml:
         export_yaml(args, args.export_yaml)

@@ -10,6 +10,7 @@ CGROUP_V2_CPU_MAX = Path('/sys/fs/cgroup/cpu.max')
 CGROUP_V1_QUOTA = Path('/sys/fs/cgroup/cpu/cpu.cfs_quota_us')
 CGROUP_V1_PERIOD = Path('/sys/fs/cgroup/cpu/cpu.cfs_period_us')
 OMP_THREADS_VARIABLE = 'OMP_NUM_THREADS'
+OMP_WAIT_POLICY_VARIABLE = 'OMP_WAIT_POLICY'
 
 
 def cgroup_cpu_quota() -> Optional[float]:
@@ -53,3 +54,14 @@ def thread_count(threads: Optional[int], executor) -> int:
     if threads < 1:
         raise ValueError(f'threads must be at least 1, got {threads}')
     return threads
+
+
+def prefer_passive_openmp_waits() -> None:
+    """Make OpenMP threads that wait for work sleep instead of spinning, unless the environment
+    says otherwise. Spinning threads of one model process steal the cores another needs (Whisper
+    and diffusion side by side, replicas, anything else on the machine): measured on 2 busy
+    cores, the tiny pipeline's step took 9x longer with spinning than with sleeping waits, which
+    were as fast as one thread (docs/performance.md). OpenMP reads the setting when it loads,
+    with torch: call this before anything imports torch (docarray does), in the process that
+    starts the model processes."""
+    os.environ.setdefault(OMP_WAIT_POLICY_VARIABLE, 'PASSIVE')

@@ -43,3 +43,26 @@ def test_local_replicas_share_the_cpus_and_explicit_settings_win(cgroup, monkeyp
     assert cpus.thread_count(None, executor()) == 1
     with pytest.raises(ValueError, match='threads must be at least 1, got 0'):
         cpus.thread_count(0, executor())
+
+
+def test_the_flow_makes_openmp_waits_sleep_before_torch_loads(tmp_path):
+    """flow.py sets OMP_WAIT_POLICY=PASSIVE for the processes it starts, before anything loads
+    torch (OpenMP reads it once, at load), and an operator's own setting wins."""
+    import subprocess
+    import sys
+
+    script = (
+        'import os, sys, flow\n'
+        "assert 'torch' not in sys.modules, 'flow.py must not load torch at import'\n"
+        f"flow.main(['--export-yaml', {str(tmp_path / 'flow.yml')!r}])\n"
+        "print(os.environ['OMP_WAIT_POLICY'])\n"
+    )
+    for given, expected in ((None, 'PASSIVE'), ('ACTIVE', 'ACTIVE')):
+        env = {k: v for k, v in os.environ.items() if k != cpus.OMP_WAIT_POLICY_VARIABLE}
+        if given:
+            env[cpus.OMP_WAIT_POLICY_VARIABLE] = given
+        result = subprocess.run(
+            [sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().splitlines()[-1] == expected
