@@ -29,7 +29,7 @@ system-deps:
 	scripts/install_system_deps.sh
 
 models: install
-	$(PY) -m speech2image.offline_models $(MODELS)
+	$(PY) -m devtools.offline_models $(MODELS)
 
 demo: models
 	scripts/demo.sh

@@ -43,8 +43,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.load import run_load  # noqa: E402
+from devtools.offline_flow import free_ports  # noqa: E402
 from speech2image.client import ServiceError, make_docs, send  # noqa: E402
-from tests.conftest import free_ports  # noqa: E402
 from tests.test_k8s import built_manifests, of_kind  # noqa: E402
 from tests.test_k8s_load_sharing import replace_flag  # noqa: E402
 from tests.test_reliability import CLEAR_ERRORS  # noqa: E402

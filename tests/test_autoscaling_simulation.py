@@ -30,7 +30,7 @@ from typing import Dict, Iterator, List
 import pytest
 import requests
 
-from tests.conftest import ROOT, TINY_SD, free_ports
+from devtools.offline_flow import ROOT, TINY_SD, free_ports
 from tests.test_k8s import built_manifests
 from tests.test_k8s_load_sharing import (
     container_args,

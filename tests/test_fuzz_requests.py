@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jina import Executor
 
+from devtools.offline_flow import TINY_SD
 from executors.whisper.executor import TASKS
 from speech2image.client import ServiceError, send
 from speech2image.request_policy import Refusal, check_json_document
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from speech2image.validation import MAX_PROMPT_CHARS, RequestError, check_prompt, choice_parameter
-from tests.conftest import TINY_SD
 
 FUZZ = settings(
     max_examples=80,

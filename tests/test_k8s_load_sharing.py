@@ -26,8 +26,8 @@ from docarray import DocList
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jina import Client
 
+from devtools.offline_flow import ROOT, WHISPER_TINY_EN, free_ports
 from speech2image.schema import SpeechDoc
-from tests.conftest import ROOT, WHISPER_TINY_EN, free_ports
 from tests.test_k8s import built_manifests, flag_values, of_kind
 
 JINA = str(Path(sys.executable).parent / 'jina')

@@ -20,9 +20,9 @@ import pytest
 import requests
 import yaml
 
+from devtools.offline_flow import ASSETS, ROOT, RunningFlow, free_ports, serve_flow
 from speech2image.client import ServiceError, send
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
-from tests.conftest import ASSETS, ROOT, RunningFlow, free_ports, serve_flow
 
 MONITORING = ROOT / 'k8s' / 'monitoring'
 SCRAPE_INTERVAL = '1s'

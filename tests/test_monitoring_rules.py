@@ -7,8 +7,8 @@ import subprocess
 import pytest
 import yaml
 
+from devtools.offline_flow import ROOT
 from scripts import monitoring_manifests
-from tests.conftest import ROOT
 
 MONITORING = ROOT / 'k8s' / 'monitoring'
 DATASOURCE = {'type': 'prometheus', 'uid': '${datasource}'}

@@ -17,7 +17,7 @@ from jina.orchestrate.pods.factory import PodFactory
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load import one_request, run_load
-from tests.conftest import serve_flow
+from devtools.offline_flow import serve_flow
 from tests.support import gateway_pending_requests, poll_until
 
 REQUEST_TIMEOUT_S = 12

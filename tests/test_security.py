@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from devtools.offline_flow import ROOT, free_ports, serve_flow_process
 from speech2image.client import ServiceError, send
 from speech2image.schema import SpeechDoc
-from tests.conftest import ROOT, free_ports, serve_flow_process
 
 API_KEY = secrets.token_hex(16)
 HF_TOKEN = 'hf_' + secrets.token_hex(20)  # the value grepped for everywhere

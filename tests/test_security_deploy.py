@@ -8,7 +8,7 @@ import pytest
 import yaml
 from kubernetes_validate import validate
 
-from tests.conftest import ROOT
+from devtools.offline_flow import ROOT
 from tests.support import KUBECTL
 
 SECURITY = ROOT / 'k8s' / 'security'

@@ -16,9 +16,9 @@ from typing import Dict, Iterator, List, Set
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from devtools.offline_flow import ASSETS, free_ports, serve_flow_process
 from speech2image.client import send
 from speech2image.schema import SpeechDoc
-from tests.conftest import ASSETS, free_ports, serve_flow_process
 
 SPAN_DEADLINE_SECONDS = 30
 # jina's BatchSpanProcessor exports every 5 s by default; sooner keeps the test short.

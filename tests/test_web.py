@@ -22,9 +22,9 @@ import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
+from devtools.offline_flow import ASSETS, ROOT, free_ports
 from speech2image.gateway_errors import GatewayError, read_gateway_error
 from speech2image.web import parse_args
-from tests.conftest import ASSETS, ROOT, free_ports
 
 CHROMIUM = Path('/usr/bin/chromium')
 ARTIFACTS = ROOT / 'tests' / 'artifacts'
