@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 import requests
-from faster_whisper.tokenizer import _LANGUAGE_CODES as LANGUAGES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jina import Executor
+from whisper.tokenizer import LANGUAGES
 
 from devtools.offline_flow import TINY_SD
 from executors.whisper.executor import TASKS
