@@ -57,7 +57,7 @@ bench: models
 flow.yml: install
 	$(PY) flow.py --export-yaml flow.yml
 
-# The Grafana dashboard ConfigMap and PrometheusRule, from k8s/monitoring/dashboard.json and alerts.yml.
+# k8s/monitoring/: the Grafana dashboard ConfigMap and PrometheusRule, from monitoring/dashboard.json and alerts.yml.
 monitoring-manifests: install
 	$(PY) scripts/monitoring_manifests.py
 

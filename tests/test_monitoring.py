@@ -1,8 +1,8 @@
 """Monitoring, for real: the Flow with monitoring on, a real Prometheus scraping its three metrics
 endpoints, known traffic (some of it failing), then checks through Prometheus' HTTP API.
 
-Prometheus is started from k8s/monitoring/prometheus-local.yml (as in docs/monitoring.md), with
-the test Flow's ports, a 1 s scrape interval and the alert rules of k8s/monitoring/alerts.yml.
+Prometheus is started from monitoring/prometheus-local.yml (as in docs/monitoring.md), with
+the test Flow's ports, a 1 s scrape interval and the alert rules of monitoring/alerts.yml.
 """
 
 import json
@@ -24,7 +24,7 @@ from devtools.offline_flow import ASSETS, ROOT, RunningFlow, free_ports, serve_f
 from speech2image.client import ServiceError, send
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 
-MONITORING = ROOT / 'k8s' / 'monitoring'
+MONITORING = ROOT / 'monitoring'
 SCRAPE_INTERVAL = '1s'
 DEADLINE_SECONDS = 60
 # Grafana replaces $__rate_interval with a window of a few scrapes; a wide one here keeps the
