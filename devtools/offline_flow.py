@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -166,16 +166,17 @@ def wait_flow_ready(running: RunningFlow, process: subprocess.Popen) -> None:
 def stop_process_group(
     process: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: float = FLOW_STOP_TIMEOUT_S
 ) -> None:
-    """Send ``sig`` to the process group ``process`` leads (started with
-    ``start_new_session=True``), wait up to ``timeout_s`` for it, then SIGKILL the group."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, sig)
+    """Send ``sig`` to the process group ``process`` leads (started in a group of its own), wait
+    up to ``timeout_s`` for it, then SIGKILL the group. What is left of a group whose leader
+    already exited gets ``sig`` too."""
+    with suppress(ProcessLookupError):  # no group left: every process of it has exited
+        os.killpg(process.pid, sig)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout_s)
 
 
 def start_flow_process(

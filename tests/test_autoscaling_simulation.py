@@ -31,6 +31,7 @@ import pytest
 import requests
 
 from devtools.offline_flow import ROOT, TINY_SD, free_ports
+from tests.support import poll_until
 from tests.test_k8s import built_manifests
 from tests.test_k8s_load_sharing import (
     container_args,
@@ -205,10 +206,7 @@ def http_ready(url: str) -> bool:
 
 def wait_until(condition, limit_s: float, what: str) -> float:
     """Poll ``condition`` for at most ``limit_s``; the monotonic time it became true."""
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        assert time.monotonic() < deadline, f'{what} not within {limit_s} s'
-        time.sleep(POLL_SECONDS)
+    poll_until(condition, limit_s, f'{what} not yet', POLL_SECONDS)
     return time.monotonic()
 
 

@@ -10,7 +10,6 @@ import math
 import re
 import shutil
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -23,6 +22,7 @@ import yaml
 from devtools.offline_flow import ASSETS, ROOT, RunningFlow, free_ports, serve_flow
 from speech2image.client import ServiceError, send
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
+from tests.support import poll_until
 
 MONITORING = ROOT / 'monitoring'
 SCRAPE_INTERVAL = '1s'
@@ -109,16 +109,15 @@ def serve_prometheus(
 
 
 def wait_for(condition, what: str) -> None:
-    """Poll ``condition`` until it is true, for at most DEADLINE_SECONDS."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f'timed out waiting for {what}')
+    """Poll ``condition`` until it is true, for at most DEADLINE_SECONDS (Prometheus may not
+    listen yet)."""
+    poll_until(
+        condition,
+        DEADLINE_SECONDS,
+        f'timed out waiting for {what}',
+        interval=0.5,
+        ignore=(requests.ConnectionError,),
+    )
 
 
 def drive_traffic(flow: RunningFlow) -> None:
