@@ -424,17 +424,22 @@ def load_with_stop(flow: ContainerFlow, container: str) -> Dict:
     return summary
 
 
+def generate_one(flow: ContainerFlow) -> None:
+    """One text-to-image request through the gateway; raises ServiceError when it fails."""
+    send(
+        f'grpc://127.0.0.1:{flow.grpc}',
+        '/generate',
+        make_docs([], ['a red apple']),
+        IMAGE_PARAMETERS,
+        flow.api_key,
+    )
+
+
 def error_while_down(flow: ContainerFlow) -> str:
     """The whole message a client gets while no diffusion container serves; fails unless it
     names the Deployment and says it may be down."""
     try:
-        send(
-            f'grpc://127.0.0.1:{flow.grpc}',
-            '/generate',
-            make_docs([], ['a red apple']),
-            IMAGE_PARAMETERS,
-            flow.api_key,
-        )
+        generate_one(flow)
     except ServiceError as error:
         message = str(error)
         check(
@@ -450,13 +455,7 @@ def serves_again(flow: ContainerFlow) -> float:
     started = time.monotonic()
     while time.monotonic() - started < SERVE_AGAIN_TIMEOUT_S:
         try:
-            send(
-                f'grpc://127.0.0.1:{flow.grpc}',
-                '/generate',
-                make_docs([], ['a red apple']),
-                IMAGE_PARAMETERS,
-                flow.api_key,
-            )
+            generate_one(flow)
             return round(time.monotonic() - started, 1)
         except ServiceError:
             time.sleep(1)

@@ -36,6 +36,7 @@ from tests.test_k8s import built_manifests
 from tests.test_k8s_load_sharing import (
     container_args,
     jina_process,
+    local_gateway_args,
     replace_flag,
     successes,
     wait_serving,
@@ -104,25 +105,10 @@ def replica_args(manifests: List[Dict], host: str, port: int, monitoring: int) -
 
 
 def gateway_args(manifests: List[Dict], replica_port: int, ports: List[int]) -> List[str]:
-    """The gateway Deployment's container arguments, with a graph of the diffusion Executor alone
-    at SERVICE, and free ``ports`` (gRPC, HTTP, WebSocket, monitoring)."""
-    args = container_args(manifests, 'gateway')
-    for flag, *values in (
-        (
-            '--deployments-addresses',
-            json.dumps({'stablediffusion': [f'grpc://{SERVICE}:{replica_port}']}),
-        ),
-        (
-            '--graph-description',
-            json.dumps({'start-gateway': ['stablediffusion'], 'stablediffusion': ['end-gateway']}),
-        ),
-        ('--port', *map(str, ports[:3])),
-        ('--port-monitoring', str(ports[3])),
-        ('--host', '127.0.0.1'),
-        ('--uses', str(ROOT / 'speech2image' / 'gateway.yml')),
-    ):
-        args = replace_flag(args, flag, *values)
-    return args
+    """The gateway's arguments with a graph of the diffusion Executor alone at SERVICE."""
+    return local_gateway_args(
+        manifests, 'stablediffusion', [f'grpc://{SERVICE}:{replica_port}'], ports
+    )
 
 
 class Load:

@@ -146,17 +146,18 @@ def replicas(manifests, tmp_path_factory) -> Iterator[List[Dict[str, int]]]:
         yield started
 
 
-def gateway_args(manifests: List[Dict], replicas: List[Dict], ports: List[int]) -> List[str]:
-    """The gateway Deployment's container arguments, with whisper's one address resolving to both
-    replicas, a graph of whisper alone, and free ``ports`` (gRPC on the first). All three protocols
-    stay: jina's composite gateway with gRPC alone exits as soon as it starts."""
-    addresses = ','.join(f'127.0.0.1:{replica["port"]}' for replica in replicas)
+def local_gateway_args(
+    manifests: List[Dict], executor: str, addresses: List[str], ports: List[int]
+) -> List[str]:
+    """The gateway Deployment's container arguments, with a graph of ``executor`` alone at
+    ``addresses`` and free ``ports`` (gRPC, HTTP, WebSocket, monitoring) on 127.0.0.1. All three
+    protocols stay: jina's composite gateway with gRPC alone exits as soon as it starts."""
     args = container_args(manifests, 'gateway')
     for flag, *values in (
-        ('--deployments-addresses', json.dumps({'whisper': [f'ipv4:{addresses}']})),
+        ('--deployments-addresses', json.dumps({executor: addresses})),
         (
             '--graph-description',
-            json.dumps({'start-gateway': ['whisper'], 'whisper': ['end-gateway']}),
+            json.dumps({'start-gateway': [executor], executor: ['end-gateway']}),
         ),
         ('--port', *map(str, ports[:3])),
         ('--port-monitoring', str(ports[3])),
@@ -166,6 +167,12 @@ def gateway_args(manifests: List[Dict], replicas: List[Dict], ports: List[int]) 
     ):
         args = replace_flag(args, flag, *values)
     return args
+
+
+def gateway_args(manifests: List[Dict], replicas: List[Dict], ports: List[int]) -> List[str]:
+    """The gateway's arguments with whisper's one address resolving to both ``replicas``."""
+    addresses = ','.join(f'127.0.0.1:{replica["port"]}' for replica in replicas)
+    return local_gateway_args(manifests, 'whisper', [f'ipv4:{addresses}'], ports)
 
 
 def served_per_replica(args: List[str], port: int, replicas: List[Dict], tmp: Path) -> List[float]:
