@@ -149,18 +149,36 @@ def serve_flow(*extra_flags: str) -> Iterator[RunningFlow]:
 
 
 def wait_flow_ready(running: RunningFlow, process: subprocess.Popen) -> None:
-    """Until jina's Client reports the Flow ready (its dry run reaches every Executor); raises
-    RuntimeError when ``process`` exits first or FLOW_START_TIMEOUT_S passes."""
+    """Until the gateway's gRPC port takes connections (jina opens it once the Executors are
+    up; polling it logs nothing), then until jina's Client reports the Flow ready (its dry run
+    reaches every Executor). Raises RuntimeError when ``process`` exits first or
+    FLOW_START_TIMEOUT_S passes."""
     from jina import Client
 
-    client = Client(host=running.grpc)
     deadline = time.monotonic() + FLOW_START_TIMEOUT_S
+    while not port_open(running.port_grpc):
+        still_starting(process, deadline)
+    client = Client(host=running.grpc)
     while not client.is_flow_ready(timeout=1.0):
-        if process.poll() is not None:
-            raise RuntimeError(f'flow.py exited with {process.returncode}')
-        if time.monotonic() > deadline:
-            raise RuntimeError(f'flow.py not ready in {FLOW_START_TIMEOUT_S} s')
-        time.sleep(READY_POLL_S)
+        still_starting(process, deadline)
+
+
+def port_open(port: int) -> bool:
+    """Whether something takes TCP connections on 127.0.0.1:``port``."""
+    try:
+        socket.create_connection(('127.0.0.1', port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def still_starting(process: subprocess.Popen, deadline: float) -> None:
+    """Wait READY_POLL_S, unless ``process`` has exited or ``deadline`` passed (RuntimeError)."""
+    if process.poll() is not None:
+        raise RuntimeError(f'flow.py exited with {process.returncode}')
+    if time.monotonic() > deadline:
+        raise RuntimeError(f'flow.py not ready in {FLOW_START_TIMEOUT_S} s')
+    time.sleep(READY_POLL_S)
 
 
 def stop_process_group(
