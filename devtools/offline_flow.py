@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import flow as flow_module
 from devtools import OFFLINE_ENVIRONMENT, offline_models
+from speech2image import defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / 'assets'
@@ -41,8 +42,8 @@ FLOW_START_TIMEOUT_S = 180
 # After SIGINT, how long the Flow's process group may take to stop before it is killed.
 FLOW_STOP_TIMEOUT_S = 60
 READY_POLL_S = 0.2
-# flow.py's gateway and Executors' metrics ports: the gateway's, then one per Executor.
-MONITORING_PORTS = 3
+# flow.py's metrics ports: the gateway's, then the Executors' at their offsets after it.
+MONITORING_PORTS = 1 + max(defaults.EXECUTOR_MONITORING_OFFSETS.values())
 # The command's status after Ctrl-C stopped it before it began, as a shell reports SIGINT.
 INTERRUPTED_STATUS = 130
 

@@ -22,6 +22,7 @@ import pytest
 
 import flow as flow_module
 from devtools.offline_flow import (
+    MONITORING_PORTS,
     ROOT,
     RunningFlow,
     free_port_run,
@@ -161,7 +162,7 @@ def stop_during_a_long_request(process, running, ports) -> dict:
 
 def test_the_demo_ends_with_nothing_left_running():
     grpc_port, http_port, websocket_port = free_ports(3)
-    monitoring = str(free_port_run(3))
+    monitoring = str(free_port_run(MONITORING_PORTS))
     env = {
         **os.environ,
         'S2I_PORT_GRPC': str(grpc_port),
