@@ -178,7 +178,7 @@ HOSTILE_REQUESTS = {
         '/generate',
         [SpeechDoc(text='a')],
         {'extra': {'deep': [1, math.inf]}},
-        "'parameters.extra.deep[1]' must be a finite number",
+        r"'parameters.extra.deep\[1\]' must be a finite number",
     ),
     'huge image side': (
         '/generate',
