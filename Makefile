@@ -29,7 +29,7 @@ system-deps:
 	scripts/install_system_deps.sh
 
 models: install
-	$(PY) -m speech2image.offline_models $(MODELS)
+	$(PY) -m devtools.offline_models $(MODELS)
 
 demo: models
 	scripts/demo.sh
@@ -57,7 +57,7 @@ bench: models
 flow.yml: install
 	$(PY) flow.py --export-yaml flow.yml
 
-# The Grafana dashboard ConfigMap and PrometheusRule, from k8s/monitoring/dashboard.json and alerts.yml.
+# k8s/monitoring/: the Grafana dashboard ConfigMap and PrometheusRule, from monitoring/dashboard.json and alerts.yml.
 monitoring-manifests: install
 	$(PY) scripts/monitoring_manifests.py
 

@@ -15,9 +15,6 @@ import statistics
 import time
 from pathlib import Path
 
-os.environ.setdefault('JINA_OPTOUT_TELEMETRY', '1')
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-
 ROOT = Path(__file__).resolve().parent.parent
 PARAMETERS = {'num_images': 2, 'num_inference_steps': 50, 'guidance_scale': 7.5, 'seed': 1}
 
@@ -46,7 +43,7 @@ def main() -> None:
     from jina import Executor
 
     from bench.report import machine_summary
-    from speech2image import offline_models
+    from devtools import offline_models
 
     print(machine_summary(), f'load average {os.getloadavg()}', flush=True)
     for compiled in (True, False):

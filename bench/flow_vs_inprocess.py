@@ -21,19 +21,17 @@ from jina import Executor
 
 import flow as flow_module
 
-# bench.measure first: it sets the environment jina and torch read at import.
+# bench.measure first: it sets the OpenMP threads torch reads.
 from bench.measure import (
-    DIFFUSION_MODEL,
     ROOT,
-    WHISPER_MODEL,
     WORKLOADS,
     Workload,
-    flow_args,
     measure_flow_repeated,
     measure_in_process,
 )
 from bench.report import machine_summary, markdown_table, median_run
-from speech2image import offline_models
+from devtools import offline_models
+from devtools.offline_flow import TINY_SD, WHISPER_TINY_EN, offline_flow_args
 from speech2image.schema import SpeechDoc
 
 HEADER = [
@@ -50,11 +48,11 @@ HEADER = [
 
 def load_executors():
     whisper = Executor.load_config(
-        str(ROOT / 'executors/whisper/config.yml'), uses_with={'model': str(WHISPER_MODEL)}
+        str(ROOT / 'executors/whisper/config.yml'), uses_with={'model': str(WHISPER_TINY_EN)}
     )
     diffusion = Executor.load_config(
         str(ROOT / 'executors/stablediffusion/config.yml'),
-        uses_with={'model': str(DIFFUSION_MODEL)},
+        uses_with={'model': str(TINY_SD)},
     )
     return whisper, diffusion
 
@@ -77,7 +75,7 @@ def measure_through_flow(
     flags: List[str], concurrencies: List[int], requests: int, repeats: int
 ) -> Dict[str, Dict[int, Dict[str, float]]]:
     """Every workload at every concurrency through one Flow started with ``flags``."""
-    args = flow_args(*flags)
+    args = offline_flow_args(*flags)
     with flow_module.build_flow(args):
         address = f'grpc://127.0.0.1:{args.port_grpc}'
         return {

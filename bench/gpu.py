@@ -17,17 +17,13 @@ time. It writes one markdown table to ``--output`` and prints it.
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Callable, List
 
-os.environ.setdefault('JINA_OPTOUT_TELEMETRY', '1')
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-
-from bench.report import machine_summary, markdown_table  # noqa: E402
-from bench.steps import SD15_SIZES  # noqa: E402
+from bench.report import machine_summary, markdown_table
+from bench.steps import SD15_SIZES
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / 'models'
@@ -87,7 +83,7 @@ def diffusion_rows(repeats: int, deadline: float) -> List[List[str]]:
     from docarray import DocList
     from jina import Executor
 
-    from speech2image.offline_models import build_random_stable_diffusion
+    from devtools.offline_models import build_random_stable_diffusion
     from speech2image.schema import SpeechDoc
 
     if not (SD15_DIR / 'model_index.json').exists():

@@ -1,7 +1,7 @@
 """A bounded load test: N concurrent clients for T seconds against a speech2image gateway.
 
-    python bench/load.py --host grpc://127.0.0.1:54322 --clients 8 --seconds 30
-    python bench/load.py --host grpc://127.0.0.1:54322 --endpoint /transcribe --requests 1000
+    python -m bench.load --host grpc://127.0.0.1:54322 --clients 8 --seconds 30
+    python -m bench.load --host grpc://127.0.0.1:54322 --endpoint /transcribe --requests 1000
 
 Each client sends one request at a time and waits for its answer, at most ``--timeout`` seconds.
 At the end it prints a JSON report: requests sent, answered with documents, answered with an
@@ -22,9 +22,9 @@ from typing import Dict, List, Optional
 from docarray import DocList
 from jina import Client
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from speech2image.client import credentials, server_error_message  # noqa: E402
-from speech2image.schema import SpeechDoc  # noqa: E402
+from bench.report import percentile
+from speech2image.client import credentials, server_error_message
+from speech2image.schema import SpeechDoc
 
 MAX_CLIENTS = 256
 MAX_SECONDS = 600
@@ -43,16 +43,14 @@ class LoadReport:
     latencies: List[float] = field(default_factory=list, repr=False)
 
     def summary(self) -> Dict:
-        ordered = sorted(self.latencies)
-
-        def percentile(share: float) -> Optional[float]:
-            return round(ordered[int(share * (len(ordered) - 1))], 3) if ordered else None
+        def seconds_at(share: float) -> Optional[float]:
+            return round(percentile(self.latencies, share), 3) if self.latencies else None
 
         fields = {name: value for name, value in asdict(self).items() if name != 'latencies'}
         return {
             **fields,
-            'p50_seconds': percentile(0.5),
-            'p99_seconds': percentile(0.99),
+            'p50_seconds': seconds_at(0.5),
+            'p99_seconds': seconds_at(0.99),
             'requests_per_second': round(self.sent / self.seconds, 1) if self.seconds else 0,
         }
 

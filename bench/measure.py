@@ -1,37 +1,27 @@
-"""What every benchmark shares: the environment, the workloads, the offline Flow, and timing.
+"""What the Flow benchmarks share: the threads, the workloads and timing (the offline Flow is
+devtools.offline_flow's; the bench package sets the offline environment).
 
 Benchmarks run from the repository root as modules (``python -m bench.<name>``) and import
-this module before jina or torch. It sets:
-- no telemetry and no model hub;
-- one OpenMP thread per process: each Executor process then uses one core, so replicas map onto
-  cores and the in-process and Flow paths compare like for like. (jina forks the Flow's
-  processes, and forking a process whose OpenMP pool already ran deadlocks the child: start
-  Flows before running Executors in-process.)
+this module before torch runs. It sets one OpenMP thread per process: each Executor process
+then uses one core, so replicas map onto cores and the in-process and Flow paths compare like for
+like. (jina forks the Flow's processes, and forking a process whose OpenMP pool already ran
+deadlocks the child: start Flows before running Executors in-process.)
 """
 
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Callable, Dict, List
 
-os.environ.setdefault('JINA_OPTOUT_TELEMETRY', '1')
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
-from docarray import DocList  # noqa: E402
-from jina import Client  # noqa: E402
+from docarray import DocList
+from jina import Client
 
-import flow as flow_module  # noqa: E402
-from bench.report import median_run, summarise  # noqa: E402
-from speech2image import offline_models  # noqa: E402
-from speech2image.schema import SpeechDoc  # noqa: E402
-from tests.conftest import free_port_run, free_ports  # noqa: E402
+from bench.report import median_run, summarise
+from devtools.offline_flow import ROOT
+from speech2image.schema import SpeechDoc
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / 'models'
-WHISPER_MODEL = MODELS / offline_models.FASTER_WHISPER_LINK
-DIFFUSION_MODEL = MODELS / offline_models.TINY_SD_DIR
 APPLE = (ROOT / 'assets' / 'apple.wav').read_bytes()
 WARMUP_REQUESTS = 3
 
@@ -51,30 +41,6 @@ WORKLOADS = {
         '/generate', lambda: SpeechDoc(text='a red apple'), {'num_inference_steps': 1, 'seed': 1}
     ),
 }
-
-
-def flow_args(*extra: str):
-    """flow.py's arguments for a Flow on the offline models, bound to free ports on 127.0.0.1."""
-    grpc, http, websocket = free_ports(3)
-    return flow_module.parse_args(
-        [
-            '--host',
-            '127.0.0.1',
-            '--port-grpc',
-            str(grpc),
-            '--port-http',
-            str(http),
-            '--port-websocket',
-            str(websocket),
-            '--port-monitoring',
-            str(free_port_run(3)),
-            '--whisper-model',
-            str(WHISPER_MODEL),
-            '--diffusion-model',
-            str(DIFFUSION_MODEL),
-            *extra,
-        ]
-    )
 
 
 def measure_in_process(

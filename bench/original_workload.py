@@ -109,7 +109,7 @@ def in_process(repeats: int) -> Dict[str, float]:
     from docarray import DocList
     from jina import Executor
 
-    from speech2image import offline_models
+    from devtools import offline_models
     from speech2image.schema import SpeechDoc
 
     models = ROOT / 'models'
@@ -136,10 +136,10 @@ def through_flow(flags: List[str], repeats: int) -> Dict[str, float]:
     from docarray import DocList
     from jina import Client
 
+    from devtools.offline_flow import serve_flow_process
     from speech2image.schema import SpeechDoc
-    from tests.conftest import serve_flow_process
 
-    os.environ.pop(OMP_THREADS_VARIABLE, None)  # tests.conftest sets 1 at import: default threads
+    os.environ.pop(OMP_THREADS_VARIABLE, None)  # the Flow at default threads, whatever was set
     clients: Dict[int, Client] = {}
 
     async def post(endpoint: str, doc, parameters: Dict) -> None:
@@ -269,8 +269,6 @@ def main() -> None:
     )
     parser.add_argument('--in-process', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.environ.setdefault('JINA_OPTOUT_TELEMETRY', '1')
-    os.environ.setdefault('HF_HUB_OFFLINE', '1')
     if args.in_process:
         print(json.dumps(in_process(args.repeats)))
         return

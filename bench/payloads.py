@@ -22,7 +22,7 @@ from typing import Callable, List
 import numpy as np
 from docarray import DocList
 
-# bench.measure first: it sets the environment jina and torch read at import.
+# bench.measure first: it sets the OpenMP threads torch reads.
 from bench.measure import APPLE
 from bench.report import machine_summary, markdown_table
 from executors.stablediffusion.executor import IMAGE_FORMATS, encode_image

@@ -1,11 +1,13 @@
 """What the benchmarks share that sets nothing up: the machine and versions, latency statistics,
-markdown tables. (bench/measure.py, by contrast, sets the environment at import.)"""
+markdown tables. (bench/measure.py, by contrast, sets the OpenMP threads at import.)"""
 
 import os
 import platform
 import statistics
 from importlib.metadata import version
 from typing import Dict, List, Sequence
+
+import numpy as np
 
 PACKAGES = ('jina', 'docarray', 'torch', 'faster-whisper', 'diffusers', 'ctranslate2')
 
@@ -26,8 +28,8 @@ def markdown_table(header: List[str], rows: List[List[str]]) -> str:
 
 
 def percentile(values: Sequence[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+    """The measured value nearest the ``share`` quantile (0.99: p99), not one interpolated."""
+    return float(np.quantile(values, share, method='nearest'))
 
 
 def summarise(latencies: List[float], elapsed: float) -> Dict[str, float]:

@@ -15,9 +15,10 @@ from typing import Dict, List, Tuple
 
 import flow as flow_module
 
-# bench.measure first: it sets the environment jina and torch read at import.
-from bench.measure import Workload, flow_args, measure_flow_repeated
+# bench.measure first: it sets the OpenMP threads torch reads.
+from bench.measure import Workload, measure_flow_repeated
 from bench.report import machine_summary, markdown_table
+from devtools.offline_flow import offline_flow_args
 from speech2image.schema import SpeechDoc
 
 HEADER = ['comparison', 'configuration', 'p50 ms', 'req/s', 'throughput ratio']
@@ -40,7 +41,7 @@ def measure(
     flags: List[str], workload: Workload, requests: int, concurrency: int, repeats: int
 ) -> Dict[str, float]:
     """Start a Flow with ``flags``, measure ``workload`` through it, stop it."""
-    args = flow_args(*flags)
+    args = offline_flow_args(*flags)
     with flow_module.build_flow(args):
         return measure_flow_repeated(
             f'grpc://127.0.0.1:{args.port_grpc}', workload, requests, concurrency, repeats

@@ -4,7 +4,7 @@ load, and what importing the light modules costs.
     python -m bench.startup [--repeats 3]
 
 The Flow runs on the offline models, started as the tracing test starts it
-(``tests.conftest.serve_flow_process``). "Ready" is the moment jina's Client reports the Flow
+(``devtools.offline_flow.serve_flow_process``). "Ready" is the moment jina's Client reports the Flow
 ready over gRPC. Model load times are the Executors' own ``speech2image_model_load_seconds``
 gauges (loading and configuring the model; the diffusion warm-up generation comes after). Import
 times are fresh interpreters importing a module, with the heavy libraries it pulled in.
@@ -19,10 +19,10 @@ import time
 import urllib.request
 from typing import Dict, List
 
-# bench.measure first: it sets the environment jina and torch read at import.
+# bench.measure first: it sets the OpenMP threads torch reads.
 from bench.measure import ROOT
 from bench.report import machine_summary, markdown_table, median_run
-from tests.conftest import serve_flow_process
+from devtools.offline_flow import serve_flow_process
 
 LOAD_METRIC = 'speech2image_model_load_seconds'
 HEAVY_MODULES = ('torch', 'diffusers', 'transformers', 'faster_whisper', 'ctranslate2', 'whisper')

@@ -22,10 +22,11 @@ from typing import List
 from docarray import DocList
 from jina import Executor
 
-# bench.measure first: it sets the environment jina and torch read at import.
-from bench.measure import DIFFUSION_MODEL, MODELS, ROOT
+# bench.measure first: it sets the OpenMP threads torch reads.
+from bench.measure import ROOT
 from bench.report import machine_summary, markdown_table
-from speech2image.offline_models import build_random_stable_diffusion
+from devtools.offline_flow import MODELS, TINY_SD
+from devtools.offline_models import build_random_stable_diffusion
 from speech2image.schema import SpeechDoc
 
 FULL_SIZE_DIR = MODELS / 'sd15-architecture-random'
@@ -88,7 +89,7 @@ def main() -> None:
     parser.add_argument('--side', type=int, help='image side in pixels (default: the native one)')
     parser.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     args = parser.parse_args()
-    model = DIFFUSION_MODEL
+    model = TINY_SD
     if args.full_size:
         model = FULL_SIZE_DIR
         if not (model / 'model_index.json').exists():

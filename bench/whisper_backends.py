@@ -19,24 +19,20 @@ import bench.measure, which pins one.
 
 import argparse
 import json
-import os
 import re
 import statistics
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from jina import Executor
+
+from bench.report import machine_summary, markdown_table
+from devtools import offline_models
+from speech2image.audio import decode_audio
+from speech2image.schema import SAMPLE_RATE
+
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault('JINA_OPTOUT_TELEMETRY', '1')
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-
-from jina import Executor  # noqa: E402
-
-from bench.report import machine_summary, markdown_table  # noqa: E402
-from speech2image import offline_models  # noqa: E402
-from speech2image.audio import decode_audio  # noqa: E402
-from speech2image.schema import SAMPLE_RATE  # noqa: E402
-
 MODELS = ROOT / 'models'
 ASSETS = ROOT / 'assets'
 # (backend, precision, model file, executor arguments); the first is the Executor's default.

@@ -18,7 +18,7 @@ from jina import Executor
 
 from bench.report import machine_summary, markdown_table
 from bench.whisper_backends import ASSETS, MODELS, ROOT, load_clips, measure, wer
-from speech2image import offline_models
+from devtools import offline_models
 from speech2image.audio import decode_audio
 
 # (name, model directory); the first is what the test suite serves.

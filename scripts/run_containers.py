@@ -43,8 +43,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.load import run_load  # noqa: E402
+from devtools.offline_flow import free_ports  # noqa: E402
 from speech2image.client import ServiceError, make_docs, send  # noqa: E402
-from tests.conftest import free_ports  # noqa: E402
 from tests.test_k8s import built_manifests, of_kind  # noqa: E402
 from tests.test_k8s_load_sharing import replace_flag  # noqa: E402
 from tests.test_reliability import CLEAR_ERRORS  # noqa: E402
@@ -424,17 +424,22 @@ def load_with_stop(flow: ContainerFlow, container: str) -> Dict:
     return summary
 
 
+def generate_one(flow: ContainerFlow) -> None:
+    """One text-to-image request through the gateway; raises ServiceError when it fails."""
+    send(
+        f'grpc://127.0.0.1:{flow.grpc}',
+        '/generate',
+        make_docs([], ['a red apple']),
+        IMAGE_PARAMETERS,
+        flow.api_key,
+    )
+
+
 def error_while_down(flow: ContainerFlow) -> str:
     """The whole message a client gets while no diffusion container serves; fails unless it
     names the Deployment and says it may be down."""
     try:
-        send(
-            f'grpc://127.0.0.1:{flow.grpc}',
-            '/generate',
-            make_docs([], ['a red apple']),
-            IMAGE_PARAMETERS,
-            flow.api_key,
-        )
+        generate_one(flow)
     except ServiceError as error:
         message = str(error)
         check(
@@ -450,13 +455,7 @@ def serves_again(flow: ContainerFlow) -> float:
     started = time.monotonic()
     while time.monotonic() - started < SERVE_AGAIN_TIMEOUT_S:
         try:
-            send(
-                f'grpc://127.0.0.1:{flow.grpc}',
-                '/generate',
-                make_docs([], ['a red apple']),
-                IMAGE_PARAMETERS,
-                flow.api_key,
-            )
+            generate_one(flow)
             return round(time.monotonic() - started, 1)
         except ServiceError:
             time.sleep(1)

@@ -50,7 +50,7 @@ from speech2image.request_policy import (
     error_response,
     executor_refusal,
     invalid,
-    non_finite_struct_number,
+    non_finite_number,
     service_failure,
     status_refusal,
     too_large,
@@ -300,7 +300,7 @@ def grpc_stream_request(request) -> StreamRequest:
         document = request.data.doc
     except Exception as error:  # noqa: BLE001 - what docarray says is wrong with it
         raise invalid(f'document 0: not a StreamRequest: {error}') from None
-    where = non_finite_struct_number(request.proto_wo_data.parameters)
+    where = non_finite_number(request.proto_wo_data.parameters)
     if where is not None:
         raise invalid(f"'{where}' must be a finite number, got NaN or infinity")
     document.parameters = request.parameters or document.parameters

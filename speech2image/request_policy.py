@@ -23,6 +23,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import grpc
+from google.protobuf.struct_pb2 import ListValue, Struct
 
 from speech2image import auth
 from speech2image.defaults import ENDPOINTS, HTTP_ROOT_ENDPOINT, JSON_CONTENT_TYPE, MEBIBYTE
@@ -151,14 +152,15 @@ def check_endpoint(endpoint: str) -> None:
 
 
 def non_finite_number(value: Any, path: str = 'parameters') -> Optional[str]:
-    """Where in a decoded JSON value (dicts, lists, numbers) a number is not finite, if anywhere.
+    """Where in parameters a number is not finite, if anywhere: ``value`` is decoded JSON (dicts,
+    lists, numbers), or the protobuf ``Struct`` a gRPC or WebSocket request carries them in.
     Numbers too large for a double count as infinite: that is what they become on the way."""
     pending: List[Tuple[str, Any]] = [(path, value)]
     while pending:
         where, item = pending.pop()
-        if isinstance(item, dict):
+        if isinstance(item, (dict, Struct)):
             pending += [(f'{where}.{key}', inner) for key, inner in item.items()]
-        elif isinstance(item, list):
+        elif isinstance(item, (list, ListValue)):
             pending += [(f'{where}[{index}]', inner) for index, inner in enumerate(item)]
         elif isinstance(item, (int, float)) and not isinstance(item, bool):
             try:
@@ -183,21 +185,6 @@ def check_parameters(parameters: Any) -> None:
         )
 
 
-def non_finite_struct_number(struct) -> Optional[str]:
-    """The name of a parameter in a protobuf ``Struct`` that holds NaN or infinity, if any."""
-    pending = [(f'parameters.{name}', value) for name, value in struct.fields.items()]
-    while pending:
-        name, value = pending.pop()
-        kind = value.WhichOneof('kind')
-        if kind == 'number_value' and not math.isfinite(value.number_value):
-            return name
-        if kind == 'struct_value':
-            pending += [(f'{name}.{key}', item) for key, item in value.struct_value.fields.items()]
-        elif kind == 'list_value':
-            pending += [(name, item) for item in value.list_value.values]
-    return None
-
-
 def document_count(request) -> int:
     """How many documents a jina DataRequest carries, without building them (serialised as one
     blob they count as one: it is never empty)."""
@@ -212,7 +199,7 @@ def check_data_request(request) -> None:
     """Raise ``Refusal`` for a jina DataRequest (gRPC or WebSocket) the Flow must not get."""
     endpoint = request.header.exec_endpoint
     check_endpoint(endpoint)
-    where = non_finite_struct_number(request.proto_wo_data.parameters)
+    where = non_finite_number(request.proto_wo_data.parameters)
     if where is not None:
         raise invalid(f"'{where}' must be a finite number, got NaN or infinity")
     if endpoint not in JINA_INTERNAL_ENDPOINTS and document_count(request) == 0:

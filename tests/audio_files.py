@@ -6,9 +6,9 @@ import wave
 import av
 import numpy as np
 
+from devtools.offline_flow import ASSETS
 from speech2image.audio import decode_audio
 from speech2image.schema import SAMPLE_RATE
-from tests.conftest import ASSETS
 
 # container format -> (codec, sample rate the codec accepts)
 FORMATS = {

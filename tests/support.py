@@ -6,7 +6,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, Type
 
 from docarray import DocList
 
@@ -36,18 +36,30 @@ def gateway_pending_requests(port_monitoring: int) -> float:
     return metric_total(port_monitoring, 'jina_number_of_pending_requests')
 
 
-def poll_until(condition, timeout: float, what: str, interval: float = 0.05):
-    """Call ``condition()`` until it returns something truthy (returned), failing the test with
-    ``what`` after ``timeout`` seconds."""
+def poll_until(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    ignore: Tuple[Type[BaseException], ...] = (),
+    detail: Optional[Callable[[], str]] = None,
+) -> Any:
+    """Call ``condition()`` every ``interval`` seconds until it returns something truthy (returned),
+    failing the test with ``what`` after ``timeout`` seconds, followed by ``detail()`` (a log's
+    tail, say) when given. An exception of a type in ``ignore`` counts as a falsy answer (a server
+    not listening yet); any other, an assertion included, fails the test at once."""
     import pytest
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        result = condition()
+        try:
+            result = condition()
+        except ignore:
+            result = None
         if result:
             return result
         time.sleep(interval)
-    pytest.fail(f'{what} within {timeout:g} s')
+    pytest.fail(f'{what} (waited {timeout:g} s)' + (f':\n{detail()}' if detail else ''))
 
 
 def call_endpoint(

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from devtools.offline_flow import ASSETS
 from speech2image.audio import (
     AudioError,
     decode_audio,
@@ -12,7 +13,6 @@ from speech2image.audio import (
 )
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from tests.audio_files import FORMATS, apple_samples, encode, wav_bytes
-from tests.conftest import ASSETS
 
 MAX_SECONDS = 30.0
 

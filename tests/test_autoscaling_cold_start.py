@@ -20,10 +20,10 @@ from typing import Dict, List, Tuple, Union
 
 import pytest
 
+from devtools.offline_flow import free_ports
 from speech2image.client import ServiceError, send
 from speech2image.cold_start import COLD_START_ENV, cold_start_seconds_from_environment
 from speech2image.schema import SpeechDoc
-from tests.conftest import free_ports
 from tests.test_autoscaling_simulation import (
     PRIVATE_HOSTS,
     REPLICA_HOSTS,

@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List
 import pytest
 import requests
 
-from tests.conftest import RunningFlow, serve_flow_process
+from devtools.offline_flow import RunningFlow, serve_flow_process
 from tests.test_autoscaling_manifests import KEDA, SCALE_TO_ZERO, build, trigger
 from tests.test_k8s import of_kind
 from tests.test_monitoring import (

@@ -30,11 +30,13 @@ from typing import Dict, Iterator, List
 import pytest
 import requests
 
-from tests.conftest import ROOT, TINY_SD, free_ports
+from devtools.offline_flow import ROOT, TINY_SD, free_ports
+from tests.support import poll_until
 from tests.test_k8s import built_manifests
 from tests.test_k8s_load_sharing import (
     container_args,
     jina_process,
+    local_gateway_args,
     replace_flag,
     successes,
     wait_serving,
@@ -103,25 +105,10 @@ def replica_args(manifests: List[Dict], host: str, port: int, monitoring: int) -
 
 
 def gateway_args(manifests: List[Dict], replica_port: int, ports: List[int]) -> List[str]:
-    """The gateway Deployment's container arguments, with a graph of the diffusion Executor alone
-    at SERVICE, and free ``ports`` (gRPC, HTTP, WebSocket, monitoring)."""
-    args = container_args(manifests, 'gateway')
-    for flag, *values in (
-        (
-            '--deployments-addresses',
-            json.dumps({'stablediffusion': [f'grpc://{SERVICE}:{replica_port}']}),
-        ),
-        (
-            '--graph-description',
-            json.dumps({'start-gateway': ['stablediffusion'], 'stablediffusion': ['end-gateway']}),
-        ),
-        ('--port', *map(str, ports[:3])),
-        ('--port-monitoring', str(ports[3])),
-        ('--host', '127.0.0.1'),
-        ('--uses', str(ROOT / 'speech2image' / 'gateway.yml')),
-    ):
-        args = replace_flag(args, flag, *values)
-    return args
+    """The gateway's arguments with a graph of the diffusion Executor alone at SERVICE."""
+    return local_gateway_args(
+        manifests, 'stablediffusion', [f'grpc://{SERVICE}:{replica_port}'], ports
+    )
 
 
 class Load:
@@ -205,10 +192,7 @@ def http_ready(url: str) -> bool:
 
 def wait_until(condition, limit_s: float, what: str) -> float:
     """Poll ``condition`` for at most ``limit_s``; the monotonic time it became true."""
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        assert time.monotonic() < deadline, f'{what} not within {limit_s} s'
-        time.sleep(POLL_SECONDS)
+    poll_until(condition, limit_s, f'{what} not yet', POLL_SECONDS)
     return time.monotonic()
 
 

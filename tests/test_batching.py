@@ -8,8 +8,8 @@ from docarray import DocList
 from jina import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.offline_flow import serve_flow
 from speech2image.schema import SpeechDoc
-from tests.conftest import serve_flow
 
 CONCURRENT_REQUESTS = 8
 

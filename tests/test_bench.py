@@ -5,7 +5,7 @@ import subprocess
 import sys
 from typing import Dict, List
 
-from tests.conftest import ROOT
+from devtools.offline_flow import ROOT
 
 
 def run_bench(module: str, *args: str) -> str:

@@ -6,7 +6,7 @@ import sys
 
 from PIL import Image
 
-from tests.conftest import ASSETS, ROOT
+from devtools.offline_flow import ASSETS, ROOT
 
 
 def run_client(*args: str) -> subprocess.CompletedProcess:

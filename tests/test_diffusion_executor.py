@@ -10,10 +10,10 @@ from docarray import DocList
 from jina import Executor
 from PIL import Image
 
+from devtools.offline_flow import TINY_SD
 from speech2image.hub import ModelLoadError
 from speech2image.schema import SpeechDoc
 from speech2image.validation import RequestError
-from tests.conftest import TINY_SD
 from tests.support import call_endpoint
 
 CONFIG = 'executors/stablediffusion/config.yml'

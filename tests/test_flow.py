@@ -9,9 +9,9 @@ from docarray import DocList
 from jina import Client
 from PIL import Image
 
+from devtools.offline_flow import ASSETS
 from speech2image.client import ServiceError, send
 from speech2image.schema import SpeechDoc
-from tests.conftest import ASSETS
 
 APPLE_TRANSCRIPT = 'painting of a red apple on a wooden table'
 

@@ -117,8 +117,7 @@ def test_every_manifest_passes_kubernetes_schemas_strictly(docs, tmp_path, versi
     built = tmp_path / 'built.yml'
     built.write_text(yaml.safe_dump_all(docs))
     # Partial objects, checked once applied (in the built manifests).
-    patches = set((K8S / 'patches').glob('*.yml')) | set((K8S / 'security').glob('*-patch.yml'))
-    # k8s/monitoring/ also holds Prometheus rule and config files, which are not Kubernetes objects.
+    patches = set((K8S / 'patches').glob('*.yml'))
     files = [built] + [
         path
         for path in sorted(K8S.rglob('*.yml'))

@@ -14,9 +14,8 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Sequence
 
@@ -26,13 +25,16 @@ from docarray import DocList
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jina import Client
 
+from devtools.offline_flow import ROOT, WHISPER_TINY_EN, free_ports, stop_process_group
 from speech2image.schema import SpeechDoc
-from tests.conftest import ROOT, WHISPER_TINY_EN, free_ports
+from tests.support import poll_until
 from tests.test_k8s import built_manifests, flag_values, of_kind
 
 JINA = str(Path(sys.executable).parent / 'jina')
 REQUESTS = 12
 START_TIMEOUT_S = 90
+# After SIGTERM, how long a jina process group may take to stop before it is killed.
+JINA_STOP_TIMEOUT_S = 15
 SUCCESSES = re.compile(r'^jina_successful_requests_total\{[^}]*\} (\S+)$', re.M)
 
 
@@ -77,34 +79,28 @@ def jina_process(
     try:
         yield process
     finally:
-        # The group is gone when the process died early; the caller's assertion says why.
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
+        stop_process_group(process, signal.SIGTERM, JINA_STOP_TIMEOUT_S)
 
 
 def wait_serving(port: int, process: subprocess.Popen, log: Path, host: str = '127.0.0.1') -> None:
     """Until the gRPC health service on ``host``:``port`` answers SERVING (what the manifests'
     probes ask)."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+
+    def serving() -> bool:
         assert process.poll() is None, f'exited {process.returncode}:\n{log.read_text()[-3000:]}'
-        try:
-            with grpc.insecure_channel(f'{host}:{port}') as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=2
-                )
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(
-        f'{host}:{port} not serving after {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}'
+        with grpc.insecure_channel(f'{host}:{port}') as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    poll_until(
+        serving,
+        START_TIMEOUT_S,
+        f'{host}:{port} not serving',
+        interval=0.5,
+        ignore=(grpc.RpcError,),
+        detail=lambda: log.read_text()[-3000:],
     )
 
 
@@ -150,17 +146,18 @@ def replicas(manifests, tmp_path_factory) -> Iterator[List[Dict[str, int]]]:
         yield started
 
 
-def gateway_args(manifests: List[Dict], replicas: List[Dict], ports: List[int]) -> List[str]:
-    """The gateway Deployment's container arguments, with whisper's one address resolving to both
-    replicas, a graph of whisper alone, and free ``ports`` (gRPC on the first). All three protocols
-    stay: jina's composite gateway with gRPC alone exits as soon as it starts."""
-    addresses = ','.join(f'127.0.0.1:{replica["port"]}' for replica in replicas)
+def local_gateway_args(
+    manifests: List[Dict], executor: str, addresses: List[str], ports: List[int]
+) -> List[str]:
+    """The gateway Deployment's container arguments, with a graph of ``executor`` alone at
+    ``addresses`` and free ``ports`` (gRPC, HTTP, WebSocket, monitoring) on 127.0.0.1. All three
+    protocols stay: jina's composite gateway with gRPC alone exits as soon as it starts."""
     args = container_args(manifests, 'gateway')
     for flag, *values in (
-        ('--deployments-addresses', json.dumps({'whisper': [f'ipv4:{addresses}']})),
+        ('--deployments-addresses', json.dumps({executor: addresses})),
         (
             '--graph-description',
-            json.dumps({'start-gateway': ['whisper'], 'whisper': ['end-gateway']}),
+            json.dumps({'start-gateway': [executor], executor: ['end-gateway']}),
         ),
         ('--port', *map(str, ports[:3])),
         ('--port-monitoring', str(ports[3])),
@@ -170,6 +167,12 @@ def gateway_args(manifests: List[Dict], replicas: List[Dict], ports: List[int]) 
     ):
         args = replace_flag(args, flag, *values)
     return args
+
+
+def gateway_args(manifests: List[Dict], replicas: List[Dict], ports: List[int]) -> List[str]:
+    """The gateway's arguments with whisper's one address resolving to both ``replicas``."""
+    addresses = ','.join(f'127.0.0.1:{replica["port"]}' for replica in replicas)
+    return local_gateway_args(manifests, 'whisper', [f'ipv4:{addresses}'], ports)
 
 
 def served_per_replica(args: List[str], port: int, replicas: List[Dict], tmp: Path) -> List[float]:

@@ -1,8 +1,8 @@
 """Monitoring, for real: the Flow with monitoring on, a real Prometheus scraping its three metrics
 endpoints, known traffic (some of it failing), then checks through Prometheus' HTTP API.
 
-Prometheus is started from k8s/monitoring/prometheus-local.yml (as in docs/monitoring.md), with
-the test Flow's ports, a 1 s scrape interval and the alert rules of k8s/monitoring/alerts.yml.
+Prometheus is started from monitoring/prometheus-local.yml (as in docs/monitoring.md), with
+the test Flow's ports, a 1 s scrape interval and the alert rules of monitoring/alerts.yml.
 """
 
 import json
@@ -10,7 +10,6 @@ import math
 import re
 import shutil
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -20,11 +19,12 @@ import pytest
 import requests
 import yaml
 
+from devtools.offline_flow import ASSETS, ROOT, RunningFlow, free_ports, serve_flow
 from speech2image.client import ServiceError, send
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
-from tests.conftest import ASSETS, ROOT, RunningFlow, free_ports, serve_flow
+from tests.support import poll_until
 
-MONITORING = ROOT / 'k8s' / 'monitoring'
+MONITORING = ROOT / 'monitoring'
 SCRAPE_INTERVAL = '1s'
 DEADLINE_SECONDS = 60
 # Grafana replaces $__rate_interval with a window of a few scrapes; a wide one here keeps the
@@ -109,16 +109,15 @@ def serve_prometheus(
 
 
 def wait_for(condition, what: str) -> None:
-    """Poll ``condition`` until it is true, for at most DEADLINE_SECONDS."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f'timed out waiting for {what}')
+    """Poll ``condition`` until it is true, for at most DEADLINE_SECONDS (Prometheus may not
+    listen yet)."""
+    poll_until(
+        condition,
+        DEADLINE_SECONDS,
+        f'timed out waiting for {what}',
+        interval=0.5,
+        ignore=(requests.ConnectionError,),
+    )
 
 
 def drive_traffic(flow: RunningFlow) -> None:

@@ -7,10 +7,10 @@ import subprocess
 import pytest
 import yaml
 
+from devtools.offline_flow import ROOT
 from scripts import monitoring_manifests
-from tests.conftest import ROOT
 
-MONITORING = ROOT / 'k8s' / 'monitoring'
+MONITORING = ROOT / 'monitoring'
 DATASOURCE = {'type': 'prometheus', 'uid': '${datasource}'}
 GRID_COLUMNS = 24
 
@@ -71,13 +71,14 @@ def test_dashboard_is_a_grafana_dashboard():
 
 
 def test_committed_manifests_match_their_sources():
-    """k8s/monitoring/*.yaml are generated; `make monitoring-manifests` after editing a source."""
+    """k8s/monitoring/ is generated from monitoring/: `make monitoring-manifests` after an edit."""
+    manifests = monitoring_manifests.MANIFESTS
     for name, text in monitoring_manifests.manifests().items():
-        assert (MONITORING / name).read_text() == text, f'{name} is stale'
-    configmap = yaml.safe_load((MONITORING / 'grafana-dashboard.yaml').read_text())
+        assert (manifests / name).read_text() == text, f'{name} is stale'
+    configmap = yaml.safe_load((manifests / 'grafana-dashboard.yml').read_text())
     assert json.loads(configmap['data']['speech2image.json']) == json.loads(
         (MONITORING / 'dashboard.json').read_text()
     )
     assert configmap['metadata']['labels']['grafana_dashboard'] == '1'
-    rule = yaml.safe_load((MONITORING / 'prometheus-rule.yaml').read_text())
+    rule = yaml.safe_load((manifests / 'prometheus-rule.yml').read_text())
     assert rule['spec'] == yaml.safe_load((MONITORING / 'alerts.yml').read_text())

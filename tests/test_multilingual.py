@@ -12,10 +12,10 @@ import pytest
 from jina import Executor
 from playwright.sync_api import sync_playwright
 
-from speech2image import offline_models
+from devtools import offline_models
+from devtools.offline_flow import ASSETS, MODELS, ROOT, serve_flow_process
 from speech2image.client import send
 from speech2image.schema import SpeechDoc
-from tests.conftest import ASSETS, MODELS, ROOT, serve_flow_process
 from tests.support import call_endpoint
 from tests.test_web import ANSWER_TIMEOUT_S, CHROMIUM, CHROMIUM_FLAGS, DESKTOP, open_page, serve_web
 

@@ -8,7 +8,7 @@ import torch
 from ctranslate2.specs import whisper_spec
 from whisper.model import ModelDimensions, Whisper
 
-from speech2image.offline_models import convert_ct2_whisper_to_openai
+from devtools.offline_models import convert_ct2_whisper_to_openai
 
 DIMS = ModelDimensions(
     n_mels=80,
@@ -117,7 +117,7 @@ def test_conversion_gives_back_the_weights(tmp_path, quantization, tolerance):
 def test_whisper_base_halves_that_do_not_join_into_the_released_model_are_refused(
     tmp_path, monkeypatch
 ):
-    from speech2image import offline_models
+    from devtools import offline_models
 
     halves = [tmp_path / 'model.bin.part1', tmp_path / 'model.bin.part2']
     for half in halves:
@@ -129,8 +129,8 @@ def test_whisper_base_halves_that_do_not_join_into_the_released_model_are_refuse
 
 
 def test_whisper_base_is_assembled_from_its_two_packages():
-    from speech2image import offline_models
-    from tests.conftest import MODELS
+    from devtools import offline_models
+    from devtools.offline_flow import MODELS
 
     model = MODELS / offline_models.WHISPER_BASE_DIR
     assert (model / 'model.bin').stat().st_size == offline_models.WHISPER_BASE_BYTES

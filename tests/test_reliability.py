@@ -17,7 +17,7 @@ from jina.orchestrate.pods.factory import PodFactory
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load import one_request, run_load
-from tests.conftest import serve_flow
+from devtools.offline_flow import serve_flow
 from tests.support import gateway_pending_requests, poll_until
 
 REQUEST_TIMEOUT_S = 12
@@ -62,15 +62,15 @@ def flow():
 def wait_until_serving(running, successes=4, seconds=60):
     """jina reports the Flow ready once every process is up; the gateway's connections to
     replicas that came up late may still be backing off for a few seconds."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if (
+    poll_until(
+        lambda: (
             asyncio.run(post_many(running.grpc, successes, {'num_inference_steps': 1}))
             == [None] * successes
-        ):
-            return
-        time.sleep(0.5)
-    pytest.fail(f'the Flow did not serve {successes} requests in a row within {seconds} s')
+        ),
+        seconds,
+        f'the Flow did not serve {successes} requests in a row',
+        interval=0.5,
+    )
 
 
 def pods(running, name):
@@ -168,10 +168,16 @@ def test_killed_replica_under_load_loses_nothing_and_is_used_again_once_back(flo
     shard = next(iter(flow.flow._deployment_nodes['stablediffusion'].shards.values()))
     shard._pods[0] = revived  # the Flow closes the revived one at the end
     started = time.monotonic()
-    while diffusion_documents(revived) == 0:
-        assert time.monotonic() - started < REVIVAL_SECONDS, 'the revived replica got no requests'
+
+    def revived_served() -> bool:
+        """Whether the revived replica has served; if not, 4 more requests, all answered."""
+        if diffusion_documents(revived):
+            return True
         answers = asyncio.run(post_many(flow.grpc, 4, {'num_inference_steps': 1}))
         assert answers == [None] * 4
+        return False
+
+    poll_until(revived_served, REVIVAL_SECONDS, 'the revived replica got no requests', interval=0)
     print(f'revived replica served again after {time.monotonic() - started:.1f} s')
 
 

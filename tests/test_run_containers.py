@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import snapshot_download
 
-from tests.conftest import ROOT
+from devtools.offline_flow import ROOT
 
 sys.path.insert(0, str(ROOT / 'scripts'))
 import run_containers  # noqa: E402

@@ -6,15 +6,15 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
+from devtools.offline_flow import ROOT, free_ports, serve_flow_process
 from speech2image.client import ServiceError, send
 from speech2image.schema import SpeechDoc
-from tests.conftest import ROOT, free_ports, serve_flow_process
+from tests.support import poll_until
 
 API_KEY = secrets.token_hex(16)
 HF_TOKEN = 'hf_' + secrets.token_hex(20)  # the value grepped for everywhere
@@ -44,15 +44,13 @@ def secured_flow(tmp_path_factory):
 
 def wait_until_serving(running, process):
     """Until a keyed request is answered: the readiness dry run carries no key."""
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
+
+    def answered() -> bool:
         assert process.poll() is None, 'flow.py exited'
-        try:
-            send(running.grpc, '/transcribe', [SpeechDoc(text='ready?')], {}, API_KEY)
-            return
-        except ServiceError:
-            time.sleep(1)
-    pytest.fail(f'flow.py did not serve within {START_SECONDS} s')
+        send(running.grpc, '/transcribe', [SpeechDoc(text='ready?')], {}, API_KEY)
+        return True
+
+    poll_until(answered, START_SECONDS, 'flow.py did not serve', interval=1, ignore=(ServiceError,))
 
 
 @pytest.mark.parametrize('protocol', ['grpc', 'http', 'websocket'])

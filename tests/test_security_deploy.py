@@ -1,4 +1,4 @@
-"""k8s/security: the NetworkPolicies and the hardening patches, checked against the Kubernetes
+"""k8s/networkpolicy.yml and the hardening and API key patches of k8s/patches/, checked against the Kubernetes
 schemas and applied with kustomize to Deployments labelled as `jina export kubernetes` labels them."""
 
 import shutil
@@ -8,10 +8,11 @@ import pytest
 import yaml
 from kubernetes_validate import validate
 
-from tests.conftest import ROOT
+from devtools.offline_flow import ROOT
 from tests.support import KUBECTL
 
-SECURITY = ROOT / 'k8s' / 'security'
+K8S = ROOT / 'k8s'
+PATCHES = ('hardening.yml', 'gateway-api-key.yml')
 K8S_VERSION = '1.30'
 # The pod labels of jina's Kubernetes export.
 POD_LABELS = {
@@ -28,7 +29,7 @@ GRPC_PORT, METRICS_PORT = 8080, 9090
 
 
 def documents(name):
-    return [doc for doc in yaml.safe_load_all((SECURITY / name).read_text()) if doc]
+    return [doc for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
 
 
 def policies():
@@ -121,13 +122,13 @@ def kustomized(tmp_path):
     (tmp_path / 'deployments.yml').write_text(
         yaml.safe_dump_all([jina_like_deployment(name) for name in POD_LABELS])
     )
-    for patch in ('hardening-patch.yml', 'gateway-api-key-patch.yml'):
-        shutil.copy(SECURITY / patch, tmp_path / patch)
+    for patch in PATCHES:
+        shutil.copy(K8S / 'patches' / patch, tmp_path / patch)
     (tmp_path / 'kustomization.yaml').write_text(
         yaml.safe_dump(
             {
                 'resources': ['deployments.yml'],
-                'patches': [{'path': 'hardening-patch.yml'}, {'path': 'gateway-api-key-patch.yml'}],
+                'patches': [{'path': patch} for patch in PATCHES],
             }
         )
     )

@@ -3,9 +3,9 @@
 import pytest
 from jina import Executor
 
+from devtools.offline_flow import TINY_SD
 from speech2image.schema import SpeechDoc
 from speech2image.validation import RequestError
-from tests.conftest import TINY_SD
 from tests.support import call_endpoint
 
 CONFIG = 'executors/stablediffusion/config.yml'
@@ -98,8 +98,8 @@ def test_bad_spoken_settings_name_the_document(diffusion, settings, message):
 def test_a_spoken_command_through_the_flow(running_flow, parameters, seeds):
     """assets/fox_command.wav says "draw two pictures of a red fox in the snow, with seed 42";
     a request's own seed wins over the spoken one."""
+    from devtools.offline_flow import ASSETS
     from speech2image.client import send
-    from tests.conftest import ASSETS
 
     audio = SpeechDoc(bytes_=(ASSETS / 'fox_command.wav').read_bytes())
     [doc] = send(running_flow.grpc, '/', [audio], parameters)

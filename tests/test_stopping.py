@@ -21,17 +21,19 @@ import psutil
 import pytest
 
 import flow as flow_module
-from speech2image import defaults
-from speech2image.client import ServiceError, send
-from speech2image.schema import SpeechDoc
-from tests.conftest import (
+from devtools.offline_flow import (
+    MONITORING_PORTS,
     ROOT,
     RunningFlow,
     free_port_run,
     free_ports,
     offline_flow_flags,
+    start_flow_process,
     wait_flow_ready,
 )
+from speech2image import defaults
+from speech2image.client import ServiceError, send
+from speech2image.schema import SpeechDoc
 from tests.support import gateway_pending_requests, poll_until
 
 DRAIN_SECONDS = 3
@@ -47,13 +49,9 @@ def started_flow(*flags: str) -> Iterator[Tuple[subprocess.Popen, RunningFlow, L
     the test does, no process of that session outlives it."""
     all_flags = offline_flow_flags('--drain-seconds', str(DRAIN_SECONDS), *flags)
     args = flow_module.parse_args(all_flags)
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / 'flow.py'), *all_flags], cwd=ROOT, start_new_session=True
-    )
+    process = start_flow_process(all_flags)
     try:
-        running = RunningFlow(
-            args.port_grpc, args.port_http, args.port_websocket, args.port_monitoring
-        )
+        running = RunningFlow.of(args)
         wait_flow_ready(running, process)
         yield process, running, flow_ports(args)
     finally:
@@ -164,7 +162,7 @@ def stop_during_a_long_request(process, running, ports) -> dict:
 
 def test_the_demo_ends_with_nothing_left_running():
     grpc_port, http_port, websocket_port = free_ports(3)
-    monitoring = str(free_port_run(3))
+    monitoring = str(free_port_run(MONITORING_PORTS))
     env = {
         **os.environ,
         'S2I_PORT_GRPC': str(grpc_port),

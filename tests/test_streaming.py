@@ -26,7 +26,7 @@ from speech2image.defaults import (
 )
 from speech2image.schema import SpeechDoc, StreamEvent, StreamRequest
 from speech2image.streaming import event_json
-from tests.conftest import ASSETS
+from devtools.offline_flow import ASSETS
 from tests.protocols import (
     ANSWER_TIMEOUT_S,
     OK,

@@ -7,7 +7,6 @@ first export, so nothing is lost while the collector starts.
 """
 
 import threading
-import time
 from collections import defaultdict
 from concurrent import futures
 from contextlib import contextmanager
@@ -16,9 +15,10 @@ from typing import Dict, Iterator, List, Set
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from devtools.offline_flow import ASSETS, free_ports, serve_flow_process
 from speech2image.client import send
 from speech2image.schema import SpeechDoc
-from tests.conftest import ASSETS, free_ports, serve_flow_process
+from tests.support import poll_until
 
 SPAN_DEADLINE_SECONDS = 30
 # jina's BatchSpanProcessor exports every 5 s by default; sooner keeps the test short.
@@ -91,9 +91,13 @@ def test_a_request_is_one_trace_across_the_flow(monkeypatch):
             flow.grpc, '/', [SpeechDoc(bytes_=(ASSETS / 'apple.wav').read_bytes())], {'seed': 1}
         )
         assert doc.matches
-        deadline = time.monotonic() + SPAN_DEADLINE_SECONDS
-        while not servicer.common_traces() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        poll_until(
+            servicer.common_traces,
+            SPAN_DEADLINE_SECONDS,
+            'no trace common to every service',
+            interval=0.2,
+            detail=lambda: f'spans per service: {dict(servicer.span_names)}',
+        )
 
     traces = servicer.common_traces()
     assert len(traces) == 1, f'spans per service: {dict(servicer.span_names)}'

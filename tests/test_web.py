@@ -25,10 +25,10 @@ import requests
 from playwright.sync_api import sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.offline_flow import ASSETS, ROOT, RunningFlow, free_ports
 from speech2image.defaults import EXECUTOR_MONITORING_OFFSETS
 from speech2image.gateway_errors import GatewayError, read_gateway_error
 from speech2image.web import parse_args
-from tests.conftest import ASSETS, ROOT, RunningFlow, free_ports
 from tests.support import poll_until
 
 CHROMIUM = Path('/usr/bin/chromium')
@@ -49,6 +49,8 @@ SERVICE_START_TIMEOUT_S = 20
 SERVICE_STOP_TIMEOUT_S = 10
 ANSWER_TIMEOUT_S = 60
 POLL_S = 0.05
+# The first request's own timeout bounds how long it can be in flight.
+FIRST_IN_FLIGHT_S = 30
 DESKTOP = {'width': 1024, 'height': 768}
 # Steps for a stream the tests watch or cancel midway: enough that it is not over before they
 # look (the offline model does a step in tens of ms), within the Executor's limit of 100.
@@ -77,16 +79,18 @@ def serve_web(*flags: str) -> Iterator[str]:
     )
     url = f'http://127.0.0.1:{port}'
     try:
-        deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
-        while True:
+
+        def healthy() -> bool:
             assert process.poll() is None, 'the web service exited at start'
-            try:
-                if requests.get(f'{url}/healthz', timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, 'the web service did not start'
-            time.sleep(0.1)
+            return requests.get(f'{url}/healthz', timeout=1).ok
+
+        poll_until(
+            healthy,
+            SERVICE_START_TIMEOUT_S,
+            'the web service did not start',
+            interval=0.1,
+            ignore=(requests.ConnectionError,),
+        )
         yield url
     finally:
         process.terminate()
@@ -176,10 +180,7 @@ def open_page(browser, url: str, viewport: dict, screenshot: str):
 def wait_until(page, expression: str, timeout_s: float = ANSWER_TIMEOUT_S) -> None:
     """Poll a JavaScript expression until it is true. (Playwright's wait_for_function evaluates
     strings inside the page, which the page's Content-Security-Policy rightly forbids.)"""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f'still false after {timeout_s} s: {expression}'
-        time.sleep(POLL_S)
+    poll_until(lambda: page.evaluate(expression), timeout_s, f'still false: {expression}', POLL_S)
 
 
 def assert_layout_fits(page) -> None:
@@ -605,9 +606,12 @@ def test_busy_and_silent_gateways_are_explained(endpoint):
                 )
             )
             sender.start()
-            while requests.get(f'{url}/healthz', timeout=5).json()['in_flight'] == 0:
+
+            def first_in_flight() -> bool:
                 assert sender.is_alive(), 'the first request was answered at once'
-                time.sleep(POLL_S)
+                return requests.get(f'{url}/healthz', timeout=5).json()['in_flight'] > 0
+
+            poll_until(first_in_flight, FIRST_IN_FLIGHT_S, 'the first request never got in', POLL_S)
             second = requests.post(f'{url}/api/{endpoint}', json={'data': []}, timeout=30)
             cancel = requests.post(f'{url}/api/stream/cancel', json={'request_id': 'r'}, timeout=30)
             sender.join()

@@ -7,12 +7,14 @@ import pytest
 from docarray import DocList
 from jina import Executor
 
+from devtools.offline_flow import ASSETS, WHISPER_TINY_EN
+from executors.whisper.executor import WhisperBackend
 from speech2image.audio import load_audio
 from speech2image.hub import ModelLoadError
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from speech2image.validation import RequestError
 from tests.audio_files import apple_samples
-from tests.conftest import ASSETS, OPENAI_WHISPER_TINY_EN, WHISPER_TINY_EN
+from tests.conftest import OPENAI_WHISPER_TINY_EN
 from tests.support import call_endpoint
 
 CONFIG = 'executors/whisper/config.yml'
@@ -29,6 +31,15 @@ def whisper():
 
 def run(executor, docs, parameters=None, endpoint='transcribe'):
     return call_endpoint(executor, endpoint, docs, parameters)
+
+
+def test_both_backends_offer_what_the_executor_asks(whisper):
+    openai = load_whisper(backend='openai-whisper', model=str(OPENAI_WHISPER_TINY_EN))
+    for executor in (whisper, openai):
+        assert isinstance(executor.backend, WhisperBackend)
+        # English-only: English is the one language either takes (faster-whisper's
+        # supported_languages, and the openai backend the same way).
+        assert executor.backend.languages == {'en'} and not executor.backend.multilingual
 
 
 def test_real_tiny_en_transcribes_the_spoken_clip(whisper):

@@ -27,6 +27,7 @@ from jina import requests
 from speech2image.batching import ModelWorker
 from speech2image.cpus import thread_count, use_torch_threads
 from speech2image.defaults import DIFFUSION_STREAM_ENDPOINT, DRAIN_SECONDS
+from speech2image.devices import resolve_device, torch_cuda_usable
 from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import DiffusionMetrics, instrumented, registry_of
@@ -230,8 +231,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         import torch
         from diffusers import AutoPipelineForText2Image
 
-        if device == 'auto':
-            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        device = resolve_device(device, torch_cuda_usable)
         dtype = torch.float16 if device == 'cuda' else torch.float32
         try:
             pipeline = AutoPipelineForText2Image.from_pretrained(

@@ -19,7 +19,7 @@ import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, FrozenSet, List, Optional, Protocol, runtime_checkable
 
 import numpy as np
 from docarray import DocList
@@ -29,6 +29,7 @@ from speech2image.audio import AudioError, load_audio
 from speech2image.batching import ModelWorker
 from speech2image.cpus import thread_count, use_torch_threads
 from speech2image.defaults import DRAIN_SECONDS
+from speech2image.devices import ctranslate2_cuda_usable, resolve_device, torch_cuda_usable
 from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import WhisperMetrics, instrumented, registry_of
@@ -72,10 +73,23 @@ class ClipJob:
     language: Optional[str]
 
 
-def cuda_available() -> bool:
-    import torch
+@runtime_checkable
+class WhisperBackend(Protocol):
+    """What the Executor asks of a Whisper implementation."""
 
-    return torch.cuda.is_available()
+    # The language codes the model takes as a hint and can detect ({'en'}: English-only).
+    languages: FrozenSet[str]
+    # Whether the model hears other languages than English (and translates them).
+    multilingual: bool
+
+    def transcribe(self, samples: np.ndarray, task: str, language: Optional[str]) -> Transcript:
+        """One clip (float32 samples at SAMPLE_RATE) decoded with ``task``; ``language``
+        None is detected."""
+
+    def transcribe_batch(
+        self, clips: List[np.ndarray], task: str, language: Optional[str]
+    ) -> List[Transcript]:
+        """Several clips sharing ``task`` and ``language``: their transcripts, in order."""
 
 
 class FasterWhisperBackend:
@@ -91,12 +105,9 @@ class FasterWhisperBackend:
         vad_filter: bool,
         threads: int,
     ):
-        import ctranslate2
         from faster_whisper import BatchedInferencePipeline, WhisperModel
-        from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-        if device == 'auto':
-            device = 'cuda' if ctranslate2.get_cuda_device_count() > 0 else 'cpu'
+        device = resolve_device(device, ctranslate2_cuda_usable)
         if compute_type == 'auto':
             compute_type = 'float16' if device == 'cuda' else 'int8'
         try:
@@ -113,7 +124,7 @@ class FasterWhisperBackend:
                 f'cannot load faster-whisper model {model!r}: {error}. Give a local CTranslate2 '
                 'model directory, or a model name on a machine that can reach the Hugging Face hub.'
             ) from None
-        self.languages = frozenset(_LANGUAGE_CODES)
+        self.languages = frozenset(self.model.supported_languages)
         self.multilingual = self.model.model.is_multilingual
         self.beam_size = beam_size
         self.max_new_tokens = max_new_tokens
@@ -219,7 +230,7 @@ class OpenAIWhisperBackend:
         import whisper
         from whisper.tokenizer import LANGUAGES
 
-        self.device = ('cuda' if cuda_available() else 'cpu') if device == 'auto' else device
+        self.device = resolve_device(device, torch_cuda_usable)
         if not Path(model).is_file() and hub_offline():
             raise ModelLoadError(
                 f'openai-whisper model {model!r} is not a local checkpoint and HF_HUB_OFFLINE is set'
@@ -231,8 +242,9 @@ class OpenAIWhisperBackend:
                 f'cannot load openai-whisper model {model!r}: {error}. Give a local .pt '
                 'checkpoint, or a model name on a machine that can download it.'
             ) from None
-        self.languages = frozenset(LANGUAGES)
         self.multilingual = self.model.is_multilingual
+        # As faster-whisper's supported_languages: an English-only model takes only English.
+        self.languages = frozenset(LANGUAGES) if self.multilingual else frozenset({'en'})
         self.beam_size = beam_size
         self.max_new_tokens = max_new_tokens
 
@@ -328,6 +340,7 @@ class WhisperExecutor(DrainingExecutor):
             raise ValueError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
         self.threads = thread_count(threads, self)
         load_started = time.perf_counter()
+        self.backend: WhisperBackend
         if backend == 'faster-whisper':
             self.backend = FasterWhisperBackend(
                 model, device, compute_type, beam_size, max_new_tokens, vad_filter, self.threads
@@ -355,11 +368,7 @@ class WhisperExecutor(DrainingExecutor):
         self, docs: DocList[SpeechDoc], parameters: Dict, **kwargs
     ) -> DocList[SpeechDoc]:
         task = self.task_parameter(parameters)
-        language = choice_parameter(parameters, 'language', None, self.backend.languages)
-        if language not in (None, 'en') and not self.backend.multilingual:
-            raise RequestError(
-                f"parameter 'language' is {language!r}, but the model is English-only"
-            )
+        language = self.language_parameter(parameters)
         spoken_settings = bool_parameter(parameters, 'spoken_settings', self.spoken_settings)
         # Every clip of the request is queued at once, so they can share a batch.
         outcomes = await asyncio.gather(
@@ -376,6 +385,16 @@ class WhisperExecutor(DrainingExecutor):
         for index, doc in enumerate(docs):
             check_prompt(index, doc)
         return docs
+
+    def language_parameter(self, parameters: Dict) -> Optional[str]:
+        """The request's language hint, one the model takes, or None (detect). An English-only
+        model takes only 'en', and its refusal says why."""
+        try:
+            return choice_parameter(parameters, 'language', None, self.backend.languages)
+        except RequestError as error:
+            if self.backend.multilingual:
+                raise
+            raise RequestError(f'{error}: the model is English-only') from None
 
     def task_parameter(self, parameters: Dict) -> str:
         """The request's task: 'translate' by default on a multilingual model; an English-only

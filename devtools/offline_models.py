@@ -11,7 +11,7 @@
 - ``convert_ct2_whisper_to_openai`` converts those CTranslate2 models into openai-whisper
   checkpoints, so the reference PyTorch backend runs the same trained weights (float32).
 
-Run ``python -m speech2image.offline_models models/`` to build everything into ``models/``.
+Run ``python -m devtools.offline_models models/`` to build everything into ``models/``.
 """
 
 import argparse
