@@ -19,6 +19,7 @@ from jina.types.request.data import SingleDocumentRequest
 from PIL import Image
 from websockets.sync.client import connect
 
+from devtools.offline_flow import ASSETS
 from speech2image.defaults import (
     EXECUTOR_MONITORING_OFFSETS,
     STREAM_CANCEL_PATH,
@@ -26,7 +27,6 @@ from speech2image.defaults import (
 )
 from speech2image.schema import SpeechDoc, StreamEvent, StreamRequest
 from speech2image.streaming import event_json
-from devtools.offline_flow import ASSETS
 from tests.protocols import (
     ANSWER_TIMEOUT_S,
     OK,
