@@ -42,6 +42,9 @@ FLOW_START_TIMEOUT_S = 180
 # After SIGINT, how long the Flow's process group may take to stop before it is killed.
 FLOW_STOP_TIMEOUT_S = 60
 READY_POLL_S = 0.2
+# A dry run given up on stays counted in jina's pending-requests gauge (seen under load, when a
+# 1 s dry run timed out): wait for its answer instead.
+DRY_RUN_TIMEOUT_S = 15.0
 # flow.py's metrics ports: the gateway's, then the Executors' at their offsets after it.
 MONITORING_PORTS = 1 + max(defaults.EXECUTOR_MONITORING_OFFSETS.values())
 # The command's status after Ctrl-C stopped it before it began, as a shell reports SIGINT.
@@ -160,7 +163,7 @@ def wait_flow_ready(running: RunningFlow, process: subprocess.Popen) -> None:
     while not port_open(running.port_grpc):
         still_starting(process, deadline)
     client = Client(host=running.grpc)
-    while not client.is_flow_ready(timeout=1.0):
+    while not client.is_flow_ready(timeout=DRY_RUN_TIMEOUT_S):
         still_starting(process, deadline)
 
 
