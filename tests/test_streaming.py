@@ -238,3 +238,37 @@ def test_cancel_stops_the_generation_and_frees_the_executor(running_flow, how):
     # step) stop within a few steps of the cancel; the next request made one.
     computed = diffusion_metric(running_flow, UNET_CALLS) - unet_calls_before - 1
     assert CANCEL_AT_STEP <= computed <= CANCEL_AT_STEP + 5, computed
+
+
+def test_a_cancelled_request_in_a_batch_does_not_fail_the_others(running_flow):
+    """Two streams queued behind a long request share the next call; one is cancelled at its
+    first step: the other still gets every step and its images."""
+    blocker = threading.Thread(
+        target=over_grpc,
+        args=(running_flow.grpc, '/generate', [SpeechDoc(text='busy')], LONG),
+    )
+    blocker.start()
+    time.sleep(0.5)  # the long request is on the model thread: the two streams queue behind it
+    kept = {}
+    keeper = threading.Thread(
+        target=lambda: kept.update(
+            answer=stream_over_http(running_flow.http, SpeechDoc(text='kept'), LONG)
+        )
+    )
+    keeper.start()
+    with requests.post(
+        f'{running_flow.http}{STREAM_ENDPOINT}',
+        data=stream_body(SpeechDoc(text='cancelled'), LONG),
+        headers={'Content-Type': 'application/json'},
+        stream=True,
+        timeout=ANSWER_TIMEOUT_S,
+    ) as response:
+        stop_at_step(http_events(response), 1, lambda accepted: response.close())
+    for thread in (blocker, keeper):
+        thread.join(timeout=ANSWER_TIMEOUT_S)
+    answer = kept['answer']
+    assert answer.status == OK, answer.message
+    assert [e['step'] for e in answer.events if e['event'] == 'progress'] == list(
+        range(1, LONG['num_inference_steps'] + 1)
+    )
+    assert answer.events[-1]['images'][0]['tags']['prompt'] == 'kept'
