@@ -17,7 +17,15 @@ from devtools.offline_flow import ASSETS, MODELS, ROOT, serve_flow_process
 from speech2image.client import send
 from speech2image.schema import SpeechDoc
 from tests.support import call_endpoint
-from tests.test_web import ANSWER_TIMEOUT_S, CHROMIUM, CHROMIUM_FLAGS, DESKTOP, open_page, serve_web
+from tests.test_web import (
+    ANSWER_TIMEOUT_S,
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    DESKTOP,
+    open_page,
+    serve_web,
+    wait_for_final_images,
+)
 
 CONFIG = 'executors/whisper/config.yml'
 WHISPER_BASE = MODELS / offline_models.WHISPER_BASE_DIR
@@ -153,7 +161,7 @@ def test_the_pages_prompt_language_setting(base_flow, language, name, words, hea
                 if heard:
                     assert 'heard “draw' in page.inner_text('#spoken').lower()
                     assert heard in page.inner_text('#spoken')
-                    assert page.eval_on_selector_all('#images img', 'images => images.length') == 2
+                    wait_for_final_images(page, 2)  # the spoken "two" made two images
                 else:
                     assert page.is_hidden('#spoken')
         finally:
