@@ -200,17 +200,28 @@ async def http_events(
     url = f'{"https" if tls else "http"}://{address}{defaults.STREAM_ENDPOINT}'
     # No total timeout: a stream lasts as long as its generation; the gateway bounds it.
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
-        async with session.post(
-            url, json=stream_body(request), headers=authorization.get('headers')
-        ) as response:
-            if response.status != 200:
-                body = await response.json(content_type=None)
-                raise ServiceError(read_gateway_error(body).message)
-            pending = b''
-            async for chunk in response.content.iter_any():
-                *events, pending = (pending + chunk).split(SSE_EVENT_SEPARATOR)
-                for event in events:
-                    yield server_sent_event_data(event)
+        try:
+            async with session.post(
+                url, json=stream_body(request), headers=authorization.get('headers')
+            ) as response:
+                if response.status != 200:
+                    raise ServiceError(await http_error_message(response))
+                pending = b''
+                async for chunk in response.content.iter_any():
+                    *events, pending = (pending + chunk).split(SSE_EVENT_SEPARATOR)
+                    for event in events:
+                        yield server_sent_event_data(event)
+        except aiohttp.ClientError as error:
+            raise ServiceError(f'cannot stream from {url}: {error}') from None
+
+
+async def http_error_message(response) -> str:
+    """The server's words from a refused ``POST /stream`` (``{"detail": ...}``), or its status
+    when the body is not the gateway's (a proxy's error page)."""
+    try:
+        return read_gateway_error(await response.json(content_type=None)).message
+    except ValueError:
+        return f'HTTP {response.status} {response.reason}'
 
 
 def server_sent_event_data(event: bytes) -> StreamEvent:
@@ -228,7 +239,7 @@ async def websocket_events(
 ) -> AsyncIterator[StreamEvent]:
     """The WebSocket at /stream: the request as one message, then one event per message."""
     from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidStatus
+    from websockets.exceptions import InvalidStatus, WebSocketException
 
     url = f'{"wss" if tls else "ws"}://{address}{defaults.STREAM_ENDPOINT}'
     try:
@@ -244,6 +255,8 @@ async def websocket_events(
             f'the gateway refused the WebSocket (HTTP {error.response.status_code}): '
             'a missing or wrong API key (S2I_API_KEY)'
         ) from None
+    except (OSError, WebSocketException) as error:
+        raise ServiceError(f'cannot stream from {url}: {error}') from None
 
 
 def save_images(doc: SpeechDoc, index: int, out_dir: Path) -> List[Path]:
@@ -387,6 +400,12 @@ def post_documents(args: argparse.Namespace, docs: List[SpeechDoc], console) -> 
         print_saved_images(doc, index, args.out)
 
 
+def answered_doc(doc: SpeechDoc, event: StreamEvent) -> SpeechDoc:
+    """What a transcript or done event says of ``doc``, as the one-request call answers it:
+    the prompt, the tags (the CLI's own ``source`` kept) and the images."""
+    return SpeechDoc(text=event.text, tags={**doc.tags, **event.tags}, matches=event.images)
+
+
 async def stream_documents(args: argparse.Namespace, docs: List[SpeechDoc]) -> None:
     """One stream per document, in turn: the transcript as it comes, a bar of the denoising
     steps, the previews into ``--previews``, then the images."""
@@ -395,6 +414,8 @@ async def stream_documents(args: argparse.Namespace, docs: List[SpeechDoc]) -> N
 
 
 async def stream_document(args: argparse.Namespace, doc: SpeechDoc, index: int) -> None:
+    """Stream document number ``index`` of the command line, printing and saving as it goes;
+    ``ServiceError`` if it fails or is cancelled by someone else."""
     from tqdm import tqdm
 
     source = doc.tags['source']
@@ -402,9 +423,8 @@ async def stream_document(args: argparse.Namespace, doc: SpeechDoc, index: int) 
     try:
         events = stream(args.host, doc, request_parameters(args), api_key_from_environment())
         async for event in events:
-            answered = SpeechDoc(text=event.text, tags={**doc.tags, **event.tags})
             if event.event == 'transcript':
-                print_transcript(answered)
+                print_transcript(answered_doc(doc, event))
             elif event.event == 'progress':
                 if progress is None:
                     progress = tqdm(total=event.steps, desc=source, unit='step', file=sys.stderr)
@@ -414,8 +434,7 @@ async def stream_document(args: argparse.Namespace, doc: SpeechDoc, index: int) 
             elif event.event == 'done':
                 if progress is not None:
                     progress.close()  # before the paths, so they print below a finished bar
-                answered.matches = event.images
-                print_saved_images(answered, index, args.out)
+                print_saved_images(answered_doc(doc, event), index, args.out)
             elif event.event == 'cancelled':
                 raise ServiceError(event.message)
     finally:
@@ -438,7 +457,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         console.print(f'[red]error:[/red] {error}')
         return 1
     except KeyboardInterrupt:
-        # asyncio.run cancelled the stream first: its connection is closed, which the
+        # A stream is cancelled by asyncio.run first: its connection closes, which the
         # gateway turns into a cancel of the generation.
         console.print('cancelled')
         return EXIT_INTERRUPTED

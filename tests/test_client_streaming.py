@@ -24,7 +24,7 @@ from speech2image import defaults
 from speech2image.auth import API_KEY_ENV
 from speech2image.client import EXIT_INTERRUPTED, ServiceError, stream
 from speech2image.schema import SpeechDoc, StreamEvent
-from tests.conftest import ASSETS, ROOT, serve_flow_process
+from tests.conftest import ASSETS, ROOT, free_ports, serve_flow_process
 from tests.support import poll_until
 
 PROTOCOLS = ('grpc', 'http', 'websocket')
@@ -221,3 +221,13 @@ def test_ctrl_c_cancels_the_generation_on_the_server(keyed_flow, protocol, tmp_p
         lambda: cancelled_requests(keyed_flow) == before + 1, 30, 'the generation was not cancelled'
     )
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('scheme', ['grpc', 'http', 'ws'])
+def test_an_unreachable_gateway_is_an_error_not_a_traceback(scheme, tmp_path):
+    [port] = free_ports(1)  # nothing listens there
+    host = f'{scheme}://127.0.0.1:{port}'
+    cli = Cli(['--host', host, '--out', str(tmp_path), '--text', 'a cat'], tmp_path / 'e.txt')
+    assert cli.wait() == 1
+    stderr = ' '.join(cli.stderr().split())
+    assert 'error:' in stderr and 'Traceback' not in stderr, stderr
