@@ -75,8 +75,7 @@ def measure(host: str, parameters: Dict, requests: int, concurrency: int, repeat
 
 def preview_cost(host: str, parameters: Dict, requests: int, repeats: int) -> Dict[str, float]:
     """Streams per second with the default previews and with none, in pairs of runs whose
-    order alternates (on a shared machine the first run of a pair was the slower, whichever
-    it was): the median of each."""
+    order alternates, so that the order is not what is measured: the median of each."""
     runs: Dict[str, List[Dict[str, float]]] = {'default': [], 'none': []}
     order = [('default', {}), ('none', {'preview_every': 0})]
     for _ in range(repeats):
