@@ -168,6 +168,17 @@ def test_stream_yields_every_event_in_order(keyed_flow, protocol):
     assert done.text == events[1].text
 
 
+@pytest.mark.parametrize('protocol', ['http', 'websocket'])
+def test_a_done_event_over_a_mebibyte_arrives_whole(keyed_flow, protocol):
+    # Over the WebSocket library's default message bound (1 MiB) and aiohttp's line bound (64 KiB).
+    side = 288
+    parameters = {'num_images': 4, 'width': side, 'height': side, 'num_inference_steps': 1}
+    done = collect(getattr(keyed_flow, protocol), SpeechDoc(text='a red apple'), parameters)[-1]
+    assert sum(len(image.bytes_.to_base64()) for image in done.images) > defaults.MEBIBYTE
+    for image in done.images:
+        assert Image.open(io.BytesIO(image.bytes_)).size == (side, side)
+
+
 @pytest.mark.parametrize('protocol', PROTOCOLS)
 def test_stream_raises_the_servers_message(keyed_flow, protocol):
     with pytest.raises(ServiceError, match="parameter 'width' must be a multiple of 8, got 100"):
