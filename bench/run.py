@@ -20,6 +20,7 @@ BENCHMARKS = [
     ('Whisper models: tiny.en and base', 'bench.whisper_models'),
     ('Payloads', 'bench.payloads'),
     ('Start-up', 'bench.startup'),
+    ('Live results: streaming', 'bench.streaming'),
 ]
 
 

@@ -28,6 +28,7 @@ MODULE_MARKERS = {
     'test_autoscaling_simulation': ('slow', 'k8s'),
     'test_batching': ('slow',),
     'test_bench': ('slow',),
+    'test_client_streaming': ('slow',),
     'test_k8s': ('k8s',),
     'test_k8s_images': ('k8s',),
     'test_k8s_load_sharing': ('slow', 'k8s'),

@@ -68,3 +68,20 @@ def test_steps_reports_each_step_count():
     assert all(
         row['model'] == 'tiny-stable-diffusion' and number(row['images/s']) > 0 for row in rows
     )
+
+
+def test_streaming_times_each_milestone_in_order():
+    output = run_bench(
+        'bench.streaming', '--requests', '1', '--repeats', '1', '--steps', '4', '--protocol', 'http'
+    )
+    rows = table_rows(output, 'concurrency')
+    assert [row['concurrency'] for row in rows] == ['1', '4']
+    for row in rows:
+        transcript, preview, images = (
+            number(row[f'to the {name} (ms)'])
+            for name in ('transcript', 'first preview', 'final images')
+        )
+        assert 0 < transcript < preview < images, row
+    cost = table_rows(output, 'previews')
+    assert [row['throughput against none'] for row in cost][0] == '1.00x'
+    assert number(cost[1]['streams/s']) > 0
