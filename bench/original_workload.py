@@ -15,8 +15,9 @@ other benchmarks set 1): each starts as a user would start it. Every Flow is its
 ``python flow.py`` process; the in-process figures come from a fresh process of this module
 (``--in-process``), which loads both Executors through their config.yml and awaits their
 endpoints as jina does, with OpenMP waits that sleep as flow.py sets them (the
-``spinning-waits`` configuration is a Flow without that). Figures are medians over ``--repeats`` runs; the load average is printed
-before and after, as other work on the machine moves every figure.
+``spinning-waits`` configuration is a Flow without that). Figures are medians over
+``--repeats`` runs; the load average is printed before and after, as other work on the machine
+moves every figure.
 """
 
 import argparse
