@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from speech2image import defaults
-from speech2image.cpus import prefer_passive_openmp_waits
+from speech2image.cpus import available_cpus, local_thread_plan
 from speech2image.settings import apply_environment
 
 ROOT = Path(__file__).resolve().parent
@@ -269,7 +269,7 @@ def build_flow(args: argparse.Namespace):
     """
     from jina import Flow
 
-    spec = flow_spec(args)
+    spec = flow_spec(with_local_thread_plan(args))
     flow = Flow(**spec['with']).config_gateway(
         uses=str(ROOT / spec['gateway']['uses']), uses_with=spec['gateway']['uses_with']
     )
@@ -278,6 +278,23 @@ def build_flow(args: argparse.Namespace):
         options['uses'] = str(ROOT / executor['uses'])
         flow = flow.add(host='127.0.0.1', **options)
     return flow
+
+
+def with_local_thread_plan(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the model processes' threads, where unset, from the local thread plan:
+    this machine's CPUs split between Whisper and diffusion and their replicas, which all run
+    here (speech2image/cpus.py). The YAML export leaves them unset: on Kubernetes each pod
+    takes its own CPU limit."""
+    whisper, diffusion = local_thread_plan(
+        available_cpus(), args.whisper_replicas, args.diffusion_replicas
+    )
+    return argparse.Namespace(
+        **{
+            **vars(args),
+            'whisper_threads': args.whisper_threads or whisper,
+            'diffusion_threads': args.diffusion_threads or diffusion,
+        }
+    )
 
 
 def ports_in_use(args: argparse.Namespace) -> List[str]:
@@ -392,7 +409,6 @@ def export_yaml(args: argparse.Namespace, path: Path) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     os.environ.setdefault('JINA_OPTOUT_TELEMETRY', '1')
-    prefer_passive_openmp_waits()  # before jina loads torch; the Executors' processes inherit it
     args = parse_args(argv)
     if args.export_yaml:
         export_yaml(args, args.export_yaml)

@@ -5,8 +5,9 @@ replicas), with each process's threads at one per core or one.
     python -m bench.openmp_waits [--steps 20] [--repeats 3]
 
 Every configuration runs in fresh processes, since OpenMP reads ``OMP_WAIT_POLICY`` when it
-loads. ACTIVE is libgomp's default behaviour (spin, then sleep); PASSIVE is what flow.py sets
-(speech2image/cpus.py ``prefer_passive_openmp_waits``).
+loads. ACTIVE is libgomp's default behaviour (spin, then sleep), PASSIVE sleeps at once. The
+figures chose the local thread plan (speech2image/cpus.py ``local_thread_plan``): processes that
+run side by side get cores of their own, with the default waits.
 """
 
 import argparse

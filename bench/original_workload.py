@@ -14,8 +14,7 @@ Default threads means no ``OMP_NUM_THREADS`` in the Flow's and the in-process pr
 other benchmarks set 1): each starts as a user would start it. Every Flow is its own
 ``python flow.py`` process; the in-process figures come from a fresh process of this module
 (``--in-process``), which loads both Executors through their config.yml and awaits their
-endpoints as jina does, with OpenMP waits that sleep as flow.py sets them (the
-``spinning-waits`` configuration is a Flow without that). Figures are medians over
+endpoints as jina does. Figures are medians over
 ``--repeats`` runs; the load average is printed before and after, as other work on the machine
 moves every figure.
 """
@@ -33,7 +32,6 @@ from typing import Callable, Dict
 import numpy as np
 
 from bench.report import machine_summary, markdown_table, median_run, summarise
-from speech2image.cpus import prefer_passive_openmp_waits
 
 ROOT = Path(__file__).resolve().parent.parent
 OMP_THREADS_VARIABLE = 'OMP_NUM_THREADS'
@@ -47,11 +45,14 @@ CONFIGURATIONS = {
     'default': [],
     'recommended': ['--diffusion-replicas', '2'],
     'batch-size-1': ['--batch-size', '1'],
-    'spinning-waits': [],
+    # Every model process at every core, as before the local thread plan split them.
+    'all-cores-each': [
+        '--whisper-threads',
+        str(len(os.sched_getaffinity(0))),
+        '--diffusion-threads',
+        str(len(os.sched_getaffinity(0))),
+    ],
 }
-# Environment of a configuration's Flow beyond this process's: spinning OpenMP waits, as before
-# flow.py made them sleep (speech2image/cpus.py).
-CONFIGURATION_ENVIRONMENT = {'spinning-waits': {'OMP_WAIT_POLICY': 'ACTIVE'}}
 # Executor arguments the workload needs beyond the offline models (as flow.py flags and in-process);
 # a long send timeout, so that a slow (shared) machine gives slow figures rather than none.
 WORKLOAD_FLAGS = ['--diffusion-scheduler', 'checkpoint', '--timeout-send-ms', '600000']
@@ -162,9 +163,7 @@ def through_flow(name: str, repeats: int) -> Dict[str, float]:
             pass
 
     samples = apple_tensor()
-    with serve_flow_process(
-        *WORKLOAD_FLAGS, *CONFIGURATIONS[name], env=CONFIGURATION_ENVIRONMENT.get(name)
-    ) as flow:
+    with serve_flow_process(*WORKLOAD_FLAGS, *CONFIGURATIONS[name]) as flow:
         address = flow.grpc
         return median_run([measurements(post, samples) for _ in range(repeats)])
 
@@ -220,11 +219,7 @@ def report(results: Dict[str, Dict[str, float]], base: Dict[str, float]) -> str:
         rows.append(
             [
                 f'Flow, {name}',
-                ' '.join(
-                    [*CONFIGURATIONS[name]]
-                    + [f'{k}={v}' for k, v in CONFIGURATION_ENVIRONMENT.get(name, {}).items()]
-                )
-                or '(none)',
+                ' '.join(CONFIGURATIONS[name]) or '(none)',
                 f'{result["latency_s"]:.2f}',
                 f'{result["rps"]:.2f}',
                 f'{result["generate_s"]:.2f}',
@@ -287,8 +282,6 @@ def main() -> None:
         print(json.dumps(in_process(args.repeats)))
         return
     load_before = os.getloadavg()
-    # In-process as in the Flow: OpenMP waits that sleep (flow.py sets the same).
-    prefer_passive_openmp_waits()
     base = run_in_process(args.repeats)
     print(f'in-process: {json.dumps(base)}', file=sys.stderr, flush=True)  # progress, as it comes
     results = {}

@@ -45,24 +45,42 @@ def test_local_replicas_share_the_cpus_and_explicit_settings_win(cgroup, monkeyp
         cpus.thread_count(0, executor())
 
 
-def test_the_flow_makes_openmp_waits_sleep_before_torch_loads(tmp_path):
-    """flow.py sets OMP_WAIT_POLICY=PASSIVE for the processes it starts, before anything loads
-    torch (OpenMP reads it once, at load), and an operator's own setting wins."""
-    import subprocess
-    import sys
+@pytest.mark.parametrize(
+    'cores, whisper_replicas, diffusion_replicas, plan',
+    [
+        (2, 1, 1, (1, 1)),  # both busy at once use each core once
+        (4, 1, 1, (1, 3)),
+        (8, 1, 1, (2, 6)),
+        (8, 1, 2, (2, 3)),
+        (16, 2, 3, (2, 4)),
+        (1, 1, 1, (1, 1)),  # one core: one thread each, however it is shared
+    ],
+)
+def test_the_local_plan_splits_the_cores_between_the_model_processes(
+    monkeypatch, cores, whisper_replicas, diffusion_replicas, plan
+):
+    monkeypatch.delenv(cpus.OMP_THREADS_VARIABLE, raising=False)
+    assert cpus.local_thread_plan(cores, whisper_replicas, diffusion_replicas) == plan
 
-    script = (
-        'import os, sys, flow\n'
-        "assert 'torch' not in sys.modules, 'flow.py must not load torch at import'\n"
-        f"flow.main(['--export-yaml', {str(tmp_path / 'flow.yml')!r}])\n"
-        "print(os.environ['OMP_WAIT_POLICY'])\n"
-    )
-    for given, expected in ((None, 'PASSIVE'), ('ACTIVE', 'ACTIVE')):
-        env = {k: v for k, v in os.environ.items() if k != cpus.OMP_WAIT_POLICY_VARIABLE}
-        if given:
-            env[cpus.OMP_WAIT_POLICY_VARIABLE] = given
-        result = subprocess.run(
-            [sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=120
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip().splitlines()[-1] == expected
+
+def test_omp_num_threads_is_the_operators_choice(monkeypatch):
+    monkeypatch.setenv(cpus.OMP_THREADS_VARIABLE, '3')
+    assert cpus.local_thread_plan(8, 1, 1) == (None, None)
+    assert cpus.thread_count(None, executor()) == 3
+
+
+def test_the_flow_passes_the_plan_to_its_executors_but_not_to_the_yaml(monkeypatch):
+    import flow as flow_module
+
+    monkeypatch.delenv(cpus.OMP_THREADS_VARIABLE, raising=False)
+    monkeypatch.setattr(flow_module, 'available_cpus', lambda: 8)
+    args = flow_module.parse_args(['--diffusion-replicas', '2', '--whisper-threads', '5'])
+    planned = flow_module.flow_spec(flow_module.with_local_thread_plan(args))
+    exported = flow_module.flow_spec(args)
+    threads = {e['name']: e['uses_with'].get('threads') for e in planned['executors']}
+    assert threads == {'whisper': 5, 'stablediffusion': 3}  # an explicit flag wins
+    # The export keeps what was given, and plans nothing: pods take their own CPU limits.
+    assert {e['name']: e['uses_with'].get('threads') for e in exported['executors']} == {
+        'whisper': 5,
+        'stablediffusion': None,
+    }
