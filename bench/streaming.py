@@ -21,8 +21,9 @@ from typing import Dict, List, Optional
 import flow as flow_module
 
 # bench.measure first: it sets the environment jina and torch read at import.
-from bench.measure import APPLE, WARMUP_REQUESTS, flow_args
+from bench.measure import APPLE, WARMUP_REQUESTS
 from bench.report import machine_summary, markdown_table, median_run
+from devtools.offline_flow import offline_flow_args
 from speech2image.client import stream
 from speech2image.schema import SpeechDoc
 
@@ -98,7 +99,7 @@ def main() -> None:
     parser.add_argument('--requests', type=int, default=8, help='streams per run')
     parser.add_argument('--repeats', type=int, default=4, help='even: each order as often')
     args = parser.parse_args()
-    flow = flow_args()
+    flow = offline_flow_args()
     port = {'grpc': flow.port_grpc, 'http': flow.port_http, 'websocket': flow.port_websocket}
     host = f'{args.protocol}://127.0.0.1:{port[args.protocol]}'
     parameters = {'num_inference_steps': args.steps, 'seed': 1}
