@@ -101,6 +101,10 @@ class StreamRequest(SpeechDoc):
 
     parameters: Dict[str, Any] = {}
 
+    def document(self) -> SpeechDoc:
+        """The document itself, without the parameters."""
+        return SpeechDoc(**self.model_dump(exclude={'parameters'}))
+
 
 class StreamEvent(BaseDoc):
     """One event of a streaming call; which fields are set depends on ``event``:

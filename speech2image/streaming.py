@@ -125,7 +125,7 @@ class LiveStream:
     async def _stages(self, put) -> None:
         """1. Whisper (the Flow's /transcribe), 2. diffusion (/generate_stream), relayed."""
         parameters = self.request.parameters
-        document = SpeechDoc(**self.request.model_dump(exclude={'parameters'}))
+        document = self.request.document()
         # 1. The transcript, through the Flow: Whisper, then the diffusion pass-through.
         async for docs, error in self.service.streamer.stream(
             docs=DocList[SpeechDoc]([document]),

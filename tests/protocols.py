@@ -13,7 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import aiohttp
 import grpc
@@ -235,24 +235,33 @@ def stream_body(doc: SpeechDoc, parameters: Dict) -> bytes:
     return json_body([doc], parameters)
 
 
-def stream_over_http(base_url: str, doc: SpeechDoc, parameters: Dict) -> StreamAnswer:
-    """``POST /stream``, read as Server-Sent Events (each event's JSON on its ``data:`` line)."""
-    with requests.post(
+def post_stream(base_url: str, doc: SpeechDoc, parameters: Dict) -> requests.Response:
+    """``POST /stream``, its answer streamed (a context manager)."""
+    return requests.post(
         f'{base_url}{STREAM_ENDPOINT}',
         data=stream_body(doc, parameters),
         headers={'Content-Type': 'application/json'},
         stream=True,
         timeout=ANSWER_TIMEOUT_S,
-    ) as response:
+    )
+
+
+def sse_events(response: requests.Response) -> Iterator[Dict[str, Any]]:
+    """The events of a streamed Server-Sent Events answer as they arrive: each one's JSON, on
+    its ``data:`` line."""
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith('data: '):
+            yield json.loads(line.removeprefix('data: '))
+
+
+def stream_over_http(base_url: str, doc: SpeechDoc, parameters: Dict) -> StreamAnswer:
+    """``POST /stream``, read as Server-Sent Events."""
+    with post_stream(base_url, doc, parameters) as response:
         if response.status_code != 200:
             status = HTTP_CLASSES.get(response.status_code, str(response.status_code))
             return StreamAnswer(status, response.json()['detail'])
         assert response.headers['content-type'] == 'text/event-stream'
-        events = [
-            json.loads(line.removeprefix('data: '))
-            for line in response.iter_lines(decode_unicode=True)
-            if line.startswith('data: ')
-        ]
+        events = list(sse_events(response))
     return stream_answer(events)
 
 

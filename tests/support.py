@@ -31,6 +31,15 @@ def metric_total(port_monitoring: int, name: str) -> float:
     )
 
 
+def diffusion_metric(flow, name: str) -> float:
+    """The diffusion Executor's samples named ``name`` (e.g. a counter's ``..._total``), summed,
+    from the /metrics of ``flow`` (a RunningFlow)."""
+    from speech2image.defaults import EXECUTOR_MONITORING_OFFSETS
+
+    port = flow.port_monitoring + EXECUTOR_MONITORING_OFFSETS['stablediffusion']
+    return metric_total(port, name)
+
+
 def gateway_pending_requests(port_monitoring: int) -> float:
     """jina's count of requests in flight at the gateway, read from its /metrics."""
     return metric_total(port_monitoring, 'jina_number_of_pending_requests')

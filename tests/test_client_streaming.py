@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import List
 
 import pytest
-import requests
 from PIL import Image
 
 from devtools.offline_flow import ASSETS, ROOT, free_ports, serve_flow_process
@@ -25,7 +24,7 @@ from speech2image import defaults
 from speech2image.auth import API_KEY_ENV
 from speech2image.client import EXIT_INTERRUPTED, ServiceError, stream
 from speech2image.schema import SpeechDoc, StreamEvent
-from tests.support import poll_until
+from tests.support import diffusion_metric, poll_until
 
 PROTOCOLS = ('grpc', 'http', 'websocket')
 API_KEY = secrets.token_hex(16)
@@ -69,20 +68,6 @@ def collect(host: str, doc: SpeechDoc, parameters, api_key=API_KEY) -> List[Stre
         return [event async for event in stream(host, doc, parameters, api_key)]
 
     return asyncio.run(asyncio.wait_for(events(), CLI_SECONDS))
-
-
-def cancelled_requests(flow) -> float:
-    """The diffusion Executor's count of cancelled generations, from its /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    port = flow.port_monitoring + defaults.EXECUTOR_MONITORING_OFFSETS['stablediffusion']
-    text = requests.get(f'http://127.0.0.1:{port}/metrics', timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == CANCELLED_METRIC
-    )
 
 
 class Cli:
@@ -222,14 +207,16 @@ def test_cli_prints_the_transcript_first_saves_previews_and_the_same_png(
 
 @pytest.mark.parametrize('protocol', PROTOCOLS)
 def test_ctrl_c_cancels_the_generation_on_the_server(keyed_flow, protocol, tmp_path):
-    before = cancelled_requests(keyed_flow)
+    before = diffusion_metric(keyed_flow, CANCELLED_METRIC)
     args = ['--host', getattr(keyed_flow, protocol), '--out', str(tmp_path / 'out')]
     cli = Cli([*args, '--steps', str(LONG_STEPS), '--text', 'a slow cat'], tmp_path / 'e.txt')
     poll_until(lambda: f'/{LONG_STEPS}' in cli.stderr(), CLI_SECONDS, 'no progress bar')
     cli.process.send_signal(signal.SIGINT)
     assert cli.wait() == EXIT_INTERRUPTED, cli.stderr()
     poll_until(
-        lambda: cancelled_requests(keyed_flow) == before + 1, 30, 'the generation was not cancelled'
+        lambda: diffusion_metric(keyed_flow, CANCELLED_METRIC) == before + 1,
+        30,
+        'the generation was not cancelled',
     )
     assert not (tmp_path / 'out').exists()
 

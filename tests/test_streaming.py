@@ -21,7 +21,6 @@ from websockets.sync.client import connect
 
 from devtools.offline_flow import ASSETS
 from speech2image.defaults import (
-    EXECUTOR_MONITORING_OFFSETS,
     STREAM_CANCEL_PATH,
     STREAM_ENDPOINT,
 )
@@ -32,10 +31,12 @@ from tests.protocols import (
     OK,
     STREAM_SENDERS,
     over_grpc,
+    post_stream,
+    sse_events,
     stream_body,
     stream_over_http,
 )
-from tests.support import metric_total, poll_until
+from tests.support import diffusion_metric, poll_until
 
 APPLE = (ASSETS / 'apple.wav').read_bytes()
 STEPS = 10
@@ -45,11 +46,6 @@ LONG = {'num_inference_steps': 100, 'seed': 1}
 CANCEL_AT_STEP = 3
 CANCELLED = 'speech2image_diffusion_cancelled_requests_total'
 UNET_CALLS = 'speech2image_diffusion_step_seconds_count'
-
-
-def diffusion_metric(flow, name: str) -> float:
-    port = flow.port_monitoring + EXECUTOR_MONITORING_OFFSETS['stablediffusion']
-    return metric_total(port, name)
 
 
 def image_bytes(image: dict) -> bytes:
@@ -160,21 +156,9 @@ def cancel_over_grpc(flow) -> list:
         return stop_at_step(events(), CANCEL_AT_STEP, lambda accepted: call.cancel())
 
 
-def http_events(response):
-    for line in response.iter_lines(decode_unicode=True):
-        if line.startswith('data: '):
-            yield json.loads(line.removeprefix('data: '))
-
-
 def cancel_over_http(flow, by_id: bool) -> list:
-    with requests.post(
-        f'{flow.http}{STREAM_ENDPOINT}',
-        data=stream_body(SpeechDoc(text='a long one'), LONG),
-        headers={'Content-Type': 'application/json'},
-        stream=True,
-        timeout=ANSWER_TIMEOUT_S,
-    ) as response:
-        events = http_events(response)
+    with post_stream(flow.http, SpeechDoc(text='a long one'), LONG) as response:
+        events = sse_events(response)
         if not by_id:  # hang up
             return stop_at_step(events, CANCEL_AT_STEP, lambda accepted: response.close())
 
@@ -256,14 +240,8 @@ def test_a_cancelled_request_in_a_batch_does_not_fail_the_others(running_flow):
         )
     )
     keeper.start()
-    with requests.post(
-        f'{running_flow.http}{STREAM_ENDPOINT}',
-        data=stream_body(SpeechDoc(text='cancelled'), LONG),
-        headers={'Content-Type': 'application/json'},
-        stream=True,
-        timeout=ANSWER_TIMEOUT_S,
-    ) as response:
-        stop_at_step(http_events(response), 1, lambda accepted: response.close())
+    with post_stream(running_flow.http, SpeechDoc(text='cancelled'), LONG) as response:
+        stop_at_step(sse_events(response), 1, lambda accepted: response.close())
     for thread in (blocker, keeper):
         thread.join(timeout=ANSWER_TIMEOUT_S)
     answer = kept['answer']

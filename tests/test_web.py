@@ -23,13 +23,11 @@ import numpy as np
 import pytest
 import requests
 from playwright.sync_api import sync_playwright
-from prometheus_client.parser import text_string_to_metric_families
 
-from devtools.offline_flow import ASSETS, ROOT, RunningFlow, free_ports
-from speech2image.defaults import EXECUTOR_MONITORING_OFFSETS
+from devtools.offline_flow import ASSETS, ROOT, free_ports
 from speech2image.gateway_errors import GatewayError, read_gateway_error
 from speech2image.web import parse_args
-from tests.support import poll_until
+from tests.support import diffusion_metric, poll_until
 
 CHROMIUM = Path('/usr/bin/chromium')
 ARTIFACTS = ROOT / 'tests' / 'artifacts'
@@ -56,7 +54,7 @@ DESKTOP = {'width': 1024, 'height': 768}
 # look (the offline model does a step in tens of ms), within the Executor's limit of 100.
 WATCHED_STEPS = 40
 CANCELLED_STEPS = 100
-CANCELLED_METRIC = 'speech2image_diffusion_cancelled_requests'
+CANCELLED_METRIC = 'speech2image_diffusion_cancelled_requests_total'
 PHONE = {'width': 390, 'height': 844}
 
 
@@ -320,7 +318,7 @@ def test_the_page_shows_the_transcript_then_previews_then_the_images(browser, we
 def test_cancel_stops_the_generation_and_the_next_request_starts_at_once(
     browser, web_url, running_flow
 ):
-    cancelled_before = diffusion_counter(running_flow, CANCELLED_METRIC)
+    cancelled_before = diffusion_metric(running_flow, CANCELLED_METRIC)
     with open_page(browser, web_url, DESKTOP, 'web-cancelled-desktop.png') as page:
         page.click('#settings summary')
         page.fill('[name=num_inference_steps]', str(CANCELLED_STEPS))
@@ -337,7 +335,7 @@ def test_cancel_stops_the_generation_and_the_next_request_starts_at_once(
         assert page.eval_on_selector_all('#images figure', 'fs => fs.length') == 0
         assert page.is_hidden('#status') and page.is_hidden('#error')
         poll_until(
-            lambda: diffusion_counter(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
+            lambda: diffusion_metric(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
             ANSWER_TIMEOUT_S,
             'the diffusion Executor did not count the cancelled request',
         )
@@ -354,7 +352,7 @@ def test_cancel_stops_the_generation_and_the_next_request_starts_at_once(
 
 
 def test_closing_the_page_mid_stream_cancels_the_generation(browser, web_url, running_flow):
-    cancelled_before = diffusion_counter(running_flow, CANCELLED_METRIC)
+    cancelled_before = diffusion_metric(running_flow, CANCELLED_METRIC)
     context = browser.new_context(viewport=DESKTOP)
     try:
         page = context.new_page()
@@ -367,7 +365,7 @@ def test_closing_the_page_mid_stream_cancels_the_generation(browser, web_url, ru
     finally:
         context.close()
     poll_until(
-        lambda: diffusion_counter(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
+        lambda: diffusion_metric(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
         ANSWER_TIMEOUT_S,
         'the diffusion Executor did not count the abandoned request',
     )
@@ -421,19 +419,6 @@ def test_the_pages_server_sent_events_parser(browser, web_url):
 
 
 # --- the service ------------------------------------------------------------------------------
-
-
-def diffusion_counter(flow: RunningFlow, name: str) -> float:
-    """The diffusion Executor's counter ``name`` (without ``_total``), from its /metrics."""
-    port = flow.port_monitoring + EXECUTOR_MONITORING_OFFSETS['stablediffusion']
-    text = requests.get(f'http://127.0.0.1:{port}/metrics', timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == name
-        for sample in family.samples
-        if sample.name == f'{name}_total'
-    )
 
 
 def server_sent_events(answer: requests.Response) -> Iterator[Tuple[str, dict]]:
@@ -491,7 +476,7 @@ def test_the_stream_relay_passes_the_events_on_in_order(web_url):
 def test_a_stream_is_cancelled_by_its_request_id(web_url, running_flow):
     """The events reach the page as they happen (the accepted event comes in time to cancel
     the stream with its id), and the cancel reaches the generation."""
-    cancelled_before = diffusion_counter(running_flow, CANCELLED_METRIC)
+    cancelled_before = diffusion_metric(running_flow, CANCELLED_METRIC)
     with post_stream(web_url, {'text': 'a slow painting'}, num_inference_steps=100) as answer:
         events = server_sent_events(answer)
         request_id = read_until_progress(events)['request_id']
@@ -507,7 +492,7 @@ def test_a_stream_is_cancelled_by_its_request_id(web_url, running_flow):
     assert cancelled['message'] == 'cancelled by the client'
     assert {name for name, _ in rest[:-1]} <= {'progress', 'preview'}  # no images
     poll_until(
-        lambda: diffusion_counter(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
+        lambda: diffusion_metric(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
         ANSWER_TIMEOUT_S,
         'the diffusion Executor did not count the cancelled request',
     )
@@ -521,12 +506,12 @@ def test_a_stream_is_cancelled_by_its_request_id(web_url, running_flow):
 
 
 def test_a_page_that_goes_away_cancels_its_stream(web_url, running_flow):
-    cancelled_before = diffusion_counter(running_flow, CANCELLED_METRIC)
+    cancelled_before = diffusion_metric(running_flow, CANCELLED_METRIC)
     with post_stream(web_url, {'text': 'a slow painting'}, num_inference_steps=100) as answer:
         read_until_progress(server_sent_events(answer))
     # Leaving the block closed the connection mid-stream.
     poll_until(
-        lambda: diffusion_counter(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
+        lambda: diffusion_metric(running_flow, CANCELLED_METRIC) == cancelled_before + 1,
         ANSWER_TIMEOUT_S,
         'the diffusion Executor did not count the abandoned request',
     )

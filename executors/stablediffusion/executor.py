@@ -393,7 +393,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         """``generate_stream``'s events; raises what ``generate`` would raise."""
         loop = asyncio.get_running_loop()
         steps: asyncio.Queue = asyncio.Queue()
-        docs = DocList[SpeechDoc]([SpeechDoc(**doc.model_dump(exclude={'parameters'}))])
+        docs = DocList[SpeechDoc]([doc.document()])
         [job] = self.generation_jobs(
             docs,
             doc.parameters,
