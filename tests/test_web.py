@@ -282,8 +282,9 @@ RECORD_PAGE_STATES = """() => {
   document.getElementById('images').addEventListener(
     'load', (event) => snapshot(event.target.closest('figure').className || 'final'), true);
   const status = document.getElementById('status-text');
-  new MutationObserver(() => window.statusTexts.push(status.textContent))
-    .observe(status, { childList: true, characterData: true, subtree: true });
+  // Each text the page set, from the records: two set in one task reach one callback.
+  new MutationObserver((records) => records.forEach((record) => record.addedNodes.forEach(
+    (node) => window.statusTexts.push(node.textContent)))).observe(status, { childList: true });
 }"""
 
 
