@@ -38,13 +38,19 @@ demo: models
 web: models
 	scripts/web.sh
 
-# models first: the Python check in install stops a machine with no 3.11 before apt-get runs.
+# Test files run on TEST_WORKERS processes (pytest-xdist), each file whole on one of them with its
+# own Flows: much of a test's time is waiting on processes, so 2 workers on 2 cores take ~0.57x.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# models first: the Python check in install stops a machine with no 3.11 before apt-get runs
+# (and the workers then find the models built rather than build them side by side).
 test: models system-deps lint
-	$(PY) -m pytest
+	$(PYTEST)
 
 # The fast tier: no Flow, browser, Kubernetes tool or GPU (`make test` runs everything).
 test-fast: models
-	$(PY) -m pytest -m "not slow and not browser and not k8s and not gpu"
+	$(PYTEST) -m "not slow and not browser and not k8s and not gpu"
 
 # ruff's checks and its formatting, as pyproject.toml configures them.
 lint: install

@@ -1,16 +1,18 @@
 """The cheap benchmarks run end to end and print docs/benchmarks.md's tables, so `make bench`
 does not rot. Sizes are checked (they are facts of the encodings); timings are not."""
 
+import json
 import subprocess
 import sys
 from typing import Dict, List
 
+from bench.original_example.environment import ensure_environment
 from devtools.offline_flow import ROOT
 
 
-def run_bench(module: str, *args: str) -> str:
+def run_bench(module: str, *args: str, python: str = sys.executable) -> str:
     return subprocess.run(
-        [sys.executable, '-m', module, *args],
+        [python, '-m', module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -85,3 +87,20 @@ def test_streaming_times_each_milestone_in_order():
     cost = table_rows(output, 'previews')
     assert [row['throughput against none'] for row in cost][0] == '1.00x'
     assert number(cost[1]['streams/s']) > 0
+
+
+def test_the_original_example_answers_in_its_docarray_v1_environment():
+    """bench.original_workload's outside reference runs: the original example's Executors, under
+    DocArray v1, load this machine's models and answer ``/`` with two images per clip (the
+    runner asserts the images; a broken Executor or environment fails the run)."""
+    python = str(ensure_environment())
+    docarray_version = subprocess.run(
+        [python, '-c', 'import docarray; print(docarray.__version__)'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert docarray_version.startswith('0.21.'), docarray_version
+    output = run_bench('bench.original_example', '--requests', '1', python=python)
+    figures = json.loads(output.strip().splitlines()[-1])
+    assert figures['latency_s'] > 0 and figures['rps'] > 0, figures
