@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from speech2image import defaults
-from speech2image.cpus import available_cpus, local_thread_plan
 from speech2image.settings import apply_environment
 
 ROOT = Path(__file__).resolve().parent
@@ -127,7 +126,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     whisper.add_argument(
         '--whisper-threads',
         type=int,
-        help='CPU threads per Whisper replica; unset: the local thread plan',
+        help='CPU threads per Whisper replica; unset: its CPUs over its replicas',
     )
     diffusion = parser.add_argument_group('StableDiffusionExecutor (unset: the Executor default)')
     diffusion.add_argument(
@@ -150,7 +149,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     diffusion.add_argument(
         '--diffusion-threads',
         type=int,
-        help='torch CPU threads per diffusion replica; unset: the local thread plan',
+        help='torch CPU threads per diffusion replica; unset: its CPUs over its replicas',
     )
     diffusion.add_argument(
         '--batch-size',
@@ -269,7 +268,7 @@ def build_flow(args: argparse.Namespace):
     """
     from jina import Flow
 
-    spec = flow_spec(with_local_thread_plan(args))
+    spec = flow_spec(args)
     flow = Flow(**spec['with']).config_gateway(
         uses=str(ROOT / spec['gateway']['uses']), uses_with=spec['gateway']['uses_with']
     )
@@ -278,23 +277,6 @@ def build_flow(args: argparse.Namespace):
         options['uses'] = str(ROOT / executor['uses'])
         flow = flow.add(host='127.0.0.1', **options)
     return flow
-
-
-def with_local_thread_plan(args: argparse.Namespace) -> argparse.Namespace:
-    """``args`` with the model processes' threads, where unset, from the local thread plan:
-    this machine's CPUs split between Whisper and diffusion and their replicas, which all run
-    here (speech2image/cpus.py). The YAML export leaves them unset: on Kubernetes each pod
-    takes its own CPU limit."""
-    whisper, diffusion = local_thread_plan(
-        available_cpus(), args.whisper_replicas, args.diffusion_replicas
-    )
-    return argparse.Namespace(
-        **{
-            **vars(args),
-            'whisper_threads': args.whisper_threads or whisper,
-            'diffusion_threads': args.diffusion_threads or diffusion,
-        }
-    )
 
 
 def ports_in_use(args: argparse.Namespace) -> List[str]:

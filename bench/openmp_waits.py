@@ -5,9 +5,10 @@ replicas), with each process's threads at one per core or one.
     python -m bench.openmp_waits [--steps 20] [--repeats 3]
 
 Every configuration runs in fresh processes, since OpenMP reads ``OMP_WAIT_POLICY`` when it
-loads. ACTIVE is libgomp's default behaviour (spin, then sleep), PASSIVE sleeps at once. The
-figures chose the local thread plan (speech2image/cpus.py ``local_thread_plan``): processes that
-run side by side get cores of their own, with the default waits.
+loads. ACTIVE is libgomp's default behaviour (spin, then sleep), PASSIVE sleeps at once. Two
+processes of spinning threads on shared cores stall each other at every barrier; in a Flow,
+though, Whisper's work is short next to diffusion's, and bench.original_workload measures whether
+splitting the cores between them pays (its ``split-cores`` configuration).
 """
 
 import argparse

@@ -4,15 +4,12 @@ CPU quota when a container sets one (Kubernetes ``limits.cpu``, ``docker run --c
 import math
 import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 CGROUP_V2_CPU_MAX = Path('/sys/fs/cgroup/cpu.max')
 CGROUP_V1_QUOTA = Path('/sys/fs/cgroup/cpu/cpu.cfs_quota_us')
 CGROUP_V1_PERIOD = Path('/sys/fs/cgroup/cpu/cpu.cfs_period_us')
 OMP_THREADS_VARIABLE = 'OMP_NUM_THREADS'
-# Whisper's share of a machine's cores in a local Flow: it is about a fifth of a request's
-# compute (0.27 s of about 1.5 s on the original example's workload).
-WHISPER_CPU_SHARE = 0.25
 
 
 def cgroup_cpu_quota() -> Optional[float]:
@@ -56,23 +53,3 @@ def thread_count(threads: Optional[int], executor) -> int:
     if threads < 1:
         raise ValueError(f'threads must be at least 1, got {threads}')
     return threads
-
-
-def local_thread_plan(
-    cpus: int, whisper_replicas: int, diffusion_replicas: int
-) -> Tuple[Optional[int], Optional[int]]:
-    """Threads per Whisper replica and per diffusion replica of a Flow whose model processes
-    all run on this machine's ``cpus``: the cores are split so that all of them busy at once
-    (any concurrency above one) use each core once. Two processes whose OpenMP threads share
-    cores made the tiny pipeline's step 7x slower than one thread each (docs/performance.md).
-    Whisper gets ``WHISPER_CPU_SHARE`` of the cores (at least one), diffusion the rest.
-    (None, None) when ``OMP_NUM_THREADS`` is set: the operator's choice, which the Executors
-    read themselves."""
-    if os.environ.get(OMP_THREADS_VARIABLE):
-        return None, None
-    whisper_cores = max(1, round(cpus * WHISPER_CPU_SHARE))
-    diffusion_cores = max(1, cpus - whisper_cores)
-    return (
-        max(1, whisper_cores // whisper_replicas),
-        max(1, diffusion_cores // diffusion_replicas),
-    )

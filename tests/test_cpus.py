@@ -45,42 +45,18 @@ def test_local_replicas_share_the_cpus_and_explicit_settings_win(cgroup, monkeyp
         cpus.thread_count(0, executor())
 
 
-@pytest.mark.parametrize(
-    'cores, whisper_replicas, diffusion_replicas, plan',
-    [
-        (2, 1, 1, (1, 1)),  # both busy at once use each core once
-        (4, 1, 1, (1, 3)),
-        (8, 1, 1, (2, 6)),
-        (8, 1, 2, (2, 3)),
-        (16, 2, 3, (2, 4)),
-        (1, 1, 1, (1, 1)),  # one core: one thread each, however it is shared
-    ],
-)
-def test_the_local_plan_splits_the_cores_between_the_model_processes(
-    monkeypatch, cores, whisper_replicas, diffusion_replicas, plan
-):
-    monkeypatch.delenv(cpus.OMP_THREADS_VARIABLE, raising=False)
-    assert cpus.local_thread_plan(cores, whisper_replicas, diffusion_replicas) == plan
-
-
 def test_omp_num_threads_is_the_operators_choice(monkeypatch):
     monkeypatch.setenv(cpus.OMP_THREADS_VARIABLE, '3')
-    assert cpus.local_thread_plan(8, 1, 1) == (None, None)
     assert cpus.thread_count(None, executor()) == 3
 
 
-def test_the_flow_passes_the_plan_to_its_executors_but_not_to_the_yaml(monkeypatch):
+def test_the_flow_passes_only_the_threads_it_was_given():
+    """Unset, each Executor takes its CPUs over its replicas itself (thread_count), in a local
+    Flow as in a pod: the Flow plans no split between Whisper and diffusion."""
     import flow as flow_module
 
-    monkeypatch.delenv(cpus.OMP_THREADS_VARIABLE, raising=False)
-    monkeypatch.setattr(flow_module, 'available_cpus', lambda: 8)
     args = flow_module.parse_args(['--diffusion-replicas', '2', '--whisper-threads', '5'])
-    planned = flow_module.flow_spec(flow_module.with_local_thread_plan(args))
-    exported = flow_module.flow_spec(args)
-    threads = {e['name']: e['uses_with'].get('threads') for e in planned['executors']}
-    assert threads == {'whisper': 5, 'stablediffusion': 3}  # an explicit flag wins
-    # The export keeps what was given, and plans nothing: pods take their own CPU limits.
-    assert {e['name']: e['uses_with'].get('threads') for e in exported['executors']} == {
-        'whisper': 5,
-        'stablediffusion': None,
+    threads = {
+        e['name']: e['uses_with'].get('threads') for e in flow_module.flow_spec(args)['executors']
     }
+    assert threads == {'whisper': 5, 'stablediffusion': None}
