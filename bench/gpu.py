@@ -20,9 +20,9 @@ import asyncio
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import List
 
-from bench.report import machine_summary, markdown_table
+from bench.report import machine_summary, markdown_table, median_seconds
 from bench.steps import SD15_SIZES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,17 +52,6 @@ HEADER = [
     'images/s',
     'Executor / bare',
 ]
-
-
-def median_seconds(action: Callable[[], object], repeats: int) -> float:
-    """Median seconds of ``action`` over ``repeats`` calls after one warm-up call."""
-    action()
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        action()
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
 
 
 def build_whisper_large_v3(path: Path) -> Path:

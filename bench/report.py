@@ -4,8 +4,9 @@ markdown tables. (bench/measure.py, by contrast, sets the OpenMP threads at impo
 import os
 import platform
 import statistics
+import time
 from importlib.metadata import version
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
@@ -44,3 +45,14 @@ def summarise(latencies: List[float], elapsed: float) -> Dict[str, float]:
 def median_run(runs: List[Dict[str, float]]) -> Dict[str, float]:
     """Each figure's median over repeated runs."""
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def median_seconds(action: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``action`` over ``repeats`` calls after one warm-up call."""
+    action()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)

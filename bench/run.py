@@ -18,6 +18,7 @@ BENCHMARKS = [
     ('Images per second by step count', 'bench.steps'),
     ('Whisper backends', 'bench.whisper_backends'),
     ('Whisper models: tiny.en and base', 'bench.whisper_models'),
+    ('Whisper batching across requests', 'bench.whisper_batching'),
     ('Payloads', 'bench.payloads'),
     ('Start-up', 'bench.startup'),
     ('Live results: streaming', 'bench.streaming'),

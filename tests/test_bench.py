@@ -104,3 +104,10 @@ def test_the_original_example_answers_in_its_docarray_v1_environment():
     output = run_bench('bench.original_example', '--requests', '1', python=python)
     figures = json.loads(output.strip().splitlines()[-1])
     assert figures['latency_s'] > 0 and figures['rps'] > 0, figures
+
+
+def test_whisper_batching_compares_both_paths_on_the_same_clips():
+    output = run_bench('bench.whisper_batching', '--batch-sizes', '3', '--repeats', '1')
+    [row] = table_rows(output, 'clips')
+    assert row['clips'] == '3' and row['same transcripts'] == 'yes', row
+    assert number(row['one at a time (s)']) > 0 and number(row['one batched decode (s)']) > 0

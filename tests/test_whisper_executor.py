@@ -8,7 +8,7 @@ from docarray import DocList
 from jina import Executor
 
 from devtools.offline_flow import ASSETS, WHISPER_TINY_EN
-from executors.whisper.executor import WhisperBackend
+from executors.whisper.executor import WhisperBackend, merged_into_windows
 from speech2image.audio import load_audio
 from speech2image.hub import ModelLoadError
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
@@ -60,18 +60,32 @@ def test_tensor_input_gives_the_same_transcript(whisper):
 
 
 def test_a_batched_decode_hears_each_clip_as_alone(whisper):
-    """Clips decoded in one batch give each its own transcript; noise among them gives none."""
+    """Clips decoded in one batch give each its own transcript; noise among them gives none.
+    The fox command has pauses between its phrases: cut at each, it was misheard."""
     apple = apple_samples()
-    lighthouse = load_audio(SpeechDoc(bytes_=(ASSETS / 'lighthouse.wav').read_bytes()), 60, None)
+    lighthouse, fox = (
+        load_audio(SpeechDoc(bytes_=(ASSETS / name).read_bytes()), 60, None)
+        for name in ('lighthouse.wav', 'fox_command.wav')
+    )
     noise = np.random.default_rng(0).normal(0, 0.1, 3 * SAMPLE_RATE).astype(np.float32)
     alone = [
-        whisper.backend.transcribe(clip, 'transcribe', None).text for clip in (apple, lighthouse)
+        whisper.backend.transcribe(clip, 'transcribe', None).text
+        for clip in (apple, lighthouse, fox)
     ]
-    batched = whisper.backend.transcribe_batch([apple, noise, lighthouse], 'transcribe', None)
-    assert [transcript.text for transcript in batched] == [alone[0], '', alone[1]]
-    assert 'red apple' in alone[0] and 'painting' in alone[1]
+    batched = whisper.backend.transcribe_batch([apple, noise, lighthouse, fox], 'transcribe', None)
+    assert [transcript.text for transcript in batched] == [alone[0], '', alone[1], alone[2]]
+    assert 'red apple' in alone[0] and 'painting' in alone[1] and 'red fox' in alone[2]
     [segment] = batched[2].segments
     assert 0 <= segment['start'] < segment['end'] <= 3.2  # times within its own clip
+
+
+def test_speech_spans_merge_into_windows():
+    """Pieces up to a window long, each span whole: a span that would pass the window starts
+    the next piece."""
+    spans = [{'start': 0, 'end': 10}, {'start': 15, 'end': 40}, {'start': 45, 'end': 90}]
+    assert merged_into_windows(spans, 100) == [{'start': 0, 'end': 90}]
+    assert merged_into_windows(spans, 50) == [{'start': 0, 'end': 40}, {'start': 45, 'end': 90}]
+    assert merged_into_windows([], 50) == []
 
 
 def test_concurrent_requests_get_their_own_transcripts(whisper):

@@ -92,6 +92,19 @@ class WhisperBackend(Protocol):
         """Several clips sharing ``task`` and ``language``: their transcripts, in order."""
 
 
+def merged_into_windows(spans: List[Dict[str, int]], window: int) -> List[Dict[str, int]]:
+    """VAD speech spans (start and end in samples, in order) merged into pieces of at most
+    ``window`` samples, as faster-whisper's own batched pipeline merges them: each piece is
+    decoded on its own, and a phrase cut at every short pause loses the words around it."""
+    merged: List[Dict[str, int]] = []
+    for span in spans:
+        if merged and span['end'] - merged[-1]['start'] <= window:
+            merged[-1]['end'] = span['end']
+        else:
+            merged.append(dict(span))
+    return merged
+
+
 class FasterWhisperBackend:
     """Whisper on CTranslate2 (faster-whisper)."""
 
@@ -169,7 +182,7 @@ class FasterWhisperBackend:
         pieces, owners, offset = [], [], 0  # pieces in seconds on the joined audio
         for number, samples in enumerate(clips):
             speech = (
-                get_speech_timestamps(samples, vad)
+                merged_into_windows(get_speech_timestamps(samples, vad), window)
                 if self.vad_filter
                 else [
                     {'start': start, 'end': min(start + window, samples.size)}
