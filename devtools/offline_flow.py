@@ -155,8 +155,9 @@ def serve_flow(*extra_flags: str) -> Iterator[RunningFlow]:
 def wait_flow_ready(running: RunningFlow, process: subprocess.Popen) -> None:
     """Until the gateway's gRPC port takes connections (jina opens it once the Executors are
     up; polling it logs nothing), then until jina's Client reports the Flow ready (its dry run
-    reaches every Executor). Raises RuntimeError when ``process`` exits first or
-    FLOW_START_TIMEOUT_S passes."""
+    reaches every Executor), then until the HTTP and WebSocket ports take connections too (the
+    gateway starts their servers beside the gRPC one, and on a busy machine after it). Raises
+    RuntimeError when ``process`` exits first or FLOW_START_TIMEOUT_S passes."""
     from jina import Client
 
     deadline = time.monotonic() + FLOW_START_TIMEOUT_S
@@ -165,6 +166,9 @@ def wait_flow_ready(running: RunningFlow, process: subprocess.Popen) -> None:
     client = Client(host=running.grpc)
     while not client.is_flow_ready(timeout=DRY_RUN_TIMEOUT_S):
         still_starting(process, deadline)
+    for port in (running.port_http, running.port_websocket):
+        while not port_open(port):
+            still_starting(process, deadline)
 
 
 def port_open(port: int) -> bool:
