@@ -32,7 +32,7 @@ import sys
 import time
 import wave
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import numpy as np
 
@@ -47,6 +47,7 @@ CHEAP_REQUESTS = 20
 WARMUP_REQUESTS = 1
 PCM_SCALE = 32768.0  # 16-bit PCM full scale
 CORES = len(os.sched_getaffinity(0))
+SPLIT_WHISPER_CORES = max(1, CORES // 4)
 # flow.py flags of each configuration measured; 'default' is flow.py as shipped: each model
 # process at its CPUs over its replicas.
 CONFIGURATIONS = {
@@ -57,9 +58,9 @@ CONFIGURATIONS = {
     # to diffusion), as flow.py did before this benchmark showed that it costs more than it saves.
     'split-cores': [
         '--whisper-threads',
-        str(max(1, CORES // 4)),
+        str(SPLIT_WHISPER_CORES),
         '--diffusion-threads',
-        str(max(1, CORES - max(1, CORES // 4))),
+        str(max(1, CORES - SPLIT_WHISPER_CORES)),
     ],
 }
 # Executor arguments the workload needs beyond the offline models (as flow.py flags and in-process);
@@ -182,36 +183,29 @@ def through_flow(name: str, repeats: int) -> Dict[str, float]:
         return median_run([measurements(post, samples) for _ in range(repeats)])
 
 
-def run_in_process(repeats: int) -> Dict[str, float]:
-    """``in_process`` in a fresh process of this module, at default threads."""
+def figures_of(command: List[str]) -> Dict[str, float]:
+    """The figures a measuring process (``command``, run here) prints as its last line, JSON."""
     output = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'bench.original_workload',
-            '--in-process',
-            '--repeats',
-            str(repeats),
-        ],
-        cwd=ROOT,
-        env=os.environ,
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
+        command, cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, text=True, check=True
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
+
+
+def run_in_process(repeats: int) -> Dict[str, float]:
+    """``in_process`` in a fresh process of this module, at default threads."""
+    return figures_of(
+        [sys.executable, '-m', 'bench.original_workload', '--in-process', '--repeats', str(repeats)]
+    )
 
 
 def run_original_example(repeats: int, replicas: int) -> Dict[str, float]:
     """bench.original_example in its DocArray v1 environment (made here if missing)."""
     from bench.original_example.environment import ensure_environment
 
-    command = [str(ensure_environment()), '-m', 'bench.original_example']
-    command += ['--repeats', str(repeats), '--replicas', str(replicas)]
-    output = subprocess.run(
-        command, cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, text=True, check=True
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return figures_of(
+        [str(ensure_environment()), '-m', 'bench.original_example']
+        + ['--repeats', str(repeats), '--replicas', str(replicas)]
+    )
 
 
 def verdict(met: bool) -> str:

@@ -26,10 +26,9 @@ from bench.original_workload import (
     timed_requests,
 )
 from bench.report import median_run
+from devtools.offline_models import OPENAI_WHISPER_FILE, TINY_SD_DIR  # imports no DocArray
 
 MODELS = Path(__file__).resolve().parents[2] / 'models'
-# devtools.offline_models' names; devtools is not imported here, as it needs DocArray v2.
-OPENAI_WHISPER_FILE, TINY_SD_DIR = 'whisper-tiny.en-openai.pt', 'tiny-stable-diffusion'
 # The original reads num_images only; its pipeline's defaults are the workload's 50 steps, 7.5.
 PARAMETERS = {'num_images': 2}
 HOST = '127.0.0.1'

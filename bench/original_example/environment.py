@@ -18,13 +18,9 @@ PTH_NAME = 'speech2image-environment.pth'
 READY_MARKER = '.ready'  # written last: a half-made environment is made again
 
 
-def python_of(path: Path) -> Path:
-    return path / 'bin' / 'python'
-
-
 def ensure_environment(path: Path = DEFAULT_PATH) -> Path:
     """The v1 environment at ``path`` (made if missing); returns its python."""
-    python, ready = python_of(path), path / READY_MARKER
+    python, ready = path / 'bin' / 'python', path / READY_MARKER
     if ready.exists():
         return python
     venv.EnvBuilder(with_pip=True, clear=True).create(path)
