@@ -10,3 +10,5 @@ speak() {  # speak VOICE SPEED OUT TEXT
 speak en 140 apple.wav "a painting of a red apple on a wooden table"
 speak en-us 130 lighthouse.wav "an oil painting of a lighthouse by the sea"
 speak en-us 130 fox_command.wav "draw two pictures of a red fox in the snow, with seed 42"
+speak en-us 130 blue_star.wav "a blue star on the left"
+speak en-us 130 two_trees.wav "draw two pictures of a green tree on the grass, seed 7"

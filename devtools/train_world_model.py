@@ -1,0 +1,307 @@
+"""Train the offline text-to-image model on pictures of its world (speech2image/world.py).
+
+A recipe in five steps: arguments, data, the VAE, the UNet with the text encoder, save. The result
+is an ordinary diffusers Stable Diffusion directory (AutoencoderKL with a 4x downsampling,
+UNet2DConditionModel with cross-attention, CLIP BPE tokenizer, CLIPTextModel, DPM-Solver++), which
+``AutoPipelineForText2Image.from_pretrained`` loads like any checkpoint.
+
+    python -m devtools.train_world_model --output-dir weights/shapes-world
+
+Seeded: the same command on the same software gives the same weights. Runs on CPU (2 cores: about
+an hour with the defaults); ``--device cuda`` runs the same recipe on a GPU.
+"""
+
+import argparse
+import copy
+import json
+import math
+import random
+import string
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from devtools.world_render import render
+from devtools.world_tokenizer import build_world_tokenizer
+from speech2image.previews import PROJECTION_FILE
+from speech2image.world import HELD_OUT, IMAGE_SIDE, SIZES, Scene, caption, random_scene
+
+TEXT_ENCODER = dict(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=3)
+UNET = dict(
+    sample_size=IMAGE_SIDE // 4,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(32, 64, 128),
+    # Cross-attention at 8x8 and 4x4 latents: at 16x16 it tripled the cost of a training step.
+    down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D', 'CrossAttnDownBlock2D'),
+    up_block_types=('CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'),
+    cross_attention_dim=TEXT_ENCODER['hidden_size'],
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=('DownEncoderBlock2D',) * 3,
+    up_block_types=('UpDecoderBlock2D',) * 3,
+    block_out_channels=(16, 32, 64),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=16,
+    sample_size=IMAGE_SIDE,
+)
+# Stable Diffusion 1.x's noise schedule, for training and for the saved scheduler.
+NOISE_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear')
+# Captions leave attributes unsaid this often, so a prompt may name only some of them; an empty
+# caption trains the unconditional prediction that classifier-free guidance needs.
+UNSAID = {'colour': 0.1, 'place': 0.12, 'position': 0.25, 'size': 0.15}
+EMPTY_CAPTION = 0.1
+# Made-up words in captions this often: unknown words fall apart into byte tokens, and the model
+# learns to ignore them.
+UNKNOWN_WORD = 0.2
+VAE_KL_WEIGHT = 1e-6
+VAE_LEARNING_RATE = 1e-3
+MIN_SNR_GAMMA = 5.0
+EMA_DECAY = 0.999
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--output-dir', type=Path, required=True)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--scenes', type=int, default=30_000, help='pictures rendered once')
+    parser.add_argument('--vae-steps', type=int, default=1_200)
+    parser.add_argument('--vae-batch-size', type=int, default=16)
+    parser.add_argument('--unet-steps', type=int, default=5_000)
+    parser.add_argument('--batch-size', type=int, default=64)
+    parser.add_argument('--learning-rate', type=float, default=5e-4)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: torch default)')
+    parser.add_argument('--checkpoint-every', type=int, default=500)
+    return parser.parse_args()
+
+
+def render_dataset(count: int, seed: int):
+    """``count`` pictures of random scenes outside the held-out pairs: uint8 (N, 3, H, W) and
+    the scenes."""
+    rng = random.Random(seed)
+    scenes, pictures = [], []
+    while len(scenes) < count:
+        scene = random_scene(rng)
+        if (scene.colour, scene.thing) in HELD_OUT:
+            continue
+        picture, _ = render(scene, rng)
+        scenes.append(scene)
+        pictures.append(picture.transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(pictures)), scenes
+
+
+def to_unit(pictures: torch.Tensor) -> torch.Tensor:
+    return pictures.float() / 127.5 - 1.0
+
+
+def training_caption(scene: Scene, rng: random.Random) -> str:
+    """A caption of ``scene`` that may leave attributes unsaid, or an empty one."""
+    if rng.random() < EMPTY_CAPTION:
+        return ''
+    unsaid = {key: None for key, p in UNSAID.items() if rng.random() < p}
+    if scene.size == 'medium' or not SIZES[scene.size]:
+        unsaid['size'] = None
+    text = caption(scene.with_(**unsaid), rng)
+    if rng.random() < UNKNOWN_WORD:
+        words = text.split()
+        made_up = ''.join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))
+        words.insert(rng.randint(0, len(words)), made_up)
+        text = ' '.join(words)
+    return text
+
+
+def train_vae(pictures, args, log):
+    """Step 3: an AutoencoderKL that reconstructs the world's pictures (L1 + MSE + a small KL)."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(**VAE).to(args.device)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=VAE_LEARNING_RATE)
+    generator = torch.Generator().manual_seed(args.seed)
+    for step in range(1, args.vae_steps + 1):
+        index = torch.randint(len(pictures), (args.vae_batch_size,), generator=generator)
+        batch = to_unit(pictures[index]).to(args.device)
+        posterior = vae.encode(batch).latent_dist
+        decoded = vae.decode(posterior.sample()).sample
+        loss = (
+            F.l1_loss(decoded, batch)
+            + F.mse_loss(decoded, batch)
+            + VAE_KL_WEIGHT * posterior.kl().mean()
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0:
+            log('vae', step, loss.item())
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_dataset(vae, pictures, device, batch_size=256):
+    """The latent means of every picture, and the scaling factor that gives them unit variance."""
+    latents = torch.cat(
+        [
+            vae.encode(to_unit(pictures[i : i + batch_size]).to(device)).latent_dist.mean.cpu()
+            for i in range(0, len(pictures), batch_size)
+        ]
+    )
+    return latents, 1.0 / latents.std().item()
+
+
+@torch.no_grad()
+def fit_latent_projection(latents, pictures) -> dict:
+    """The least-squares linear map from (scaled) latents to the pictures' colours in [-1, 1]
+    at latent resolution: what speech2image/previews.py draws live previews with."""
+    factor = pictures.shape[-1] // latents.shape[-1]
+    colours = F.avg_pool2d(to_unit(pictures), factor)
+    x = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1)
+    y = colours.permute(0, 2, 3, 1).reshape(-1, 3)
+    solution = torch.linalg.lstsq(x, y).solution
+    return {'factors': solution[:-1].tolist(), 'bias': solution[-1].tolist()}
+
+
+def min_snr_weights(scheduler, timesteps):
+    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): faster training."""
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+
+
+def train_unet(latents, scenes, tokenizer, args, log):
+    """Step 4: the UNet and the text encoder, together, on noised latents and their captions."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **TEXT_ENCODER,
+        )
+    ).to(args.device)
+    unet = UNet2DConditionModel(**UNET).to(args.device)
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, **NOISE_SCHEDULE)
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=1e-2)
+    warmup = 200
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup)
+        * 0.5
+        * (1 + math.cos(math.pi * min(s, args.unet_steps) / args.unet_steps)),
+    )
+    rng = random.Random(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    for step in range(1, args.unet_steps + 1):
+        index = torch.randint(len(latents), (args.batch_size,), generator=generator)
+        clean = latents[index].to(args.device)
+        captions = [training_caption(scenes[i], rng) for i in index.tolist()]
+        ids = tokenizer(
+            captions, padding='max_length', max_length=tokenizer.model_max_length,
+            truncation=True, return_tensors='pt',
+        ).input_ids.to(args.device)
+        noise = torch.randn(clean.shape, generator=generator).to(args.device)
+        timesteps = torch.randint(0, 1000, (len(clean),), generator=generator)
+        noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+        prediction = unet(noisy, timesteps.to(args.device), text_encoder(ids)[0]).sample
+        per_sample = F.mse_loss(prediction, noise, reduction='none').mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(noise_scheduler, timesteps).to(args.device)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        decay = min(EMA_DECAY, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, model in ((ema_unet, unet), (ema_text, text_encoder)):
+                for e, p in zip(ema.parameters(), model.parameters()):
+                    e.lerp_(p, 1 - decay)
+        if step % 100 == 0:
+            log('unet', step, loss.item())
+        if step % args.checkpoint_every == 0 or step == args.unet_steps:
+            yield step, ema_unet, ema_text
+
+
+def save_pipeline(directory: Path, vae, unet, text_encoder, tokenizer):
+    """Step 5: a diffusers directory: any Stable Diffusion loader reads it."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler(num_train_timesteps=1000, **NOISE_SCHEDULE),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(directory)
+
+
+def main():
+    # Step 1: arguments.
+    args = parse_args()
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    history = []
+
+    def log(stage, step, loss):
+        minutes = (time.monotonic() - started) / 60
+        history.append({'stage': stage, 'step': step, 'loss': round(loss, 5), 'minutes': round(minutes, 2)})
+        print(f'{minutes:6.1f} min  {stage} step {step}  loss {loss:.4f}', flush=True)
+
+    # Step 2: data: pictures of random scenes, rendered once; captions are drawn per step.
+    pictures, scenes = render_dataset(args.scenes, args.seed)
+    tokenizer = build_world_tokenizer(args.output_dir / 'tokenizer')
+    print(f'{len(scenes)} scenes rendered in {time.monotonic() - started:.0f} s', flush=True)
+
+    # Step 3: the VAE, then every picture's latents.
+    vae = train_vae(pictures, args, log)
+    latents, scaling_factor = encode_dataset(vae, pictures, args.device)
+    vae.register_to_config(scaling_factor=scaling_factor)
+    latents = latents * scaling_factor
+    projection = fit_latent_projection(latents, pictures)
+
+    # Step 4 and 5: the UNet and text encoder; each checkpoint is saved whole, so a run cut short
+    # still leaves a loadable model.
+    for step, unet, text_encoder in train_unet(latents, scenes, tokenizer, args, log):
+        save_pipeline(args.output_dir, vae, unet, text_encoder, tokenizer)
+        (args.output_dir / PROJECTION_FILE).write_text(json.dumps(projection))
+        minutes = (time.monotonic() - started) / 60
+        (args.output_dir / 'training.json').write_text(
+            json.dumps(
+                {
+                    'command': 'python -m devtools.train_world_model ' + ' '.join(
+                        f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items()
+                    ),
+                    'unet_steps_done': step,
+                    'minutes': round(minutes, 1),
+                    'torch_threads': torch.get_num_threads(),
+                    'loss_history': history,
+                },
+                indent=1,
+            )
+        )
+        print(f'saved step {step} to {args.output_dir} at {minutes:.1f} min', flush=True)
+
+
+if __name__ == '__main__':
+    main()
