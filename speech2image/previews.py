@@ -3,11 +3,14 @@
 The latents of Stable Diffusion's VAE map to RGB through a fixed linear projection (4 latent
 channels -> 3 colours, plus a bias), the one ComfyUI and others use for live previews; a preview
 is one matrix product per image and a small JPEG, against a VAE decode for the real image. The
-projection is the model family's; a family without one (other latent channel counts) gets
-progress events but no previews.
+projection is the model family's, or the model's own when its directory has one
+(``latent_rgb_projection.json``, as devtools/train_world_model.py writes for a VAE trained from
+scratch); a model without one (other latent channel counts) gets progress events but no previews.
 """
 
 import io
+import json
+from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 PREVIEW_MIME_TYPE = 'image/jpeg'
