@@ -21,7 +21,7 @@ import numpy as np
 
 from bench.report import machine_summary, markdown_table
 from devtools.world_judge import judge, visible
-from speech2image.world import COLOURS, HELD_OUT, POSITIONS, Scene, describe, random_scene
+from speech2image.world import COLOURS, HELD_OUT, Scene, describe, random_scene
 
 DEFAULT_MODEL = Path('models/shapes-world')
 STEPS = 25
@@ -83,7 +83,9 @@ def accuracy(scenes: List[Scene], images) -> Dict[str, float]:
     judged = [judge(image) for image in images]
     return {
         attribute: float(
-            np.mean([getattr(j, attribute) == getattr(s, attribute) for s, j in zip(scenes, judged)])
+            np.mean(
+                [getattr(j, attribute) == getattr(s, attribute) for s, j in zip(scenes, judged)]
+            )
         )
         for attribute in ATTRIBUTES
     }
@@ -150,7 +152,9 @@ def grid(images, path: Path, columns: int = 8, scale: int = 2):
     rows = (len(images) + columns - 1) // columns
     sheet = Image.new('RGB', (columns * side, rows * side), 'white')
     for i, image in enumerate(images):
-        sheet.paste(image.resize((side, side), Image.NEAREST), ((i % columns) * side, (i // columns) * side))
+        sheet.paste(
+            image.resize((side, side), Image.NEAREST), ((i % columns) * side, (i // columns) * side)
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
 
@@ -174,15 +178,21 @@ def main():
     held = [(s.colour, s.thing) in HELD_OUT for s in scenes]
     figures = {
         'all': accuracy(scenes, images),
-        'seen pairs': accuracy([s for s, h in zip(scenes, held) if not h], [i for i, h in zip(images, held) if not h]),
-        'held-out pairs': accuracy([s for s, h in zip(scenes, held) if h], [i for i, h in zip(images, held) if h]),
+        'seen pairs': accuracy(
+            [s for s, h in zip(scenes, held) if not h], [i for i, h in zip(images, held) if not h]
+        ),
+        'held-out pairs': accuracy(
+            [s for s, h in zip(scenes, held) if h], [i for i, h in zip(images, held) if h]
+        ),
     }
     unguided = draw(pipeline, prompts[:80], seeds[:80], guidance=0.0)
     figures['guidance 0 (first 80)'] = accuracy(scenes[:80], unguided)
     figures['guidance 7.5 (first 80)'] = accuracy(scenes[:80], images[:80])
     pair_scenes = [s.with_(count=1) for s in scenes[:PAIRS]]
     paired = {
-        'colour word changed, same seed': paired_colour(pipeline, pair_scenes, random.Random(args.seed)),
+        'colour word changed, same seed': paired_colour(
+            pipeline, pair_scenes, random.Random(args.seed)
+        ),
         'left -> right, same seed': paired_side(pipeline, pair_scenes),
     }
     negative = negative_prompt_effect(pipeline)
@@ -191,19 +201,41 @@ def main():
         args.grid.with_suffix('.txt').write_text('\n'.join(prompts[:32]) + '\n')
 
     print(machine_summary())
-    print(f'{args.model}: {len(images)} prompts, {STEPS} steps, guidance {GUIDANCE}, '
-          f'{seconds_per_image:.3f} s per image (batches of {BATCH})\n')
-    print(markdown_table(['prompts'] + list(ATTRIBUTES), [[k] + [f'{v[a]:.1%}' for a in ATTRIBUTES] for k, v in figures.items()]))
+    print(
+        f'{args.model}: {len(images)} prompts, {STEPS} steps, guidance {GUIDANCE}, '
+        f'{seconds_per_image:.3f} s per image (batches of {BATCH})\n'
+    )
+    print(
+        markdown_table(
+            ['prompts'] + list(ATTRIBUTES),
+            [[k] + [f'{v[a]:.1%}' for a in ATTRIBUTES] for k, v in figures.items()],
+        )
+    )
     print()
     print(markdown_table(['paired check', 'passed'], [[k, f'{v:.1%}'] for k, v in paired.items()]))
     print()
-    print(f"negative prompt 'red' on {NEGATIVE_SEEDS} prompts with no colour: judged red "
-          f"{negative['without']:.1%} without it, {negative['with']:.1%} with it")
+    print(
+        f"negative prompt 'red' on {NEGATIVE_SEEDS} prompts with no colour: judged red "
+        f'{negative["without"]:.1%} without it, {negative["with"]:.1%} with it'
+    )
     print()
-    goals = [[a, f'{g:.0%}', f"{figures['all'][a]:.1%}", 'met' if figures['all'][a] >= g else 'NOT met'] for a, g in GOALS.items()]
+    goals = [
+        [a, f'{g:.0%}', f'{figures["all"][a]:.1%}', 'met' if figures['all'][a] >= g else 'NOT met']
+        for a, g in GOALS.items()
+    ]
     print(markdown_table(['goal', 'target', 'measured', ''], goals))
     if args.json:
-        args.json.write_text(json.dumps({'accuracy': figures, 'paired': paired, 'negative_prompt': negative, 'seconds_per_image': seconds_per_image}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    'accuracy': figures,
+                    'paired': paired,
+                    'negative_prompt': negative,
+                    'seconds_per_image': seconds_per_image,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == '__main__':

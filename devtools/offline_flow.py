@@ -35,8 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / 'assets'
 MODELS = ROOT / 'models'
 TINY_SD = MODELS / offline_models.TINY_SD_DIR
-# The offline default: the trained shapes-world model (weights/README.md).
+# The offline default: the trained shapes-world model (weights/README.md). The variable serves
+# another one, e.g. the random tiny model, to see the picture tests fail on noise.
 WORLD_MODEL = MODELS / offline_models.WORLD_MODEL_DIR
+DIFFUSION_MODEL_VARIABLE = 'S2I_OFFLINE_DIFFUSION_MODEL'
 WHISPER_TINY_EN = MODELS / offline_models.FASTER_WHISPER_LINK
 # Steps per image unless a request says otherwise: 2 keeps the images of tests that do not look at
 # them cheap; tests that judge pictures ask for more.
@@ -122,7 +124,7 @@ def model_flags() -> List[str]:
         '--whisper-model',
         str(WHISPER_TINY_EN),
         '--diffusion-model',
-        str(WORLD_MODEL),
+        os.environ.get(DIFFUSION_MODEL_VARIABLE, str(WORLD_MODEL)),
         '--num-inference-steps',
         str(OFFLINE_STEPS),
         '--audio-dir',

@@ -29,7 +29,9 @@ from devtools.world_tokenizer import build_world_tokenizer
 from speech2image.previews import PROJECTION_FILE
 from speech2image.world import HELD_OUT, IMAGE_SIDE, SIZES, Scene, caption, random_scene
 
-TEXT_ENCODER = dict(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=3)
+TEXT_ENCODER = dict(
+    hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=3
+)
 UNET = dict(
     sample_size=IMAGE_SIDE // 4,
     in_channels=4,
@@ -67,6 +69,7 @@ VAE_KL_WEIGHT = 1e-6
 VAE_LEARNING_RATE = 1e-3
 MIN_SNR_GAMMA = 5.0
 EMA_DECAY = 0.999
+PROJECTION_PICTURES = 2_000  # the first pictures of the data set fit the preview projection
 
 
 def parse_args():
@@ -82,6 +85,11 @@ def parse_args():
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: torch default)')
     parser.add_argument('--checkpoint-every', type=int, default=500)
+    parser.add_argument(
+        '--projection-only',
+        action='store_true',
+        help='only (re)write the preview projection of the VAE saved in --output-dir',
+    )
     return parser.parse_args()
 
 
@@ -200,9 +208,11 @@ def train_unet(latents, scenes, tokenizer, args, log):
     warmup = 200
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: min(1.0, (s + 1) / warmup)
-        * 0.5
-        * (1 + math.cos(math.pi * min(s, args.unet_steps) / args.unet_steps)),
+        lambda s: (
+            min(1.0, (s + 1) / warmup)
+            * 0.5
+            * (1 + math.cos(math.pi * min(s, args.unet_steps) / args.unet_steps))
+        ),
     )
     rng = random.Random(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -211,8 +221,11 @@ def train_unet(latents, scenes, tokenizer, args, log):
         clean = latents[index].to(args.device)
         captions = [training_caption(scenes[i], rng) for i in index.tolist()]
         ids = tokenizer(
-            captions, padding='max_length', max_length=tokenizer.model_max_length,
-            truncation=True, return_tensors='pt',
+            captions,
+            padding='max_length',
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors='pt',
         ).input_ids.to(args.device)
         noise = torch.randn(clean.shape, generator=generator).to(args.device)
         timesteps = torch.randint(0, 1000, (len(clean),), generator=generator)
@@ -253,19 +266,34 @@ def save_pipeline(directory: Path, vae, unet, text_encoder, tokenizer):
     pipeline.save_pretrained(directory)
 
 
+def write_projection_only(args):
+    """The preview projection of an already trained VAE, from the same first pictures."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(args.output_dir / 'vae').eval()
+    pictures, _ = render_dataset(PROJECTION_PICTURES, args.seed)
+    latents, _ = encode_dataset(vae, pictures, args.device)
+    projection = fit_latent_projection(latents * vae.config.scaling_factor, pictures)
+    (args.output_dir / PROJECTION_FILE).write_text(json.dumps(projection))
+
+
 def main():
     # Step 1: arguments.
     args = parse_args()
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.projection_only:
+        return write_projection_only(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     history = []
 
     def log(stage, step, loss):
         minutes = (time.monotonic() - started) / 60
-        history.append({'stage': stage, 'step': step, 'loss': round(loss, 5), 'minutes': round(minutes, 2)})
+        history.append(
+            {'stage': stage, 'step': step, 'loss': round(loss, 5), 'minutes': round(minutes, 2)}
+        )
         print(f'{minutes:6.1f} min  {stage} step {step}  loss {loss:.4f}', flush=True)
 
     # Step 2: data: pictures of random scenes, rendered once; captions are drawn per step.
@@ -278,7 +306,9 @@ def main():
     latents, scaling_factor = encode_dataset(vae, pictures, args.device)
     vae.register_to_config(scaling_factor=scaling_factor)
     latents = latents * scaling_factor
-    projection = fit_latent_projection(latents, pictures)
+    projection = fit_latent_projection(
+        latents[:PROJECTION_PICTURES], pictures[:PROJECTION_PICTURES]
+    )
 
     # Step 4 and 5: the UNet and text encoder; each checkpoint is saved whole, so a run cut short
     # still leaves a loadable model.
@@ -289,9 +319,8 @@ def main():
         (args.output_dir / 'training.json').write_text(
             json.dumps(
                 {
-                    'command': 'python -m devtools.train_world_model ' + ' '.join(
-                        f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items()
-                    ),
+                    'command': 'python -m devtools.train_world_model '
+                    + ' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items()),
                     'unet_steps_done': step,
                     'minutes': round(minutes, 1),
                     'torch_threads': torch.get_num_threads(),

@@ -106,8 +106,15 @@ def silhouette(pixels: np.ndarray) -> np.ndarray:
     cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
     crop = np.zeros((IMAGE_SIDE * 3, IMAGE_SIDE * 3), np.uint8)
     crop[pixels[:, 0] + IMAGE_SIDE, pixels[:, 1] + IMAGE_SIDE] = 255
-    box = (cx - half + IMAGE_SIDE, cy - half + IMAGE_SIDE, cx + half + IMAGE_SIDE + 1, cy + half + IMAGE_SIDE + 1)
-    image = Image.fromarray(crop).resize((SILHOUETTE_SIDE, SILHOUETTE_SIDE), Image.BILINEAR, box=box)
+    box = (
+        cx - half + IMAGE_SIDE,
+        cy - half + IMAGE_SIDE,
+        cx + half + IMAGE_SIDE + 1,
+        cy + half + IMAGE_SIDE + 1,
+    )
+    image = Image.fromarray(crop).resize(
+        (SILHOUETTE_SIDE, SILHOUETTE_SIDE), Image.BILINEAR, box=box
+    )
     return np.asarray(image, np.float32) / 255.0
 
 
@@ -225,7 +232,7 @@ def train_classifier(samples: int = 12_000, epochs: int = 12, seed: int = 0) -> 
 
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description='Train the judge\'s silhouette classifier.')
+    parser = argparse.ArgumentParser(description="Train the judge's silhouette classifier.")
     parser.add_argument('--train', action='store_true', required=True)
     parser.parse_args()
     print(f'held-out accuracy on renders: {train_classifier():.3f}')

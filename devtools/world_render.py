@@ -148,13 +148,17 @@ def _flower(d, cx, cy, r):
     d.rectangle([cx - 0.07 * r, cy, cx + 0.07 * r, cy + r], fill=255)
     for k in range(6):
         a = math.pi * k / 3
-        _ellipse(d, cx + 0.4 * r * math.cos(a), cy - 0.3 * r + 0.4 * r * math.sin(a), 0.28 * r, 0.28 * r)
+        _ellipse(
+            d, cx + 0.4 * r * math.cos(a), cy - 0.3 * r + 0.4 * r * math.sin(a), 0.28 * r, 0.28 * r
+        )
     _ellipse(d, cx, cy - 0.3 * r, 0.15 * r, 0.15 * r, fill=0)
 
 
 def _car(d, cx, cy, r):
     d.rectangle([cx - r, cy - 0.1 * r, cx + r, cy + 0.4 * r], fill=255)
-    d.polygon(_polygon([(-0.55, -0.1), (0.5, -0.1), (0.3, -0.55), (-0.35, -0.55)], cx, cy, r), fill=255)
+    d.polygon(
+        _polygon([(-0.55, -0.1), (0.5, -0.1), (0.3, -0.55), (-0.35, -0.55)], cx, cy, r), fill=255
+    )
     for x in (-0.55, 0.55):
         _ellipse(d, cx + x * r, cy + 0.5 * r, 0.25 * r, 0.25 * r)
 
@@ -170,7 +174,11 @@ def _cat(d, cx, cy, r):
     _ellipse(d, cx, cy - 0.45 * r, 0.4 * r, 0.38 * r)
     d.polygon(_polygon([(-0.38, -0.6), (-0.3, -1.0), (-0.08, -0.75)], cx, cy, r), fill=255)
     d.polygon(_polygon([(0.38, -0.6), (0.3, -1.0), (0.08, -0.75)], cx, cy, r), fill=255)
-    d.line(_polygon([(0.4, 0.75), (0.95, 0.6), (0.95, 0.1)], cx, cy, r), fill=255, width=max(1, int(0.14 * r)))
+    d.line(
+        _polygon([(0.4, 0.75), (0.95, 0.6), (0.95, 0.1)], cx, cy, r),
+        fill=255,
+        width=max(1, int(0.14 * r)),
+    )
 
 
 SHAPES: Dict[str, Callable] = {
@@ -204,7 +212,9 @@ def layout(scene: Scene, rng: random.Random, side: int = IMAGE_SIDE) -> Tuple[li
     column = scene.position in ('left', 'right')
     step = GROUP_SPACING * radius
     offsets = [(k - (scene.count - 1) / 2) * step for k in range(scene.count)]
-    centres = [(ax * side, ay * side + o) if column else (ax * side + o, ay * side) for o in offsets]
+    centres = [
+        (ax * side, ay * side + o) if column else (ax * side + o, ay * side) for o in offsets
+    ]
     # Keep the group inside the picture.
     margin = radius + 1
     xs, ys = [c[0] for c in centres], [c[1] for c in centres]
@@ -224,7 +234,9 @@ def thing_mask(thing: str, centres, radius: float, side: int = IMAGE_SIDE) -> np
     return np.asarray(mask.resize((side, side), Image.LANCZOS), np.float32) / 255.0
 
 
-def render(scene: Scene, rng: random.Random, side: int = IMAGE_SIDE) -> Tuple[np.ndarray, np.ndarray]:
+def render(
+    scene: Scene, rng: random.Random, side: int = IMAGE_SIDE
+) -> Tuple[np.ndarray, np.ndarray]:
     """The picture of a complete ``scene`` (uint8 (side, side, 3)) and its things' coverage."""
     centres, radius = layout(scene, rng, side)
     mask = np.clip(thing_mask(scene.thing, centres, radius, side), 0, 1)

@@ -2,9 +2,9 @@
 served through the Flow on every protocol and judged by their pixels (devtools/world_judge.py).
 
 Each test asks for something the judge can see (a colour, a side, a thing, a background), so each
-fails on an untrained model, whose pictures are noise (tests/test_semantics.py's own check:
-``pytest tests/test_semantics.py --diffusion-model models/tiny-stable-diffusion`` fails; see
-docs/testing.md). The speech comes from espeak-ng clips in assets/ (make_clips.sh).
+fails on an untrained model, whose pictures are noise:
+``S2I_OFFLINE_DIFFUSION_MODEL=models/tiny-stable-diffusion pytest tests/test_semantics.py`` fails
+every test (docs/testing.md). The speech comes from espeak-ng clips in assets/ (make_clips.sh).
 """
 
 import base64
@@ -26,7 +26,9 @@ SENDERS = {
     'WebSocket': lambda flow, *args: over_websocket(flow.websocket, *args),
 }
 BLUE_STAR = (ASSETS / 'blue_star.wav').read_bytes()  # "a blue star on the left"
-TWO_TREES = (ASSETS / 'two_trees.wav').read_bytes()  # "... two pictures of a green tree ..., seed 7"
+TWO_TREES = (
+    ASSETS / 'two_trees.wav'
+).read_bytes()  # "... two pictures of a green tree ..., seed 7"
 
 
 def picture(image: dict) -> bytes:
