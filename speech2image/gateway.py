@@ -736,7 +736,10 @@ class GuardedWebSocket:
         try:
             self.guard.admit()
         except Refusal as refusal:
-            return error_response(DataRequest(data) if data else DataRequest(), refusal)
+            try:
+                return error_response(DataRequest(data), refusal)
+            except Exception:  # noqa: BLE001 - not a DataRequest: answered without its id
+                return error_response(DataRequest(), refusal)
         self.admitted = True
         return None
 
