@@ -66,7 +66,7 @@ from speech2image.streaming import (
     server_sent_event,
     stream_request_from_json,
 )
-from speech2image.time_limits import answer_timeouts_once
+from speech2image.time_limits import TIMEOUT_ERROR_NAME, answer_timeouts_once
 
 # gRPC calls that carry documents to the Executors: the ones checked and counted.
 GRPC_DATA_METHODS = frozenset(
@@ -620,6 +620,8 @@ class ErrorRewriter:
             )
         if self._error_status < 500 and not error.refused:
             return Refusal(error.message, grpc.StatusCode.INVALID_ARGUMENT, self._error_status)
+        if error.exception == TIMEOUT_ERROR_NAME:  # an Executor ran out of time: 504
+            return executor_refusal(error.exception, error.message)
         return executor_refusal('RequestError' if error.refused else 'Exception', error.message)
 
 

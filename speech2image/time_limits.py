@@ -42,7 +42,7 @@ def timeout_response(request, deployment: str, seconds: float):
     message = timed_out_message(deployment, seconds)
     status = request.header.status
     status.code = jina_pb2.StatusProto.ERROR
-    status.description = message
+    status.description = f'{TIMEOUT_ERROR_NAME}({message!r})'  # as jina's worker writes it
     status.exception.name = TIMEOUT_ERROR_NAME
     del status.exception.args[:]
     status.exception.args.append(message)
