@@ -13,12 +13,15 @@ flow.yml is this Flow exported with the default flags (``make flow.yml``); a tes
 """
 
 import argparse
+import contextlib
 import functools
 import multiprocessing
 import os
 import signal
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -66,20 +69,26 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     gateway.add_argument(
         '--timeout-send-ms',
         type=int,
-        default=60_000,
-        help='longest wait for one Executor to answer one attempt, in ms',
+        help='longest wait for one Executor to answer, in ms; a call that runs out of it is '
+        'answered with a timeout error, never sent again; unset: the request timeout',
     )
     gateway.add_argument(
         '--retries',
         type=int,
         default=1,
-        help='times a request is resent after an Executor failed or timed out '
-        '(to another replica when there is one)',
+        help='times a request is resent after an Executor failed or could not be reached '
+        '(to another replica when there is one); never after it ran out of time',
     )
     gateway.add_argument(
         '--request-timeout-s',
         type=float,
         help='longest a client waits for an answer, retries included; then it gets a timeout error',
+    )
+    gateway.add_argument(
+        '--client-idle-timeout-s',
+        type=float,
+        help='a call or connection that sends no request this long, or a stream reader that '
+        'takes no event this long, is closed',
     )
     gateway.add_argument(
         '--max-pending-requests',
@@ -184,6 +193,15 @@ def tracing_options(args: argparse.Namespace) -> Dict[str, Any]:
     }
 
 
+def timeout_send_ms(args: argparse.Namespace) -> int:
+    """jina's per-Executor limit: ``--timeout-send-ms``, else the request timeout, so that it
+    does not end a call the client is still willing to wait for."""
+    if args.timeout_send_ms is not None:
+        return args.timeout_send_ms
+    request_timeout = args.request_timeout_s or defaults.REQUEST_TIMEOUT_SECONDS
+    return round(request_timeout * 1000)
+
+
 def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
     """The Flow as plain data: ``build_flow`` builds it in Python, ``--export-yaml`` dumps it."""
     tracing = tracing_options(args)
@@ -197,7 +215,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
             'monitoring': True,
             'port_monitoring': args.port_monitoring,
             **tracing,
-            'timeout_send': args.timeout_send_ms,
+            'timeout_send': timeout_send_ms(args),
             'retries': args.retries,
         },
         'gateway': {
@@ -208,6 +226,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                 cors_origins=args.cors_origin,
                 drain_seconds=args.drain_seconds,
                 request_timeout_seconds=args.request_timeout_s,
+                client_idle_seconds=args.client_idle_timeout_s,
             ),
         },
         'jcloud': JCLOUD_GATEWAY,
@@ -346,12 +365,54 @@ def hold_stop_signals() -> None:
 
 
 def wait_for_a_stop_signal() -> int:
-    """Until SIGINT or SIGTERM arrives (also one that arrived while the Flow was starting);
-    returns its number."""
+    """Until SIGINT or SIGTERM arrives (also one that arrived before this was called); returns
+    its number."""
     while True:
         received = signal.sigtimedwait(STOP_SIGNALS, SIGNAL_POLL_SECONDS)
         if received is not None:
             return received.si_signo
+
+
+def stop_bound_seconds(args: argparse.Namespace) -> float:
+    """The longest a stop takes, whatever state the Flow's processes are in: their drain, their
+    shutdown grace, and the time this process gives them to exit."""
+    drain = defaults.DRAIN_SECONDS if args.drain_seconds is None else args.drain_seconds
+    return drain + defaults.SHUTDOWN_GRACE_SECONDS + CHILD_EXIT_SECONDS
+
+
+def watch_for_a_stop_signal(bound_seconds: float) -> threading.Event:
+    """Start a thread that waits for SIGINT or SIGTERM, from now on (the Flow may still be
+    starting); returns the event it sets when one arrives. ``bound_seconds`` after the signal
+    it ends every process of the Flow, and this one, if the stop is not over by then: jina's
+    close waits a minute for each process that died without telling it (a model process
+    killed), and its start waits for one that hangs."""
+    stopping = threading.Event()
+
+    def watch():
+        wait_for_a_stop_signal()
+        stopping.set()
+        time.sleep(bound_seconds)
+        kill_every_process_and_exit(bound_seconds)
+
+    threading.Thread(target=watch, name='stop-watch', daemon=True).start()
+    return stopping
+
+
+def kill_every_process_and_exit(bound_seconds: float) -> None:
+    """SIGKILL every process this one started (their children too), then exit with status 1."""
+    import psutil
+
+    leftovers = psutil.Process().children(recursive=True)
+    for process in leftovers:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    print(
+        f'speech2image: still stopping {bound_seconds:g} s after the stop signal; '
+        f'killed {len(leftovers)} processes of the Flow',
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(1)
 
 
 def end_leftover_processes() -> None:
@@ -374,9 +435,10 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     bind_metrics_to(args.monitoring_host or args.host)
     hold_stop_signals()
+    stopping = watch_for_a_stop_signal(stop_bound_seconds(args))
     try:
         with build_flow(args):
-            wait_for_a_stop_signal()
+            stopping.wait()
     finally:
         end_leftover_processes()
     return 0

@@ -29,6 +29,9 @@ JSON_CONTENT_TYPE = 'application/json'
 MAX_PENDING_REQUESTS = 64
 MAX_REQUEST_MB = 32
 REQUEST_TIMEOUT_SECONDS = 300.0
+# How long a client may do nothing before the gateway closes its call or connection: open one
+# and send no request, or stop reading a stream's events.
+CLIENT_IDLE_SECONDS = 20.0
 # On SIGTERM, how long the gateway and the Executors let requests in flight finish.
 DRAIN_SECONDS = 30.0
 # After the drain, how long a process may take to shut down before it is ended for good.

@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import time
+from contextlib import aclosing
 from typing import Callable, Iterable, List, Optional
 
 import grpc
@@ -40,6 +41,7 @@ from speech2image.auth import api_key_from_environment
 from speech2image.cold_start import cold_start_seconds_from_environment, hold_calls_for_replicas
 from speech2image.draining import exit_after
 from speech2image.gateway_errors import read_gateway_error
+from speech2image.request_endings import end_requests_with_their_callers
 from speech2image.request_policy import (
     Refusal,
     RequestGuard,
@@ -64,6 +66,7 @@ from speech2image.streaming import (
     server_sent_event,
     stream_request_from_json,
 )
+from speech2image.time_limits import TIMEOUT_ERROR_NAME, answer_timeouts_once
 
 # gRPC calls that carry documents to the Executors: the ones checked and counted.
 GRPC_DATA_METHODS = frozenset(
@@ -77,6 +80,7 @@ GRPC_STREAM_DOC_METHOD = '/jina.JinaSingleDocumentRequestRPC/stream_doc'
 # Health checks stay open: Kubernetes probes (`jina ping`) and the Flow's readiness use them.
 GRPC_HEALTH_PREFIX = '/grpc.health.v1.Health/'
 HTTP_HEALTH_PATH = '/'
+logger = logging.getLogger(__name__)
 # WebSocket close codes (RFC 6455).
 WS_NORMAL_CLOSURE, WS_POLICY_VIOLATION, WS_TOO_BIG = 1000, 1008, 1009
 # jina's WebSocket client ends its request stream with this message ("end of iteration").
@@ -150,17 +154,20 @@ def refused(refusal: Refusal, kind: str) -> Callable:
     return refuse
 
 
-async def checked_stream(requests, context):
+async def checked_stream(requests, context, guard: RequestGuard):
     """The client's stream of DataRequests, checked before jina reads them.
 
-    The first is read and checked before jina sees the call, so a refusal (or a stream with no
-    request at all) ends it cleanly. A later bad one ends the stream early with its status:
-    aborting while jina reads the stream leaves jina counting a request that never ends."""
+    The first is read (within the guard's ``client_idle_seconds``: a call that sends nothing
+    is ended, holding no slot) and checked before jina sees the call, so a refusal (or a stream
+    with no request at all) ends it cleanly. A later bad one ends the stream early with its
+    status: aborting while jina reads the stream leaves jina counting a request that never ends."""
     iterator = requests.__aiter__()
     try:
-        first = await iterator.__anext__()
+        first = await asyncio.wait_for(iterator.__anext__(), guard.client_idle_seconds)
     except StopAsyncIteration:
         raise invalid('the call carried no request') from None
+    except asyncio.TimeoutError:
+        raise guard.client_idle() from None
     check_data_request(first)
 
     async def the_rest():
@@ -177,10 +184,10 @@ async def checked_stream(requests, context):
     return the_rest()
 
 
-async def checked_request(request, context, kind: str):
+async def checked_request(request, context, kind: str, guard: RequestGuard):
     """``request`` (a DataRequest, or a stream of them) after ``check_data_request``."""
     if kind.startswith('stream'):
-        return await checked_stream(request, context)
+        return await checked_stream(request, context, guard)
     check_data_request(request)
     return request
 
@@ -192,17 +199,15 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
     if kind.endswith('stream'):
 
         async def guarded_stream(request, context):
+            # The slot is taken once the first request has arrived: a call that sends nothing
+            # holds none (and is ended after the guard's client_idle_seconds).
             try:
+                request = await checked_request(request, context, kind, guard)
                 guard.admit()
             except Refusal as refusal:
-                await abort(refusal, request, context, kind)
+                await abort(refusal, request, context, 'unary')
                 return
             try:
-                try:
-                    request = await checked_request(request, context, kind)
-                except Refusal as refusal:
-                    await abort(refusal, request, context, 'unary')
-                    return
                 first_error = None
                 responses = behavior(request, context).__aiter__()
                 deadline = time.monotonic() + guard.request_timeout
@@ -231,7 +236,7 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
         except Refusal as refusal:
             return await abort(refusal, request, context, kind)
         try:
-            request = await checked_request(request, context, kind)
+            request = await checked_request(request, context, kind, guard)
             response = await asyncio.wait_for(behavior(request, context), guard.request_timeout)
             error = status_refusal(response.header.status)
             if error is not None:
@@ -278,17 +283,37 @@ def streamed(streams: StreamService) -> Callable:
         except Refusal as refusal:
             await context.abort(refusal.grpc_code, refusal.message)
             return
-        async for event in live.events():
-            response = SingleDocumentRequest()
-            response.header.request_id = request.header.request_id
-            response.document_cls = StreamEvent
-            response.data.doc = event
-            yield response
-            if event.event == 'error':
-                context.set_code(grpc_code(event.status))
-                context.set_details(event.message)
+        async with aclosing(live.events()) as events:
+            async for event in events:
+                response = SingleDocumentRequest()
+                response.header.request_id = request.header.request_id
+                response.document_cls = StreamEvent
+                response.data.doc = event
+                # Written, not yielded: a reader that stops reading is dropped after a bound.
+                if not await delivered(context.write(response), streams.guard):
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, reader_gone(streams))
+                if event.event == 'error':
+                    context.set_code(grpc_code(event.status))
+                    context.set_details(event.message)
 
     return stream
+
+
+async def delivered(sending, guard: RequestGuard) -> bool:
+    """Await ``sending`` (one event on its way to a stream's reader); False when the reader
+    took none of it within the guard's ``client_idle_seconds`` (it stopped reading)."""
+    try:
+        await asyncio.wait_for(sending, guard.client_idle_seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+def reader_gone(streams: StreamService) -> str:
+    return (
+        f'the stream was closed: its reader took no event for '
+        f'{streams.guard.client_idle_seconds:g} s'
+    )
 
 
 def grpc_stream_request(request) -> StreamRequest:
@@ -349,7 +374,13 @@ class GuardMiddleware:
         response = ErrorRewriter(send)
         try:
             await asyncio.wait_for(
-                self.app(scope, replay(body, receive), response.send), self.guard.request_timeout
+                cancelled_on_hang_up(
+                    lambda app_receive: self.app(scope, app_receive, response.send),
+                    body,
+                    receive,
+                    response,
+                ),
+                self.guard.request_timeout,
             )
         except asyncio.TimeoutError:
             if not response.started:
@@ -380,14 +411,12 @@ class GuardMiddleware:
         # A client that hangs up cancels its stream, and with it the generation.
         hang_up = asyncio.create_task(wait_for_disconnect(receive, live.cancel))
         try:
-            async for event in live.events():
-                await send(
-                    {
-                        'type': 'http.response.body',
-                        'body': server_sent_event(event),
-                        'more_body': True,
-                    }
-                )
+            async with aclosing(live.events()) as events:
+                async for event in events:
+                    body = {'type': 'http.response.body', 'body': server_sent_event(event)}
+                    if not await delivered(send({**body, 'more_body': True}), self.guard):
+                        logger.info(reader_gone(self.streams))
+                        return  # uvicorn closes the connection of an unfinished response
             await send({'type': 'http.response.body', 'body': b''})
         finally:
             hang_up.cancel()
@@ -410,18 +439,24 @@ class GuardMiddleware:
             self.guard.check_credentials(header(scope, b'authorization'))
             if scope['path'] == defaults.STREAM_ENDPOINT:
                 return await self.websocket_stream(receive, send)
-            self.guard.admit()
         except Refusal:
             # Closing before accepting refuses the handshake (HTTP 403): clients fail at once.
             # Accepting first to send the reason makes jina's Python client wait forever.
             await send({'type': 'websocket.close', 'code': WS_POLICY_VIOLATION})
             return
-        connection = GuardedWebSocket(receive, send, self.max_request_bytes)
+        connection = GuardedWebSocket(receive, send, self.max_request_bytes, self.guard)
+        # jina's app is not cancelled when its client hangs up: it would wait for answers
+        # nobody reads, and the Executors work on for nobody.
+        app = asyncio.ensure_future(self.app(scope, connection.receive, connection.send))
+        connection.on_client_close = app.cancel
         try:
-            await self.app(scope, connection.receive, connection.send)
+            await app
             await connection.linger_after_error()  # the server closes when the app returns
+        except asyncio.CancelledError:
+            if not connection.client_closed:
+                raise  # not the hang-up: the server is stopping
         finally:
-            self.guard.release()
+            connection.release()
 
     async def websocket_stream(self, receive, send):
         """The WebSocket at /stream: one request message (JSON, as ``POST /stream``'s body), then
@@ -430,7 +465,10 @@ class GuardMiddleware:
         await receive()  # websocket.connect
         await send({'type': 'websocket.accept'})
         try:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.guard.client_idle_seconds)
+            except asyncio.TimeoutError:
+                raise self.guard.client_idle() from None
             if message['type'] != 'websocket.receive':
                 return
             data = message.get('text') or (message.get('bytes') or b'').decode()
@@ -444,11 +482,56 @@ class GuardMiddleware:
             return
         listener = asyncio.create_task(listen_for_cancel(receive, live.cancel))
         try:
-            async for event in live.events():
-                await send({'type': 'websocket.send', 'text': event_json(event)})
+            async with aclosing(live.events()) as events:
+                async for event in events:
+                    message = {'type': 'websocket.send', 'text': event_json(event)}
+                    if not await delivered(send(message), self.guard):
+                        reason = reader_gone(self.streams)
+                        logger.info(reason)
+                        await send(
+                            {
+                                'type': 'websocket.close',
+                                'code': WS_POLICY_VIOLATION,
+                                'reason': reason,
+                            }
+                        )
+                        return
             await send({'type': 'websocket.close', 'code': WS_NORMAL_CLOSURE})
         finally:
             listener.cancel()
+
+
+async def cancelled_on_hang_up(run_app: Callable, body: bytes, receive, response) -> None:
+    """``run_app(app_receive)``, jina's app on the request ``body``, cancelled if the client
+    hangs up before the ``response`` (an ``ErrorRewriter``) is complete: jina's HTTP app is not
+    cancelled when its client goes, and would keep the Executors working for nobody. The app
+    gets ``body`` and then, should it read on, the disconnect."""
+    hung_up = asyncio.Event()
+    body_given = False
+
+    async def app_receive():
+        nonlocal body_given
+        if not body_given:
+            body_given = True
+            return {'type': 'http.request', 'body': body, 'more_body': False}
+        await hung_up.wait()
+        return {'type': 'http.disconnect'}
+
+    app = asyncio.ensure_future(run_app(app_receive))
+
+    def on_disconnect():
+        hung_up.set()
+        if not response.complete:
+            app.cancel()
+
+    listener = asyncio.create_task(wait_for_disconnect(receive, on_disconnect))
+    try:
+        await app
+    except asyncio.CancelledError:
+        if not hung_up.is_set():
+            raise  # cancelled from outside (the request timeout), not by the hang-up
+    finally:
+        listener.cancel()
 
 
 async def wait_for_disconnect(receive, on_disconnect: Callable[[], None]) -> None:
@@ -501,20 +584,6 @@ async def read_body(receive, limit: int) -> bytes:
     return b''.join(chunks)
 
 
-def replay(body: bytes, receive):
-    """An ASGI ``receive`` that hands out ``body`` once, then defers to the real one."""
-    sent = False
-
-    async def receive_again():
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {'type': 'http.request', 'body': body, 'more_body': False}
-
-    return receive_again
-
-
 class ErrorRewriter:
     """An ASGI ``send`` that passes successes through and turns jina's error answers (500 with
     ``{"detail": "RequestError('...')"}``, FastAPI's 422 list) into the gateway's own shape:
@@ -523,10 +592,13 @@ class ErrorRewriter:
     def __init__(self, send):
         self._send = send
         self.started = False
+        self.complete = False  # the last of the body is sent
         self._error_status = None
         self._error_body = b''
 
     async def send(self, message):
+        if message['type'] == 'http.response.body' and not message.get('more_body'):
+            self.complete = True
         if message['type'] == 'http.response.start':
             self.started = True
             if message['status'] >= 400:
@@ -548,6 +620,8 @@ class ErrorRewriter:
             )
         if self._error_status < 500 and not error.refused:
             return Refusal(error.message, grpc.StatusCode.INVALID_ARGUMENT, self._error_status)
+        if error.exception == TIMEOUT_ERROR_NAME:  # an Executor ran out of time: 504
+            return executor_refusal(error.exception, error.message)
         return executor_refusal('RequestError' if error.refused else 'Exception', error.message)
 
 
@@ -578,22 +652,57 @@ class GuardedWebSocket:
 
     ``receive`` closes the connection on a message over the size cap, and answers a request
     that ``check_data_request`` refuses with an error response instead of passing it on.
+    The connection takes its pending slot with its first request: one that sends none holds no
+    slot and is closed after the guard's ``client_idle_seconds``. Once the client has sent its
+    last request (jina's end-of-iteration message), its close is still listened for, so that
+    a client that hangs up cancels what it asked for (``on_client_close``).
     After an error response, the server's close waits until the client has closed (at most
     ``WS_CLOSE_AFTER_ERROR_SECONDS``): jina's client loses an error whose response and close
     arrive together, and returns no documents as if the request had succeeded."""
 
-    def __init__(self, receive, send, max_request_bytes: int):
+    def __init__(self, receive, send, max_request_bytes: int, guard: RequestGuard):
         self._receive = receive
         self._send = send
         self.max_request_bytes = max_request_bytes
+        self.guard = guard
+        self.admitted = False
+        self.connected = False
         self.error_sent = False
         self.client_closed = False
+        self.on_client_close: Callable[[], None] = lambda: None
+        self._close_listener: Optional[asyncio.Task] = None
+
+    def release(self) -> None:
+        """Give back the slot, if the connection took one; stop listening for the close."""
+        if self.admitted:
+            self.admitted = False
+            self.guard.release()
+        if self._close_listener is not None:
+            self._close_listener.cancel()
+
+    async def next_message(self):
+        """The client's next message; before its first request, within ``client_idle_seconds``
+        (else the connection is closed, and the app hears the close)."""
+        if self.admitted or not self.connected:
+            message = await self._receive()
+        else:
+            try:
+                message = await asyncio.wait_for(self._receive(), self.guard.client_idle_seconds)
+            except asyncio.TimeoutError:
+                idle = self.guard.client_idle()
+                await self._send(
+                    {'type': 'websocket.close', 'code': WS_POLICY_VIOLATION, 'reason': idle.message}
+                )
+                message = {'type': 'websocket.disconnect', 'code': WS_POLICY_VIOLATION}
+        self.connected = True
+        if message['type'] == 'websocket.disconnect':
+            self.client_closed = True
+            self.on_client_close()
+        return message
 
     async def receive(self):
         while True:
-            message = await self._receive()
-            if message['type'] == 'websocket.disconnect':
-                self.client_closed = True
+            message = await self.next_message()
             if message['type'] != 'websocket.receive':
                 return message
             data = message.get('bytes')
@@ -608,12 +717,38 @@ class GuardedWebSocket:
                 )
                 self.client_closed = True
                 return {'type': 'websocket.disconnect', 'code': WS_TOO_BIG}
-            if not data or data == WS_END_OF_ITERATION:  # b'' is jina's dry run
+            if data == WS_END_OF_ITERATION:
+                # jina reads no more: listen for the client's close in its stead.
+                self._close_listener = asyncio.create_task(self.listen_for_close())
                 return message
-            refusal = self.refusal_for(data)
+            refusal = self.admission_refusal(data)
+            if refusal is None and data:  # b'' is jina's dry run
+                refusal = self.refusal_for(data)
             if refusal is None:
                 return message
             await self.send({'type': 'websocket.send', 'bytes': refusal.SerializeToString()})
+
+    def admission_refusal(self, data: bytes):
+        """None once the connection holds its slot (taken now with its first request), else
+        the error response to the request: the server is busy or shutting down."""
+        from jina.types.request.data import DataRequest
+
+        if self.admitted:
+            return None
+        try:
+            self.guard.admit()
+        except Refusal as refusal:
+            try:
+                return error_response(DataRequest(data), refusal)
+            except Exception:  # noqa: BLE001 - not a DataRequest: answered without its id
+                return error_response(DataRequest(), refusal)
+        self.admitted = True
+        return None
+
+    async def listen_for_close(self) -> None:
+        """Read (and drop) what the client sends after its last request, until it closes."""
+        while not self.client_closed:
+            await self.next_message()
 
     @staticmethod
     def refusal_for(data: bytes):
@@ -639,15 +774,14 @@ class GuardedWebSocket:
         await self._send(message)
 
     async def linger_after_error(self) -> None:
-        """After an error response, read (and drop) what the client still sends until it
-        closes, for a bounded time, so that the server's close does not overtake the error."""
-        if not self.error_sent:
+        """After an error response, wait until the client closes (reading and dropping what it
+        still sends), for a bounded time, so that the server's close does not overtake the
+        error."""
+        if not self.error_sent or self.client_closed:
             return
-        deadline = time.monotonic() + WS_CLOSE_AFTER_ERROR_SECONDS
+        closed = self._close_listener or asyncio.ensure_future(self.listen_for_close())
         try:
-            while not self.client_closed:
-                message = await asyncio.wait_for(self._receive(), deadline - time.monotonic())
-                self.client_closed = message['type'] == 'websocket.disconnect'
+            await asyncio.wait_for(asyncio.shield(closed), WS_CLOSE_AFTER_ERROR_SECONDS)
         except asyncio.TimeoutError:
             pass
 
@@ -768,6 +902,7 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
         cors_origins: Iterable[str] = (),
         drain_seconds: float = defaults.DRAIN_SECONDS,
         request_timeout_seconds: float = defaults.REQUEST_TIMEOUT_SECONDS,
+        client_idle_seconds: float = defaults.CLIENT_IDLE_SECONDS,
         **kwargs,
     ):
         """
@@ -781,12 +916,18 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
         :param request_timeout_seconds: a gRPC call or HTTP request with no answer by then ends
             with gRPC DEADLINE_EXCEEDED or HTTP 504, whatever the Executors are doing (retries
             included); WebSocket connections are long-lived and not timed.
+        :param client_idle_seconds: a call or connection that sends no request by then, or a
+            stream reader that takes no event for that long, is closed (its slot freed).
         """
         super().__init__(**kwargs)
         logging.getLogger(WEBSOCKET_LOGGER).addFilter(REDACT_CREDENTIALS)
         api_key = api_key_from_environment()
-        self.guard = RequestGuard(api_key, max_pending_requests, request_timeout_seconds)
+        self.guard = RequestGuard(
+            api_key, max_pending_requests, request_timeout_seconds, client_idle_seconds
+        )
         streams = StreamService(self.guard, self.streamer)
+        end_requests_with_their_callers(self.streamer)
+        answer_timeouts_once(self.streamer._connection_pool)
         self.drain_seconds = drain_seconds
         max_request_bytes = int(max_request_mb * defaults.MEBIBYTE)
         self.servers = []

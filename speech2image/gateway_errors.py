@@ -22,6 +22,7 @@ class GatewayError:
 
     message: str
     refused: bool
+    exception: str = ''  # the exception type's name, when jina gave it
 
 
 def read_gateway_error(body: Any) -> GatewayError:
@@ -45,7 +46,9 @@ def read_gateway_error(body: Any) -> GatewayError:
         except (ValueError, SyntaxError):
             args = ()
         if args and isinstance(args[0], str):
-            return GatewayError(args[0], refused=match['type'] in REFUSAL_TYPES)
+            return GatewayError(
+                args[0], refused=match['type'] in REFUSAL_TYPES, exception=match['type']
+            )
     return GatewayError(detail, refused=False)
 
 

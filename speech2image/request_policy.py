@@ -26,7 +26,14 @@ import grpc
 from google.protobuf.struct_pb2 import ListValue, Struct
 
 from speech2image import auth
-from speech2image.defaults import ENDPOINTS, HTTP_ROOT_ENDPOINT, JSON_CONTENT_TYPE, MEBIBYTE
+from speech2image.defaults import (
+    CLIENT_IDLE_SECONDS,
+    ENDPOINTS,
+    HTTP_ROOT_ENDPOINT,
+    JSON_CONTENT_TYPE,
+    MEBIBYTE,
+)
+from speech2image.time_limits import TIMEOUT_ERROR_NAME
 
 DRAIN_POLL_SECONDS = 0.05
 # What jina's clients and gateway send besides the Flow's own endpoints: the readiness dry run.
@@ -94,12 +101,21 @@ class RequestGuard:
     All three servers run on the gateway's one asyncio loop, so the count needs no lock.
     """
 
-    def __init__(self, api_key: Optional[str], max_pending: int, request_timeout: float):
+    def __init__(
+        self,
+        api_key: Optional[str],
+        max_pending: int,
+        request_timeout: float,
+        client_idle_seconds: float = CLIENT_IDLE_SECONDS,
+    ):
         if max_pending < 1:
             raise ValueError(f'max_pending_requests must be at least 1, got {max_pending}')
         self._api_key = api_key
         self.max_pending = max_pending
         self.request_timeout = request_timeout
+        # How long a client may do nothing: send no request on a call or connection it opened,
+        # or read none of a stream's events.
+        self.client_idle_seconds = client_idle_seconds
         self.pending = 0
         self.draining = False
 
@@ -131,6 +147,15 @@ class RequestGuard:
             'Executor is stuck; retry later',
             grpc.StatusCode.DEADLINE_EXCEEDED,
             504,
+        )
+
+    def client_idle(self) -> Refusal:
+        """A call or connection that sent no request within ``client_idle_seconds``."""
+        return Refusal(
+            f'no request within {self.client_idle_seconds:g} s of opening the call; '
+            'send the request when you open it',
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            408,
         )
 
     async def drain(self, seconds: float) -> int:
@@ -291,9 +316,13 @@ def check_json_tensor(name: str, tensor: Any) -> None:
 
 def executor_refusal(exception_name: str, message: str) -> Refusal:
     """An Executor's exception (its type's name and message) as a ``Refusal``: the user's
-    mistake is 4xx (gRPC INVALID_ARGUMENT, HTTP 422), anything else 5xx (INTERNAL, 500)."""
+    mistake is 4xx (gRPC INVALID_ARGUMENT, HTTP 422), a call to an Executor that ran out of
+    time (speech2image/time_limits.py) DEADLINE_EXCEEDED / 504, anything else 5xx (INTERNAL,
+    500)."""
     if exception_name in USER_ERROR_TYPES:
         return invalid(message)
+    if exception_name == TIMEOUT_ERROR_NAME:
+        return Refusal(message, grpc.StatusCode.DEADLINE_EXCEEDED, 504)
     return service_failure(message)
 
 

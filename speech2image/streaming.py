@@ -121,6 +121,10 @@ class LiveStream:
             put(error_event(refusal))
         except Exception as error:  # noqa: BLE001 - the client gets it as its error event
             put(StreamEvent(event='error', status=500, message=f'the stream failed: {error}'))
+        finally:
+            # The work is over: its slot is free, whether or not the reader has read it all
+            # (the gateway bounds how long it waits for a reader that stopped reading).
+            self.service.closed(self)
 
     async def _stages(self, put) -> None:
         """1. Whisper (the Flow's /transcribe), 2. diffusion (/generate_stream), relayed."""

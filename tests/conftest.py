@@ -35,6 +35,7 @@ MODULE_MARKERS = {
     'test_monitoring': ('slow',),
     'test_multilingual': ('slow', 'browser'),
     'test_reliability': ('slow',),
+    'test_request_endings': ('slow',),
     'test_run_containers': ('k8s',),
     'test_security': ('slow',),
     'test_security_deploy': ('k8s',),

@@ -160,6 +160,72 @@ def stop_during_a_long_request(process, running, ports) -> dict:
     return outcome
 
 
+def executor_process(running: RunningFlow, name: str) -> psutil.Process:
+    """The process of the Executor ``name``: the one that serves its /metrics port."""
+    port = running.port_monitoring + defaults.EXECUTOR_MONITORING_OFFSETS[name]
+    for connection in psutil.net_connections(kind='inet'):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+            return psutil.Process(connection.pid)
+    raise AssertionError(f'no process serves the {name} Executor')
+
+
+@pytest.mark.parametrize('fault', [signal.SIGKILL, signal.SIGSTOP], ids=['killed', 'hung'])
+def test_sigterm_ends_within_the_bound_whatever_a_model_process_does(fault):
+    """The Whisper process killed (jina's close then waited a minute for its word) or hung,
+    with a request in flight: SIGTERM to flow.py still ends every process within the bound."""
+    with started_flow() as (process, running, ports):
+        caller = threading.Thread(target=lambda: send_quietly(running, LONG_REQUEST), daemon=True)
+        caller.start()
+        poll_until(
+            lambda: gateway_pending_requests(running.port_monitoring) >= 1,
+            60,
+            'the request never reached the gateway',
+        )
+        executor_process(running, 'whisper').send_signal(fault)
+        stopped_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=STOP_BOUND_SECONDS)
+        assert_all_gone(
+            process.pid, ports, within=STOP_BOUND_SECONDS - (time.monotonic() - stopped_at)
+        )
+
+
+def send_quietly(running: RunningFlow, parameters: dict) -> None:
+    """A request whose answer, or error, does not matter."""
+    try:
+        send(running.grpc, '/generate', [SpeechDoc(text='slow')], parameters)
+    except ServiceError:
+        pass
+
+
+def test_sigterm_while_a_model_process_hangs_starting_ends_within_the_bound():
+    """The diffusion process hangs (SIGSTOP) while the Flow starts: jina would wait for it to
+    be ready (10 minutes); SIGTERM to flow.py ends every process within the bound."""
+    flags = offline_flow_flags('--drain-seconds', str(DRAIN_SECONDS))
+    args = flow_module.parse_args(flags)
+    process = start_flow_process(flags)
+    try:
+        children = poll_until(
+            lambda: len(session_processes(process.pid)) >= 3 and session_processes(process.pid),
+            60,
+            'the Flow started no processes',
+        )
+        for child in children:
+            if child.pid != process.pid:
+                child.send_signal(signal.SIGSTOP)  # each hangs where it was: loading, starting
+        stopped_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=STOP_BOUND_SECONDS)
+        assert_all_gone(
+            process.pid,
+            flow_ports(args),
+            within=STOP_BOUND_SECONDS - (time.monotonic() - stopped_at),
+        )
+    finally:
+        kill_session(process.pid)
+        process.wait()
+
+
 def test_the_demo_ends_with_nothing_left_running():
     grpc_port, http_port, websocket_port = free_ports(3)
     monitoring = str(free_port_run(MONITORING_PORTS))

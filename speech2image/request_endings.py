@@ -1,0 +1,97 @@
+"""Every request the gateway hands to jina ends: its work is cancelled when its caller is gone,
+and jina's pending-requests gauge counts it out.
+
+jina 3.34's ``RequestStreamer`` runs each request as a task of its own (``asyncio.ensure_future``
+in the gateway's request handler) and counts it out of ``jina_number_of_pending_requests`` only
+when its result is read. A caller that goes away before that (a gRPC call cancelled, an HTTP
+client or a WebSocket that hangs up, the gateway's own timeout, a ``/stream`` cancelled while
+Whisper runs) stops reading, but the task runs on, the Executors keep working for nobody, and
+the gauge, which drives the autoscaler, never comes down.
+
+``end_requests_with_their_callers`` wraps the streamer's ``stream`` (every data call of the three
+protocols, and ``/stream``'s Whisper stage, goes through it): when a call ends before the
+results of its requests were read, their tasks are cancelled (which cancels the gRPC calls to
+the Executors, and there the requests' jobs) and each is counted out as a failed request.
+"""
+
+import asyncio
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, List, Optional, Set
+
+CANCELLED_MESSAGE = 'the caller went away before the answer'
+
+
+@dataclass
+class CallRequests:
+    """The request tasks one ``stream`` call started, and the results it read."""
+
+    tasks: List[asyncio.Future] = field(default_factory=list)
+    read: Set[int] = field(default_factory=set)  # ids of the results handed to the caller
+
+    def unread(self) -> List[asyncio.Future]:
+        """Tasks whose result the caller never read: still running, or done unread. A task
+        that failed was counted out by jina when it failed."""
+        return [
+            task
+            for task in self.tasks
+            if not task.done()
+            or (
+                not task.cancelled()
+                and task.exception() is None
+                and id(task.result()) not in self.read
+            )
+        ]
+
+
+# The call whose requests are being started or read: set by the wrapped ``stream`` in its
+# caller's context, which the streamer's request-reading task inherits.
+CURRENT_CALL: ContextVar[Optional[CallRequests]] = ContextVar('current_call', default=None)
+
+
+def cancelled_response():
+    """A jina error response for a request nobody waits for any more, to count it out with."""
+    from jina.proto import jina_pb2
+    from jina.types.request.data import DataRequest
+
+    response = DataRequest()
+    response.header.status.code = jina_pb2.StatusProto.ERROR
+    response.header.status.description = CANCELLED_MESSAGE
+    return response
+
+
+def end_requests_with_their_callers(gateway_streamer) -> None:
+    """Wrap the ``RequestStreamer`` of jina's ``GatewayStreamer`` (shared by the gateway's three
+    servers) so that each call's unread requests are cancelled and counted out when it ends."""
+    streamer = gateway_streamer._streamer
+    handle_request = streamer._request_handler
+    handle_result = streamer._result_handler
+    stream = streamer.stream
+
+    def request_handler(*args, **kwargs):
+        task, floating = handle_request(*args, **kwargs)
+        call = CURRENT_CALL.get()
+        if call is not None:
+            call.tasks.append(task)
+        return task, floating
+
+    def result_handler(result):
+        call = CURRENT_CALL.get()
+        if call is not None:
+            call.read.add(id(result))
+        return handle_result(result)
+
+    async def stream_ending_with_its_caller(*args, **kwargs) -> AsyncIterator[Any]:
+        call = CallRequests()
+        CURRENT_CALL.set(call)
+        try:
+            async for response in stream(*args, **kwargs):
+                yield response
+        finally:
+            for task in call.unread():
+                task.cancel()
+                handle_result(cancelled_response())  # counts it out of the pending gauge
+
+    streamer._request_handler = request_handler
+    streamer._result_handler = result_handler
+    streamer.stream = streamer.Call = stream_ending_with_its_caller
