@@ -22,6 +22,7 @@ OPENAI_WHISPER_TINY_EN = MODELS / offline_models.OPENAI_WHISPER_FILE
 
 # Markers by test file (pyproject.toml lists them); every test of the shared Flow is slow too.
 MODULE_MARKERS = {
+    'test_semantics': ('slow', 'fidelity'),
     'test_autoscaling_cold_start': ('slow',),
     'test_autoscaling_manifests': ('k8s',),
     'test_autoscaling_metric': ('slow',),
