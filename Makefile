@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 MODELS := models
 
-.PHONY: install system-deps models demo web test test-fast bench flow.yml lint monitoring-manifests k8s
+.PHONY: install system-deps models demo serve web test test-fast bench flow.yml lint monitoring-manifests k8s
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,12 @@ models: install
 
 demo: models
 	scripts/demo.sh
+
+# The Flow on the offline models at flow.py's ports (S2I_* variables move them), until Ctrl-C:
+# for the speech2image client in another terminal. Its log goes to SERVE_LOG.
+SERVE_LOG ?= out/flow.log
+serve: models
+	$(PY) -m devtools.offline_flow --log $(SERVE_LOG)
 
 # The web page on the offline models: http://127.0.0.1:54325
 web: models
