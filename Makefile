@@ -3,6 +3,11 @@
 # finds or has uv install, or it says in one line what is missing. Looked up once, and only when
 # .venv is (re)made; `make PYTHON=/path/to/python3.11` chooses one instead.
 PYTHON ?= $(eval PYTHON := $(shell scripts/find_python.sh))$(or $(PYTHON),$(error no Python 3.11, see the line above))
+# A Python given (make PYTHON=..., or PYTHON in the environment) is checked at once, with the
+# same line, rather than failing minutes later inside pip.
+ifneq ($(filter command line environment,$(origin PYTHON)),)
+$(if $(shell scripts/find_python.sh '$(PYTHON)'),,$(error $(PYTHON) is not Python 3.11, see the line above))
+endif
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build on machines that have it locally; elsewhere PyPI's default (CUDA on Linux x86_64).
