@@ -4,11 +4,11 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from PIL import Image
 
-from devtools import offline_models
-from devtools.offline_flow import ASSETS, ROOT
+from devtools.offline_flow import ASSETS, ROOT, model_flags
 
 
 def run_client(*args: str, env=None) -> subprocess.CompletedProcess:
@@ -48,8 +48,10 @@ def test_audio_files_give_transcripts_and_pngs_named_after_the_prompt(running_fl
     for path in tmp_path.iterdir():
         assert Image.open(io.BytesIO(path.read_bytes())).size == (64, 64)
         assert str(path) in result.stdout
-    # Which model drew them, by name.
-    assert f'drawn by {offline_models.TINY_SD_DIR}' in result.stdout
+    # Which model drew them, by name: the shared Flow's.
+    flags = model_flags()
+    served = Path(flags[flags.index('--diffusion-model') + 1]).name
+    assert f'drawn by {served}' in result.stdout
 
 
 def test_typed_prompt_over_http(running_flow, tmp_path):
