@@ -135,9 +135,7 @@ def _alternatives(words) -> str:
 
 _THING_WORDS = {word: name for name, words in THINGS.items() for word in words}
 _THING_WORDS.update({PLURALS.get(w, w + 's'): n for w, n in list(_THING_WORDS.items())})
-_PLACE_WORDS = {
-    phrase: name for name, phrases in PLACES.items() for phrase in phrases + (name,)
-}
+_PLACE_WORDS = {phrase: name for name, phrases in PLACES.items() for phrase in phrases + (name,)}
 _POSITION_WORDS = {'centre': 'middle', 'center': 'middle'}
 _POSITION_WORDS.update({name: name for name in POSITIONS})
 _SIZE_WORDS = {word: name for name, words in SIZES.items() for word in words}
