@@ -3,13 +3,18 @@
 # finds or has uv install, or it says in one line what is missing. Looked up once, and only when
 # .venv is (re)made; `make PYTHON=/path/to/python3.11` chooses one instead.
 PYTHON ?= $(eval PYTHON := $(shell scripts/find_python.sh))$(or $(PYTHON),$(error no Python 3.11, see the line above))
+# A Python given (make PYTHON=..., or PYTHON in the environment) is checked at once, with the
+# same line, rather than failing minutes later inside pip.
+ifneq ($(filter command line environment,$(origin PYTHON)),)
+$(if $(shell scripts/find_python.sh '$(PYTHON)'),,$(error $(PYTHON) is not Python 3.11, see the line above))
+endif
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build on machines that have it locally; elsewhere PyPI's default (CUDA on Linux x86_64).
 TORCH ?= torch==2.13.0
 MODELS := models
 
-.PHONY: install system-deps models demo web test test-fast test-fidelity bench flow.yml lint monitoring-manifests k8s
+.PHONY: install system-deps models demo serve web test test-fast test-fidelity bench flow.yml lint monitoring-manifests k8s
 
 install: $(VENV)/.installed
 
@@ -33,6 +38,12 @@ models: install
 
 demo: models
 	scripts/demo.sh
+
+# The Flow on the offline models at flow.py's ports (S2I_* variables move them), until Ctrl-C:
+# for the speech2image client in another terminal. Its log goes to SERVE_LOG.
+SERVE_LOG ?= out/flow.log
+serve: models
+	$(PY) -m devtools.offline_flow --log $(SERVE_LOG)
 
 # The web page on the offline models: http://127.0.0.1:54325
 web: models

@@ -5,12 +5,8 @@ benchmarks and the demo scripts start it.
   127.0.0.1 ports (later flags win: ``'--whisper-model', other`` replaces the default model);
 - ``serve_flow``: that Flow built in this process; ``serve_flow_process``: ``python flow.py`` in
   its own process group, yielded once ready, stopped with SIGINT (as Ctrl-C);
-- as a command, for the demo scripts (flow.py's own ports: ``S2I_*`` variables or its defaults)::
-
-    python -m devtools.offline_flow [--log FILE] [--wait] [flow.py flags] -- COMMAND [ARG ...]
-
-  serves the Flow, runs COMMAND (with ``--wait``, once the Flow is ready), and stops the Flow
-  when COMMAND ends or on Ctrl-C; it exits with COMMAND's status.
+- as a command (``make serve``, ``make demo``, ``make web``; ``--help`` says it all): the Flow
+  on the offline models at flow.py's own ports, until Ctrl-C, or around a COMMAND.
 
 Nothing here imports jina before it is used; its environment is devtools.OFFLINE_ENVIRONMENT.
 """
@@ -40,6 +36,10 @@ TINY_SD = MODELS / offline_models.TINY_SD_DIR
 WORLD_MODEL = MODELS / offline_models.WORLD_MODEL_DIR
 DIFFUSION_MODEL_VARIABLE = 'S2I_OFFLINE_DIFFUSION_MODEL'
 WHISPER_TINY_EN = MODELS / offline_models.FASTER_WHISPER_LINK
+# What the command serves to people (make serve, demo, web): the multilingual Whisper
+# (docs/languages.md), and more steps than the tests' 2.
+WHISPER_BASE = MODELS / offline_models.WHISPER_BASE_DIR
+SERVED_STEPS = 10
 # Steps per image unless a request says otherwise: 2 keeps the images of tests that do not look at
 # them cheap; tests that judge pictures ask for more.
 OFFLINE_STEPS = 2
@@ -274,30 +274,85 @@ def no_wait(running: RunningFlow, process: subprocess.Popen) -> None:
     """A readiness check that returns at once (the web page says when the Flow is ready)."""
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """The command: serve the offline Flow around COMMAND; returns COMMAND's exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    if '--' not in argv:
-        sys.exit('usage: python -m devtools.offline_flow [options] [flow.py flags] -- COMMAND')
-    split = argv.index('--')
-    parser = argparse.ArgumentParser(
-        description='Serve the offline Flow around a command.', allow_abbrev=False
+def command_flags() -> List[str]:
+    """flow.py flags of the command (what people are served): ``model_flags`` with the
+    multilingual Whisper and ``SERVED_STEPS``."""
+    return [
+        *model_flags(),
+        '--whisper-model',
+        str(WHISPER_BASE),
+        '--num-inference-steps',
+        str(SERVED_STEPS),
+    ]
+
+
+def command_parser() -> argparse.ArgumentParser:
+    """The command's options and its help: what it serves, where, and how to stop it."""
+    served = flow_module.parse_args(command_flags())
+    return argparse.ArgumentParser(
+        prog='python -m devtools.offline_flow',
+        usage='%(prog)s [--log FILE] [--wait] [flow.py flags] [-- COMMAND [ARG ...]]',
+        description=(
+            'Serve the speech2image Flow (python flow.py) on the offline models that `make models` '
+            f'builds in {MODELS.relative_to(ROOT)}/: Whisper {WHISPER_BASE.name} (multilingual) '
+            f'and the image model {Path(served.diffusion_model).name}, '
+            f'{SERVED_STEPS} denoising steps per image unless a request says otherwise. '
+            'Without COMMAND it serves until Ctrl-C (`make serve`); with one it serves, runs '
+            'COMMAND, and stops the Flow when COMMAND ends or on Ctrl-C, exiting with its '
+            'status (`make demo`, `make web`).'
+        ),
+        epilog=(
+            f"Ports are flow.py's: gRPC {served.port_grpc}, HTTP {served.port_http}, "
+            f'WebSocket {served.port_websocket}, metrics from {served.port_monitoring}, on '
+            f'{served.host}; S2I_* variables move them (S2I_PORT_GRPC=6000), and the '
+            "speech2image client reads the same variables. Any other flag is flow.py's "
+            '(python flow.py --help) and wins over these defaults, e.g. '
+            '--diffusion-model DIR.'
+        ),
+        allow_abbrev=False,
     )
-    parser.add_argument('--log', type=Path, help="file for the Flow's output (default: stderr)")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """The command: serve the offline Flow until Ctrl-C, or around COMMAND (its exit status)."""
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index('--') if '--' in argv else len(argv)
+    parser = command_parser()
+    parser.add_argument(
+        '--log', type=Path, metavar='FILE', help="file for the Flow's output (default: stderr)"
+    )
     parser.add_argument('--wait', action='store_true', help='start COMMAND once the Flow is ready')
     args, flow_flags = parser.parse_known_args(argv[:split])
     command = argv[split + 1 :]
     if args.log:
         args.log.parent.mkdir(parents=True, exist_ok=True)
-    flags = [*model_flags(), *flow_flags]
-    wait_ready = wait_flow_ready if args.wait else no_wait
+    flags = [*command_flags(), *flow_flags]
+    wait_ready = wait_flow_ready if args.wait or not command else no_wait
     try:
-        with flow_process(flags, log=args.log, wait_ready=wait_ready, new_session=False):
+        with flow_process(flags, log=args.log, wait_ready=wait_ready, new_session=False) as flow:
+            if not command:
+                return serve_until_interrupted(flow, args.log)
             return run_to_the_end(command)
     except RuntimeError as error:  # the Flow exited or was not ready in time
         sys.exit(f'{error}; see {args.log or "the output above"}')
     except KeyboardInterrupt:  # Ctrl-C before the Flow was ready; the Flow is stopped
         return INTERRUPTED_STATUS
+
+
+def serve_until_interrupted(flow: RunningFlow, log: Optional[Path]) -> int:
+    """Say where the ready Flow is and how to use and stop it, then wait for Ctrl-C."""
+    print(
+        f'The Flow is ready: {flow.grpc}, {flow.http}, ws://127.0.0.1:{flow.port_websocket}'
+        f'{f" (log: {log})" if log else ""}.\n'
+        'In another terminal: .venv/bin/speech2image assets/phare.wav '
+        '(or make web for the page). Ctrl-C stops the Flow.',
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(READY_POLL_S * 5)
+    except KeyboardInterrupt:
+        return 0
 
 
 def run_to_the_end(command: List[str]) -> int:

@@ -4,21 +4,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-# S2I_* variables are flow.py's flags (S2I_PORT_GRPC is --port-grpc); the client follows them.
-PORT_GRPC=${S2I_PORT_GRPC:-54322}
-GATEWAY=grpc://127.0.0.1:$PORT_GRPC
+# S2I_* variables are flow.py's flags (S2I_PORT_GRPC is --port-grpc); the client reads them too.
 
 echo "Starting the Flow (log: out/flow.log), then sending assets/apple.wav" \
   "(\"$($PY -c 'import json;print(json.load(open("assets/clips.json"))["apple.wav"])')\")..."
 # devtools.offline_flow serves the Flow, runs the client once the Flow is ready, then stops it.
-$PY -m devtools.offline_flow --log out/flow.log --wait \
-  --whisper-model models/whisper-base-ct2 --num-inference-steps 10 -- \
-  $PY -m speech2image.client --host "$GATEWAY" --out out --num-images 2 --seed 42 assets/apple.wav
+$PY -m devtools.offline_flow --log out/flow.log --wait -- \
+  $PY -m speech2image.client --out out --num-images 2 --seed 42 assets/apple.wav
+# The lines under "Next" are commands, run as printed by tests/test_demo.py.
 cat <<'NOTE'
 
-Note: the transcript comes from a real Whisper model (base, multilingual; try a French clip:
-speech2image assets/phare.wav, docs/languages.md). The images come from an
-untrained, randomly initialised Stable Diffusion built offline (models/tiny-stable-diffusion),
-so they are noise. For real images, serve real weights, e.g.:
-  python flow.py --diffusion-model stable-diffusion-v1-5/stable-diffusion-v1-5 --whisper-model base
+The demo has stopped its Flow. Next, keep one running (Ctrl-C stops it):
+  make serve
+and in another terminal, speak French to it (docs/languages.md):
+  .venv/bin/speech2image assets/phare.wav
+
+The transcript comes from a real Whisper model (base, multilingual). `make serve` and this demo
+serve the offline image model built in models/; the client and the web page (make web) say which
+model drew the pictures and what it knows. For other images, serve real weights, e.g.:
+python flow.py --diffusion-model stable-diffusion-v1-5/stable-diffusion-v1-5 --whisper-model base
 NOTE

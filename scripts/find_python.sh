@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prints the path of the Python 3.11 that `make install` makes .venv from, or says in one line on
 # stderr what is missing and exits 1. The Makefile runs it before anything is installed.
+# `find_python.sh PYTHON` checks that one only (`make PYTHON=...`): its path, or the same line.
 #
 # Why 3.11: jina 3.34 does not run on Python 3.12 or newer (`import jina` fails: docarray's DocList
 # "is not subscriptable"), and current Debian and Ubuntu releases ship 3.12 or 3.13 as python3.
@@ -27,11 +28,26 @@ uv_pin() {
   done < "$DEV_REQUIREMENTS"
 }
 
-# Prints what python3 is here, for the message: "Python 3.12.1" or "missing".
-python3_version() {
-  python3 -I -c 'import platform; print("Python " + platform.python_version())' 2>/dev/null \
+# Prints what Python $1 is, for the message: "Python 3.12.1" or "missing".
+version_of() {
+  "$1" -I -c 'import platform; print("Python " + platform.python_version())' 2>/dev/null \
     || echo "missing"
 }
+
+# The one line: what is needed, why, which Python $1 is here ($2: what the search found), and
+# how to get a 3.11.
+say_what_is_needed() {
+  echo "speech2image needs Python $REQUIRED (jina 3.34 does not run on Python 3.12 or newer;" \
+    "$1 here: $(version_of "$1"))${2:-}: get one with" \
+    "'pipx install uv==$(uv_pin) && uv python install $REQUIRED', then run make again" \
+    "(or: make PYTHON=/path/to/python$REQUIRED)." >&2
+}
+
+if [ $# -gt 0 ]; then
+  print_if_required "$1" && exit 0
+  say_what_is_needed "$1"
+  exit 1
+fi
 
 for name in python3 "python$REQUIRED"; do
   command -v "$name" >/dev/null && print_if_required "$name" && exit 0
@@ -49,10 +65,7 @@ if command -v uv >/dev/null; then
   fi
 fi
 
-echo "speech2image needs Python $REQUIRED (jina 3.34 does not run on Python 3.12 or newer;" \
-  "python3 here: $(python3_version)) and found none: get one with" \
-  "'pipx install uv==$(uv_pin) && uv python install $REQUIRED', then run make again" \
-  "(or: make PYTHON=/path/to/python$REQUIRED)." >&2
+say_what_is_needed python3 " and found none"
 if [ -n "$uv_said" ]; then
   uv_reason=${uv_said##*$'\n'}  # uv's last line, its most specific cause
   echo "  uv python install $REQUIRED failed: ${uv_reason#*cause: }" >&2

@@ -7,6 +7,4 @@ PY=.venv/bin/python
 
 echo "The Flow is starting (log: out/flow.log); the page says so until it is ready."
 # devtools.offline_flow serves the Flow around the page and stops it when the page stops.
-$PY -m devtools.offline_flow --log out/flow.log \
-  --whisper-model models/whisper-base-ct2 --num-inference-steps 10 -- \
-  $PY -m speech2image.web --host 127.0.0.1
+$PY -m devtools.offline_flow --log out/flow.log -- $PY -m speech2image.web --host 127.0.0.1

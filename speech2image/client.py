@@ -6,8 +6,15 @@
     speech2image --transcribe-only talk.ogg             # stop after Whisper
     speech2image --previews previews/ talk.wav          # also save the previews as they come
 
-The address takes grpc://, grpcs://, http://, https://, ws:// or wss://. A gateway that requires
-an API key gets it from the S2I_API_KEY environment variable.
+The address takes grpc://, grpcs://, http://, https://, ws:// or wss://. Without --host the
+client reads the variables the server reads: S2I_HOST and S2I_PORT_GRPC (a Flow moved with
+`S2I_PORT_GRPC=6000 python flow.py` is found with the same variable). A gateway that requires an
+API key gets it from the S2I_API_KEY environment variable.
+
+Typed prompts are read for settings as spoken ones are ("Jarvis, paint me two boats, seed 7":
+the prompt "boats", 2 images, seed 7; flags win); --no-spoken-settings sends them word for word.
+Images are saved as <the prompt's first words>-seed<seed>.png; an existing file is never
+replaced (the new one gets a number) unless --overwrite is given.
 
 Images are streamed (the gateway's /stream call, one document at a time): the transcript is
 printed as soon as Whisper has it, a bar shows the denoising steps, and Ctrl-C cancels the
@@ -17,6 +24,9 @@ generation on the server. --no-stream sends every document in one ordinary reque
 import argparse
 import asyncio
 import json
+import os
+import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -26,10 +36,23 @@ from speech2image import defaults
 from speech2image.auth import api_key_from_environment, authorization_header
 from speech2image.gateway_errors import read_gateway_error
 from speech2image.schema import SpeechDoc, StreamEvent, StreamRequest
+from speech2image.spoken_settings import SPOKEN_SETTINGS_TAG, TRANSCRIPT_TAG, parse_command
 from speech2image.streaming import FINAL_EVENTS
 
-DEFAULT_HOST = f'grpc://{defaults.HOST}:{defaults.PORT_GRPC}'
+# The server's variables for its address (flow.py's --host and --port-grpc), read here too.
+HOST_ENV, PORT_GRPC_ENV = 'S2I_HOST', 'S2I_PORT_GRPC'
+# Addresses a server binds to mean "every interface"; a client reaches them on this machine.
+ANY_INTERFACE = ('', '0.0.0.0', '::')
 DEFAULT_OUT_DIR = Path('out')
+# A saved image's name: the prompt's first words, at most this many, and this many characters.
+NAME_WORDS, NAME_CHARS = 6, 48
+# How long the client waits for the gateway's port to take a connection before it says none is
+# there (a remote gateway across the world answers well within it).
+CONNECT_TIMEOUT_S = 10.0
+HOW_TO_START = (
+    'start one with `make serve` (the offline models; Ctrl-C stops it) or `python flow.py`, '
+    f'or give its address with --host (or {HOST_ENV} and {PORT_GRPC_ENV})'
+)
 # Addresses whose client sends HTTP headers; the others (grpc, grpcs, none) send gRPC metadata.
 HEADER_SCHEMES = ('http', 'https', 'ws', 'wss', 'websocket')
 # Ports of an address that names none, as browsers and jina's Client take them.
@@ -49,6 +72,31 @@ EXIT_INTERRUPTED = 130
 
 class ServiceError(RuntimeError):
     """The service refused or failed a request; the message is the server's explanation."""
+
+
+def default_host() -> str:
+    """The gateway the server's own variables point at: ``grpc://S2I_HOST:S2I_PORT_GRPC``, each
+    variable unset being flow.py's default; a server bound to every interface is reached on
+    this machine."""
+    host = os.environ.get(HOST_ENV, defaults.HOST)
+    if host in ANY_INTERFACE:
+        host = defaults.HOST
+    return f'grpc://{host}:{os.environ.get(PORT_GRPC_ENV) or defaults.PORT_GRPC}'
+
+
+def check_gateway_reachable(host: str) -> None:
+    """Raise ``ServiceError`` saying that no gateway is at ``host``, and how to start one, when
+    nothing there takes a TCP connection (before any request: the transports' own words for it
+    are gRPC's "failed to connect to all addresses" and the like)."""
+    _, address, _ = stream_address(host)
+    hostname, _, port = address.rpartition(':')
+    try:
+        socket.create_connection((hostname.strip('[]'), int(port)), CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise ServiceError(
+            f'no speech2image gateway at {address} ({reason.lower()}): {HOW_TO_START}'
+        ) from None
 
 
 def server_error_message(error: Exception) -> str:
@@ -74,11 +122,27 @@ def server_error_message(error: Exception) -> str:
     return str(error)
 
 
-def make_docs(audio_files: List[Path], texts: List[str]) -> List[SpeechDoc]:
-    """One document per audio file (sent as encoded bytes) and per typed prompt."""
+def make_docs(
+    audio_files: List[Path], texts: List[str], parse_typed: bool = True
+) -> List[SpeechDoc]:
+    """One document per audio file (sent as encoded bytes) and per typed prompt (``typed_doc``)."""
     docs = [SpeechDoc(bytes_=path.read_bytes(), tags={'source': path.name}) for path in audio_files]
-    docs += [SpeechDoc(text=text, tags={'source': 'text'}) for text in texts]
+    docs += [typed_doc(text, parse_typed) for text in texts]
     return docs
+
+
+def typed_doc(text: str, parse: bool) -> SpeechDoc:
+    """A typed prompt's document. When ``parse``, the prompt is read for settings by the rules
+    spoken prompts go through ("paint me two boats, seed 7" -> "boats", 2 images, seed 7): the
+    settings travel in the same tag, and the diffusion Executor puts the request's explicit
+    parameters (the flags) above them, as it does for speech."""
+    tags = {'source': 'text'}
+    if not parse:
+        return SpeechDoc(text=text, tags=tags)
+    command = parse_command(text)
+    if command.settings:
+        tags[SPOKEN_SETTINGS_TAG] = command.settings
+    return SpeechDoc(text=command.prompt, tags=tags)
 
 
 def endpoint_for(docs: List[SpeechDoc], transcribe_only: bool) -> str:
@@ -259,45 +323,97 @@ async def websocket_events(
         raise ServiceError(f'cannot stream from {url}: {error}') from None
 
 
-def save_images(doc: SpeechDoc, index: int, out_dir: Path) -> List[Path]:
-    """Write a document's images as ``<index>-<source>-<n>-seed<seed>.png``; return the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(doc.tags.get('source', 'prompt')).stem
-    paths = []
-    for number, image in enumerate(doc.matches):
-        path = out_dir / f'{index}-{stem}-{number}-seed{image.tags.get("seed")}.png'
-        path.write_bytes(image.bytes_)
-        paths.append(path)
-    return paths
+def name_from_prompt(prompt: str) -> str:
+    """A file name's start from a prompt's first words: "A red boat, on the sea!" ->
+    "a-red-boat-on-the-sea"; "image" for a prompt with no word in it."""
+    words = re.findall(r'\w+', prompt.lower())[:NAME_WORDS]
+    return '-'.join(words)[:NAME_CHARS].strip('-_') or 'image'
 
 
-def save_previews(event: StreamEvent, index: int, source: str, preview_dir: Path) -> None:
-    """Write a preview event's JPEGs as ``<index>-<source>-<n>-step<step>.jpg``."""
-    preview_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(source).stem
+def unused_path(path: Path, overwrite: bool) -> Path:
+    """``path``, unless a file is there and ``overwrite`` is false: then the first free
+    ``<stem>-2<suffix>``, ``-3``, ... beside it."""
+    if overwrite or not path.exists():
+        return path
+    number = 2
+    while (candidate := path.with_name(f'{path.stem}-{number}{path.suffix}')).exists():
+        number += 1
+    return candidate
+
+
+def write_file(path: Path, data: bytes, overwrite: bool) -> Path:
+    """Write ``data`` at ``path``, or beside it (``unused_path``); the path written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path = unused_path(path, overwrite)
+    path.write_bytes(data)
+    return path
+
+
+def save_images(doc: SpeechDoc, out_dir: Path, overwrite: bool = False) -> List[Path]:
+    """Write a document's images as ``<the prompt's first words>-seed<seed>.<format>``; the
+    paths written."""
+    stem = name_from_prompt(doc.text or '')
+    return [
+        write_file(
+            out_dir / f'{stem}-seed{image.tags.get("seed")}{image_suffix(image.mime_type)}',
+            image.bytes_,
+            overwrite,
+        )
+        for image in doc.matches
+    ]
+
+
+def image_suffix(mime_type: Optional[str]) -> str:
+    """'.png' for image/png, '.jpeg' for image/jpeg, ...; '.png' when the type is unknown."""
+    kind = (mime_type or '').partition('/')[2]
+    return f'.{kind}' if kind else '.png'
+
+
+def save_previews(event: StreamEvent, prompt: str, preview_dir: Path, overwrite: bool) -> None:
+    """Write a preview event's JPEGs as ``<the prompt's first words>-<n>-step<step>.jpg``."""
+    stem = name_from_prompt(prompt)
     for image in event.images:
-        name = f'{index}-{stem}-{image.tags.get("image", 0)}-step{event.step}.jpg'
-        (preview_dir / name).write_bytes(image.bytes_)
+        name = f'{stem}-{image.tags.get("image", 0)}-step{event.step}.jpg'
+        write_file(preview_dir / name, image.bytes_, overwrite)
 
 
 def heard_lines(doc: SpeechDoc) -> List[str]:
-    """What Whisper heard, when the prompt differs from it or came from another language, and
-    the settings taken from speech; nothing for a typed prompt."""
+    """What Whisper wrote, when the prompt differs from it or came from another language, and
+    the settings taken from the words (spoken or typed)."""
     tags = doc.tags
-    if 'transcript' not in tags:
-        return []
     lines = []
-    language = f'{tags.get("language")}, {100 * float(tags.get("language_probability", 0)):.0f}%'
-    if tags['transcript'] != doc.text or tags.get('language') != 'en':
-        lines.append(f'  heard ({language}): {tags["transcript"]}')
-    spoken = tags.get('spoken_settings') or {}
-    if spoken:
-        said = ', '.join(
-            f'{name} {value:g}' if isinstance(value, float) else f'{name} {value}'
-            for name, value in spoken.items()
-        )
-        lines.append(f'  from speech: {said}')
+    if TRANSCRIPT_TAG in tags:
+        probability = 100 * float(tags.get('language_probability', 0))
+        language = f'{tags.get("language")}, {probability:.0f}%'
+        if tags[TRANSCRIPT_TAG] != doc.text or tags.get('language') != 'en':
+            lines.append(f'  Whisper wrote ({language}): {tags[TRANSCRIPT_TAG]}')
+    taken = tags.get(SPOKEN_SETTINGS_TAG) or {}
+    if taken:
+        said = ', '.join(f'{name} {setting_text(value)}' for name, value in taken.items())
+        where = 'speech' if TRANSCRIPT_TAG in tags else 'the prompt'
+        lines.append(f'  from {where}: {said}')
     return lines
+
+
+def setting_text(value) -> str:
+    """A setting as a person writes it: 9.0 is 9 (numbers cross JSON and protobuf as floats)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return f'{value:g}' if isinstance(value, float) else str(value)
+
+
+def model_line(doc: SpeechDoc) -> Optional[str]:
+    """Which model drew a document's images, from their tags; None without images."""
+    models = {image.tags.get('model') for image in doc.matches} - {None}
+    if not models:
+        return None
+    return '  drawn by ' + ', '.join(sorted(model_name(model) for model in models))
+
+
+def model_name(model: str) -> str:
+    """A model's name as a person reads it: a local directory's last part, or the hub id."""
+    path = Path(model)
+    return path.name if path.is_absolute() else model
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -311,8 +427,20 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         'audio', nargs='*', type=Path, help='audio files (wav, flac, mp3, ogg, webm)'
     )
     parser.add_argument('--text', action='append', default=[], help='a typed prompt (repeatable)')
-    parser.add_argument('--host', default=DEFAULT_HOST, help='gateway address')
-    parser.add_argument('--out', type=Path, default=DEFAULT_OUT_DIR, help='folder for the PNGs')
+    parser.add_argument(
+        '--host',
+        default=default_host(),
+        help=f'gateway address (default: %(default)s, from {HOST_ENV} and {PORT_GRPC_ENV} when '
+        'set, as the server reads them)',
+    )
+    parser.add_argument(
+        '--out', type=Path, default=DEFAULT_OUT_DIR, help='folder for the images (default: out)'
+    )
+    parser.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='replace files of the same name (default: a new file gets a number: name-2.png)',
+    )
     parser.add_argument('--transcribe-only', action='store_true', help='stop after Whisper')
     parser.add_argument(
         '--no-stream',
@@ -338,8 +466,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         dest='spoken_settings',
         action='store_const',
         const=False,
-        help='send the transcript as the prompt, taking no settings '
-        'from it ("four pictures of ..., seed 42")',
+        help='send the transcript (and typed prompts) as the prompt word for word, taking no '
+        'settings from it ("four pictures of ..., seed 42")',
     )
     parser.add_argument('-n', '--num-images', type=int)
     parser.add_argument('--steps', type=int, dest='num_inference_steps')
@@ -381,9 +509,13 @@ def print_transcript(doc: SpeechDoc) -> None:
         print(line, flush=True)
 
 
-def print_saved_images(doc: SpeechDoc, index: int, out_dir: Path) -> None:
-    for path in save_images(doc, index, out_dir):
+def print_saved_images(doc: SpeechDoc, out_dir: Path, overwrite: bool) -> None:
+    """Save a document's images and print where, and which model drew them."""
+    for path in save_images(doc, out_dir, overwrite):
         print(f'  {path}', flush=True)
+    line = model_line(doc)
+    if line:
+        print(line, flush=True)
 
 
 def post_documents(args: argparse.Namespace, docs: List[SpeechDoc], console) -> None:
@@ -395,9 +527,9 @@ def post_documents(args: argparse.Namespace, docs: List[SpeechDoc], console) -> 
             args.host, endpoint, docs, request_parameters(args), api_key_from_environment()
         )
     console.print(f'answered in {time.monotonic() - started:.1f} s')
-    for index, doc in enumerate(answered):
+    for doc in answered:
         print_transcript(doc)
-        print_saved_images(doc, index, args.out)
+        print_saved_images(doc, args.out, args.overwrite)
 
 
 def answered_doc(doc: SpeechDoc, event: StreamEvent) -> SpeechDoc:
@@ -409,32 +541,34 @@ def answered_doc(doc: SpeechDoc, event: StreamEvent) -> SpeechDoc:
 async def stream_documents(args: argparse.Namespace, docs: List[SpeechDoc]) -> None:
     """One stream per document, in turn: the transcript as it comes, a bar of the denoising
     steps, the previews into ``--previews``, then the images."""
-    for index, doc in enumerate(docs):
-        await stream_document(args, doc, index)
+    for doc in docs:
+        await stream_document(args, doc)
 
 
-async def stream_document(args: argparse.Namespace, doc: SpeechDoc, index: int) -> None:
-    """Stream document number ``index`` of the command line, printing and saving as it goes;
+async def stream_document(args: argparse.Namespace, doc: SpeechDoc) -> None:
+    """Stream one document of the command line, printing and saving as it goes;
     ``ServiceError`` if it fails or is cancelled by someone else."""
     from tqdm import tqdm
 
     source = doc.tags['source']
+    prompt = doc.text or ''
     progress = None
     try:
         events = stream(args.host, doc, request_parameters(args), api_key_from_environment())
         async for event in events:
             if event.event == 'transcript':
+                prompt = event.text or prompt
                 print_transcript(answered_doc(doc, event))
             elif event.event == 'progress':
                 if progress is None:
                     progress = tqdm(total=event.steps, desc=source, unit='step', file=sys.stderr)
                 progress.update(event.step - progress.n)
             elif event.event == 'preview' and args.previews:
-                save_previews(event, index, source, args.previews)
+                save_previews(event, prompt, args.previews, args.overwrite)
             elif event.event == 'done':
                 if progress is not None:
                     progress.close()  # before the paths, so they print below a finished bar
-                print_saved_images(answered_doc(doc, event), index, args.out)
+                print_saved_images(answered_doc(doc, event), args.out, args.overwrite)
             elif event.event == 'cancelled':
                 raise ServiceError(event.message)
     finally:
@@ -444,17 +578,20 @@ async def stream_document(args: argparse.Namespace, doc: SpeechDoc, index: int) 
 
 def main(argv: Optional[List[str]] = None) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     args = parse_args(argv)
     console = Console(stderr=True)
-    docs = make_docs(args.audio, args.text)
+    docs = make_docs(args.audio, args.text, parse_typed=args.spoken_settings is not False)
     try:
+        check_gateway_reachable(args.host)
         if args.stream and not args.transcribe_only:
             asyncio.run(stream_documents(args, docs))
         else:
             post_documents(args, docs, console)
     except ServiceError as error:
-        console.print(f'[red]error:[/red] {error}')
+        # The server's words as they are: brackets in them are not rich markup.
+        console.print(f'[red]error:[/red] {escape(str(error))}', soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         # A stream is cancelled by asyncio.run first: its connection closes, which the

@@ -2,8 +2,12 @@
 written once. Light on purpose: importing it loads no jina, torch or PyAV.
 """
 
+# What the Flow serves: its models, their sizes and costs (one document in, its tags filled
+# in by each Executor under its own key), for clients that offer choices (the web page).
+INFO_ENDPOINT = '/info'
+WHISPER_INFO_TAG, DIFFUSION_INFO_TAG = 'whisper', 'diffusion'
 # The Flow's endpoints. '/' runs the whole pipeline; jina's HTTP gateway serves it at /default.
-ENDPOINTS = ('/', '/transcribe', '/generate')
+ENDPOINTS = ('/', '/transcribe', '/generate', INFO_ENDPOINT)
 HTTP_ROOT_ENDPOINT = '/default'
 # The streaming call (speech2image/streaming.py): events of one request as they happen, over
 # gRPC (jina's stream_doc), HTTP (Server-Sent Events) and WebSocket; HTTP cancels by request id.

@@ -808,6 +808,39 @@ class RedactCredentials(logging.Filter):
 
 
 REDACT_CREDENTIALS = RedactCredentials()
+# jina's gateway asks each Executor for its endpoints every second until it answers, with a
+# warning at each try: while the Executors load their models that is the expected start, not a
+# fault. After the grace an Executor that still does not answer is one, and the warnings pass.
+EXECUTOR_START_WARNING = 'Getting endpoints failed'
+EXECUTOR_START_GRACE_SECONDS = 300.0
+
+
+class QuietExecutorStart(logging.Filter):
+    """Turns jina's start-up retries ("Getting endpoints failed ... Connection refused. Waiting
+    for another trial") into one line saying what happens, for EXECUTOR_START_GRACE_SECONDS
+    after the first; later ones pass as jina wrote them."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_seen: Optional[float] = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(EXECUTOR_START_WARNING):
+            return True
+        now = time.monotonic()
+        if self.first_seen is None:
+            self.first_seen = now
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+            record.msg = (
+                'waiting for the Executors to start (they load their models); jina asks them '
+                f'every second and warns again if one has not answered in '
+                f'{EXECUTOR_START_GRACE_SECONDS:g} s'
+            )
+            record.args = ()
+            return True
+        return now - self.first_seen > EXECUTOR_START_GRACE_SECONDS
+
+
 # The logger uvicorn hands to the `websockets` library for its connections.
 WEBSOCKET_LOGGER = 'uvicorn.error'
 
@@ -921,6 +954,8 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
         """
         super().__init__(**kwargs)
         logging.getLogger(WEBSOCKET_LOGGER).addFilter(REDACT_CREDENTIALS)
+        # The gateway's logger, which jina's topology graph logs its start-up retries with.
+        self.logger.logger.addFilter(QuietExecutorStart())
         api_key = api_key_from_environment()
         self.guard = RequestGuard(
             api_key, max_pending_requests, request_timeout_seconds, client_idle_seconds

@@ -34,6 +34,22 @@ def check_prompt(index: int, doc: SpeechDoc) -> str:
     return text
 
 
+def number_text(value: Any) -> str:
+    """A number as a person writes it: integral values without a fraction (gRPC and JSON carry
+    ``-n 9`` as 9.0, which is 9 to whoever typed it); anything else as its repr."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    return repr(value)
+
+
+def range_error(name: str, low: Any, high: Any, value: Any) -> RequestError:
+    """The error for a number outside [low, high], every number written as a person would."""
+    return RequestError(
+        f"parameter '{name}' must be between {number_text(low)} and {number_text(high)}, "
+        f'got {number_text(value)}'
+    )
+
+
 def int_parameter(
     parameters: Mapping[str, Any], name: str, default: Optional[int], low: int, high: int
 ) -> Optional[int]:
@@ -50,7 +66,7 @@ def int_parameter(
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         raise RequestError(f"parameter '{name}' must be an integer, got {value!r}")
     if not low <= value <= high:
-        raise RequestError(f"parameter '{name}' must be between {low} and {high}, got {value!r}")
+        raise range_error(name, low, high, value)
     return int(value)
 
 
@@ -64,7 +80,7 @@ def float_parameter(
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise RequestError(f"parameter '{name}' must be a number, got {value!r}")
     if not low <= value <= high:
-        raise RequestError(f"parameter '{name}' must be between {low} and {high}, got {value!r}")
+        raise range_error(name, low, high, value)
     return float(value)
 
 

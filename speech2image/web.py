@@ -9,6 +9,14 @@ origin only, and the gateway need not be reachable from outside. On the way back
 gateway's errors into ``{"error": "<the Executor's message>"}``, refuses work beyond
 ``--max-in-flight`` requests with "server busy", and bounds uploads and waiting time.
 
+The service holds no key of its own. When the gateway requires an API key (``S2I_API_KEY`` in
+the gateway's environment), each person enters it on the page, which sends it with each call as
+``Authorization: Bearer <key>``; the service passes that header on and nothing else, so an
+anonymous caller is refused by the gateway (401) however the page is exposed.
+
+``POST /api/info`` is the Flow's ``/info``: the models served, the size the image model is made
+for and one step's cost, which the page shows and sizes its menu by.
+
 ``POST /api/stream`` is relayed to the gateway's streaming call ``POST /stream`` as it happens:
 its Server-Sent Events (accepted, transcript, progress, preview, then done, error or cancelled)
 reach the page one by one, unbuffered. ``POST /api/stream/cancel`` forwards
@@ -31,7 +39,7 @@ from typing import List, Optional, Tuple
 from aiohttp import ClientConnectionError, ClientPayloadError, ClientSession, ClientTimeout, web
 
 from speech2image import defaults
-from speech2image.auth import api_key_from_environment, authorization_header
+from speech2image.auth import API_KEY_ENV, api_key_from_environment
 from speech2image.gateway_errors import read_gateway_error
 from speech2image.settings import apply_environment
 
@@ -199,7 +207,7 @@ async def send_to_gateway(request: web.Request, endpoint: str, settings: Setting
         async with session.post(
             f'{settings.gateway}/{endpoint}',
             data=body,
-            headers=gateway_headers(),
+            headers=gateway_headers(request),
             timeout=ClientTimeout(total=settings.timeout_s),
         ) as answer:
             if answer.status == 200:
@@ -229,7 +237,7 @@ async def relay_stream(request: web.Request, settings: Settings) -> web.StreamRe
         async with request.app[SESSION].post(
             f'{settings.gateway}/{STREAM_NAME}',
             data=body,
-            headers=gateway_headers(),
+            headers=gateway_headers(request),
             timeout=ClientTimeout(total=settings.timeout_s),
         ) as answer:
             if answer.status != 200:
@@ -306,14 +314,26 @@ async def gateway_session(app: web.Application):
     await app[SESSION].close()
 
 
-def gateway_headers() -> dict:
-    """Headers for the gateway: JSON, and the API key from ``S2I_API_KEY`` when the gateway
-    requires one (the browser never sees it)."""
+def gateway_headers(request: web.Request) -> dict:
+    """Headers for the gateway: JSON, and the page's own ``Authorization`` header when it sent
+    one (the key its user entered). Never a key of this service's: lending one would let anyone
+    who reaches the page through a gateway that requires a key."""
     headers = {'Content-Type': defaults.JSON_CONTENT_TYPE}
-    api_key = api_key_from_environment()
-    if api_key:
-        headers['Authorization'] = authorization_header(api_key)
+    if 'Authorization' in request.headers:
+        headers['Authorization'] = request.headers['Authorization']
     return headers
+
+
+def warn_of_an_unused_key() -> None:
+    """Say at start that ``S2I_API_KEY`` in this service's environment is not used (an older
+    deployment mounted it to be forwarded)."""
+    if api_key_from_environment():
+        logger.warning(
+            '%s is set, but this service never sends a key of its own: each person enters the '
+            "key on the page, and the gateway checks it; remove it from this service's "
+            'environment',
+            API_KEY_ENV,
+        )
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -347,6 +367,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     logger.info(
         'serving the page on http://%s:%d, forwarding to %s', args.host, args.port, settings.gateway
     )
+    warn_of_an_unused_key()
     # A page that goes away cancels its handler, and with it the gateway request it waits on.
     web.run_app(
         create_app(settings),

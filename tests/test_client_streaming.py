@@ -35,6 +35,9 @@ STEPS = 30
 # Long enough to be cancelled part way (the Executors' max_inference_steps).
 LONG_STEPS = 100
 SEED = 5
+# The CLI names files after the prompt's first words: apple.wav's transcript is "painting of a
+# red apple on a wooden table."
+APPLE_NAME = 'painting-of-a-red-apple-on'
 CANCELLED_METRIC = 'speech2image_diffusion_cancelled_requests_total'
 
 
@@ -129,7 +132,7 @@ def one_request_png(keyed_flow, tmp_path_factory) -> bytes:
     out = tmp_path_factory.mktemp('no-stream')
     cli = Cli(cli_args(keyed_flow, 'grpc', out, '--no-stream'), out / 'stderr.txt')
     assert cli.wait() == 0, cli.stderr()
-    return (out / f'0-apple-0-seed{SEED}.png').read_bytes()
+    return (out / f'{APPLE_NAME}-seed{SEED}.png').read_bytes()
 
 
 @pytest.mark.parametrize('protocol', PROTOCOLS)
@@ -198,11 +201,11 @@ def test_cli_prints_the_transcript_first_saves_previews_and_the_same_png(
     assert not out.exists(), 'the images were saved before the transcript was printed'
     assert cli.wait() == 0, cli.stderr()
     assert f'{STEPS}/{STEPS}' in cli.stderr()  # the bar counted the real steps
-    expected = [f'0-apple-0-step{step}.jpg' for step in range(8, STEPS, 8)]
+    expected = [f'{APPLE_NAME}-0-step{step}.jpg' for step in range(8, STEPS, 8)]
     assert sorted(path.name for path in previews.iterdir()) == sorted(expected)
     for path in previews.iterdir():
         assert Image.open(path).format == 'JPEG'
-    assert (out / f'0-apple-0-seed{SEED}.png').read_bytes() == one_request_png
+    assert (out / f'{APPLE_NAME}-seed{SEED}.png').read_bytes() == one_request_png
 
 
 @pytest.mark.parametrize('protocol', PROTOCOLS)
@@ -221,11 +224,16 @@ def test_ctrl_c_cancels_the_generation_on_the_server(keyed_flow, protocol, tmp_p
     assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize('scheme', ['grpc', 'http', 'ws'])
-def test_an_unreachable_gateway_is_an_error_not_a_traceback(scheme, tmp_path):
+@pytest.mark.parametrize(
+    'scheme, stream', [('grpc', True), ('http', True), ('ws', True), ('grpc', False)]
+)
+def test_an_unreachable_gateway_is_named_with_how_to_start_one(scheme, stream, tmp_path):
     [port] = free_ports(1)  # nothing listens there
     host = f'{scheme}://127.0.0.1:{port}'
-    cli = Cli(['--host', host, '--out', str(tmp_path), '--text', 'a cat'], tmp_path / 'e.txt')
+    args = ['--host', host, '--out', str(tmp_path), '--text', 'a cat']
+    cli = Cli(args if stream else [*args, '--no-stream'], tmp_path / 'e.txt')
     assert cli.wait() == 1
-    stderr = ' '.join(cli.stderr().split())
-    assert 'error:' in stderr and 'Traceback' not in stderr, stderr
+    stderr = cli.stderr()
+    assert f'error: no speech2image gateway at 127.0.0.1:{port} (connection refused): ' in stderr
+    assert 'start one with `make serve`' in stderr and 'Traceback' not in stderr, stderr
+    assert 'pkg_resources' not in stderr and 'failed to connect' not in stderr, stderr

@@ -143,7 +143,7 @@ def test_integral_floats_are_accepted_as_integers(diffusion):
         ({'num_images': True}, "'num_images' must be an integer, got True"),
         ({'num_inference_steps': 0}, "'num_inference_steps' must be between 1 and 100"),
         ({'num_inference_steps': 1000}, "'num_inference_steps' must be between 1 and 100"),
-        ({'guidance_scale': -1}, "'guidance_scale' must be between 0.0 and 30.0"),
+        ({'guidance_scale': -1}, "'guidance_scale' must be between 0 and 30, got -1"),
         ({'guidance_scale': float('nan')}, "'guidance_scale' must be a number"),
         ({'guidance_scale': 'high'}, "'guidance_scale' must be a number"),
         ({'width': 1032}, "'width' must be between 64 and 1024"),

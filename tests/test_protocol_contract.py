@@ -117,7 +117,7 @@ CASES = {
     'unknown endpoint': Case(
         '/nope',
         prompt,
-        "unknown endpoint '/nope': this service has /, /transcribe, /generate",
+        "unknown endpoint '/nope': this service has /, /transcribe, /generate, /info",
         status=NOT_FOUND,
         names_document=False,
     ),

@@ -233,5 +233,24 @@ def test_make_install_makes_the_venv_from_the_picked_python(tmp_path):
     picked = run([str(FIND_PYTHON)], env).stdout.strip()
     dry_run = run([MAKE, '--dry-run', 'install', f'VENV={venv}'], env)
     assert dry_run.stdout.splitlines()[0] == f'{picked} -m venv {venv}', dry_run
-    chosen = run([MAKE, '--dry-run', 'install', f'VENV={venv}', 'PYTHON=/opt/python3.11'], env)
-    assert chosen.stdout.splitlines()[0] == f'/opt/python3.11 -m venv {venv}', chosen
+    given = Path(env['PATH']) / 'python3.11'
+    chosen = run([MAKE, '--dry-run', 'install', f'VENV={venv}', f'PYTHON={given}'], env)
+    assert chosen.stdout.splitlines()[0] == f'{given} -m venv {venv}', chosen
+
+
+@pytest.mark.parametrize('how', ['command line', 'environment'])
+def test_make_checks_a_given_python_at_once(tmp_path, how):
+    """`make PYTHON=python3.12 demo` (or PYTHON in the environment): the same line at once,
+    naming the Python given; make fails before any recipe line, and no venv exists."""
+    venv = tmp_path / 'venv'
+    bin_dir = make_path(tmp_path, {'python3.12': required_interpreter('3.12')})
+    env = isolated_env(tmp_path, bin_dir)
+    if how == 'environment':
+        result = run([MAKE, 'demo', f'VENV={venv}'], {**env, 'PYTHON': 'python3.12'})
+    else:
+        result = run([MAKE, 'PYTHON=python3.12', 'demo', f'VENV={venv}'], env)
+    assert result.returncode != 0 and result.stdout == '', result
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(NEEDS) and WHY in first and GET_IT in first, first
+    assert 'python3.12 here: Python 3.12.' in first, first
+    assert 'Stop.' in result.stderr.splitlines()[1] and not venv.exists()

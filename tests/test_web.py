@@ -8,6 +8,7 @@ tests/artifacts/ (ignored by git).
 import base64
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -16,8 +17,9 @@ import threading
 import time
 import wave
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -25,7 +27,9 @@ import requests
 from playwright.sync_api import sync_playwright
 
 from devtools.offline_flow import ASSETS, ROOT, free_ports
+from speech2image.auth import API_KEY_ENV, authorized
 from speech2image.gateway_errors import GatewayError, read_gateway_error
+from speech2image.request_policy import UNAUTHORIZED_MESSAGE
 from speech2image.web import parse_args
 from tests.support import diffusion_metric, poll_until
 
@@ -59,9 +63,11 @@ PHONE = {'width': 390, 'height': 844}
 
 
 @contextmanager
-def serve_web(*flags: str) -> Iterator[str]:
-    """Run ``python -m speech2image.web`` on a free 127.0.0.1 port; yield its base URL."""
+def serve_web(*flags: str, env: Optional[Dict[str, str]] = None, log: Optional[Path] = None):
+    """Run ``python -m speech2image.web`` on a free 127.0.0.1 port (``env`` added to this
+    process's environment, its output to ``log`` when given); yield its base URL."""
     [port] = free_ports(1)
+    output = open(log, 'wb') if log else None  # noqa: SIM115 - closed below, after the process
     process = subprocess.Popen(
         [
             sys.executable,
@@ -74,6 +80,9 @@ def serve_web(*flags: str) -> Iterator[str]:
             *flags,
         ],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
     )
     url = f'http://127.0.0.1:{port}'
     try:
@@ -97,6 +106,8 @@ def serve_web(*flags: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:  # still finishing requests: not what is tested here
             process.kill()
             process.wait()
+        if output:
+            output.close()
 
 
 @pytest.fixture(scope='module')
@@ -246,6 +257,8 @@ def test_silent_upload_shows_the_backend_error(browser, web_url):
         )
         page.wait_for_selector('#error:not([hidden])', timeout=ANSWER_TIMEOUT_S * 1000)
         assert 'no speech: the audio is silent' in page.inner_text('#error')
+        # The page sends one document: its number and id mean nothing to a person.
+        assert 'document 0' not in page.inner_text('#error')
         assert page.is_hidden('#result')
         assert page.is_enabled('#record')  # the page is usable again
 
@@ -370,6 +383,79 @@ def test_closing_the_page_mid_stream_cancels_the_generation(browser, web_url, ru
         ANSWER_TIMEOUT_S,
         'the diffusion Executor did not count the abandoned request',
     )
+
+
+def served_info(web_url: str) -> dict:
+    """What the service says of the image model it serves (the Flow's /info via the page's)."""
+    answer = requests.post(f'{web_url}/api/info', json={'data': [{}]}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()['data'][0]['tags']['diffusion']
+
+
+def test_the_page_says_which_model_draws_and_offers_the_sizes_it_is_made_for(browser, web_url):
+    """The Size menu comes from the service: the model's own size, then larger squares up to the
+    service's cap (read, not assumed); a larger choice is warned of with an estimate, before
+    Generate."""
+    info = served_info(web_url)
+    native = info['native_width']
+    assert (native, info['native_height']) == (64, 64)  # what the offline model is made for
+    assert info['step_seconds'] > 0
+    sizes = [native * factor for factor in (1, 2, 4, 8) if native * factor <= info['max_side']]
+    with open_page(browser, web_url, DESKTOP, 'web-sizes-desktop.png') as page:
+        wait_until(page, "!!document.getElementById('service').textContent.includes('drawn by')")
+        said = page.inner_text('#service')
+        assert f'Pictures are drawn by {Path(info["model"]).name}, made for 64 × 64' in said
+        page.click('#settings summary')
+        options = page.eval_on_selector_all(
+            '[name=size] option', 'options => options.map(o => [o.value, o.textContent])'
+        )
+        assert [value for value, _ in options] == ['', *(f'{side}x{side}' for side in sizes)]
+        assert 'made for this model' in options[1][1]
+        assert page.is_hidden('#size-warning')
+        largest = sizes[-1]
+        page.select_option('[name=size]', f'{largest}x{largest}')
+        warning = page.inner_text('#size-warning')
+        times = (largest // native) ** 2
+        assert (
+            f'{largest} × {largest} is {times} times the pixels this model is made for' in warning
+        )
+        assert 'at least' in warning and ' on this server' in warning
+        page.select_option('[name=size]', f'{native}x{native}')
+        assert page.is_hidden('#size-warning')
+
+
+def test_the_page_shows_which_setting_won_and_where_it_came_from(browser, web_url):
+    """Speech says two pictures with seed 42, the form says seed 7: the images use seed 7, and
+    the page says so, and that speech said 42."""
+    with open_page(browser, web_url, DESKTOP, 'web-provenance-desktop.png') as page:
+        page.click('#settings summary')
+        page.fill('[name=seed]', '7')
+        page.set_input_files('#file', str(ASSETS / 'fox_command.wav'))
+        wait_for_final_images(page, 2)
+        said = page.inner_text('#spoken')
+        captions = page.eval_on_selector_all(
+            '#images figcaption', 'cs => cs.map(c => c.textContent)'
+        )
+    assert 'seed 7 (from the form; speech said 42)' in said, said
+    assert 'images 2 (from speech)' in said, said
+    assert 'seed 7' in captions[0] and 'seed 8' in captions[1]
+
+
+def test_with_no_gateway_the_page_says_so_at_load(browser):
+    """Before anything is pressed: the page asks the service at load, and says it is not there."""
+    [closed_port] = free_ports(1)
+    with serve_web('--gateway', f'http://127.0.0.1:{closed_port}') as url:
+        context = browser.new_context(viewport=DESKTOP)
+        try:
+            page = context.new_page()
+            page.goto(url)
+            wait_until(page, "document.getElementById('service').className === 'problem'", 10)
+            said = page.inner_text('#service')
+        finally:
+            context.close()
+    assert said.startswith(
+        'The image service is not ready: the image service is not reachable; try again later.'
+    ), said
 
 
 # The test streams of the page's SSE parser: every kind of line it must read.
@@ -709,10 +795,101 @@ def test_flags_can_be_environment_variables(monkeypatch):
     assert parse_args([]).gateway == 'http://gateway:8080'
 
 
-def test_the_service_forwards_the_api_key_to_the_gateway(monkeypatch):
-    from speech2image.web import gateway_headers
+KEY = 'k3y'
+FAKE_INFO = {
+    'model': '/models/fake-model',
+    'description': 'A fake model.',
+    'native_width': 64,
+    'native_height': 64,
+    'width': 64,
+    'height': 64,
+    'max_side': 128,
+    'num_images': 1,
+    'num_inference_steps': 2,
+    'step_seconds': 0.01,
+}
 
-    monkeypatch.delenv('S2I_API_KEY', raising=False)
-    assert 'Authorization' not in gateway_headers()
-    monkeypatch.setenv('S2I_API_KEY', 'k3y')
-    assert gateway_headers()['Authorization'] == 'Bearer k3y'
+
+@contextmanager
+def keyed_gateway() -> Iterator[Tuple[str, List[Tuple[str, Optional[str]]]]]:
+    """A stand-in for the gateway with ``S2I_API_KEY=KEY``, checking the key as the gateway does
+    (speech2image.auth) and answering 401 with its message; yields its URL and the (path,
+    Authorization header) of every call it got."""
+    calls: List[Tuple[str, Optional[str]]] = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get('Content-Length', 0)))
+            authorization = self.headers.get('Authorization')
+            calls.append((self.path, authorization))
+            if not authorized(authorization, KEY):
+                self.answer(401, {'detail': UNAUTHORIZED_MESSAGE})
+            else:
+                self.answer(200, {'data': [{'tags': {'diffusion': FAKE_INFO}}]})
+
+        def answer(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header('Content-Type', 'application/json')
+            self.send_header('Content-Length', str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(('127.0.0.1', 0), Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{server.server_port}', calls
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_service_never_lends_its_key(tmp_path):
+    """With S2I_API_KEY in the web service's environment (as k8s/web.yml once mounted it), an
+    anonymous call reaches the gateway with no key and is refused; a caller's own key passes on
+    as sent; the service says at start that its key is not used."""
+    log = tmp_path / 'web.log'
+    with keyed_gateway() as (gateway, calls):
+        with serve_web('--gateway', gateway, env={API_KEY_ENV: KEY}, log=log) as url:
+            for endpoint in ('generate', 'default', 'info', 'stream', 'stream/cancel'):
+                body = {'request_id': 'r'} if endpoint == 'stream/cancel' else {'data': [{}]}
+                anonymous = requests.post(f'{url}/api/{endpoint}', json=body, timeout=30)
+                assert anonymous.status_code == 401, endpoint
+                assert anonymous.json() == {'error': UNAUTHORIZED_MESSAGE}
+            keyed = requests.post(
+                f'{url}/api/info',
+                json={'data': [{}]},
+                headers={'Authorization': f'Bearer {KEY}'},
+                timeout=30,
+            )
+            assert keyed.status_code == 200
+    assert [authorization for _, authorization in calls] == [None] * 5 + [f'Bearer {KEY}']
+    said = log.read_text()
+    assert f'{API_KEY_ENV} is set, but this service never sends a key of its own' in said
+    assert KEY not in said
+
+
+def test_the_pages_users_enter_the_key_themselves(browser):
+    """A gateway that wants a key: the page asks its user for it, and sends what they typed."""
+    with keyed_gateway() as (gateway, calls):
+        with serve_web('--gateway', gateway, env={API_KEY_ENV: KEY}) as url:
+            with open_page(browser, url, DESKTOP, 'web-key-desktop.png') as page:
+                page.wait_for_selector('#key-form:not([hidden])', timeout=10_000)
+                assert page.inner_text('#service') == 'This service needs an API key.'
+                page.fill('#api-key', 'wrong')
+                page.click('#key-form button')
+                wait_until(
+                    page, "document.getElementById('service').textContent.includes('refused')", 10
+                )
+                assert (
+                    page.inner_text('#service') == f'That key was refused: {UNAUTHORIZED_MESSAGE}.'
+                )
+                page.fill('#api-key', KEY)
+                page.click('#key-form button')
+                wait_until(page, "document.getElementById('key-form').hidden", 10)
+                assert page.inner_text('#service').startswith('Pictures are drawn by fake-model')
+    assert [authorization for _, authorization in calls] == [None, 'Bearer wrong', f'Bearer {KEY}']

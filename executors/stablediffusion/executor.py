@@ -15,10 +15,12 @@ import asyncio
 import dataclasses
 import functools
 import io
+import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import AsyncIterator, Callable, Dict, List, Optional
 
 from docarray import DocList
@@ -26,7 +28,12 @@ from jina import requests
 
 from speech2image.batching import ModelWorker
 from speech2image.cpus import thread_count, use_torch_threads
-from speech2image.defaults import DIFFUSION_STREAM_ENDPOINT, DRAIN_SECONDS
+from speech2image.defaults import (
+    DIFFUSION_INFO_TAG,
+    DIFFUSION_STREAM_ENDPOINT,
+    DRAIN_SECONDS,
+    INFO_ENDPOINT,
+)
 from speech2image.devices import resolve_device, torch_cuda_usable
 from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
@@ -61,6 +68,12 @@ IMAGE_FORMATS = {'png': 'image/png', 'jpeg': 'image/jpeg', 'webp': 'image/webp'}
 LOSSY_QUALITY = 90
 # Previews per streamed generation when a request does not say (``preview_every`` steps apart).
 DEFAULT_PREVIEWS = 4
+# A local model's card (a Hugging Face model repository's README.md): its first paragraph tells
+# people what the model draws; at most this many characters of it.
+MODEL_CARD = 'README.md'
+MODEL_CARD_CHARS = 400
+# Steps of the warm-up: two, so that the time between their ends is one step's cost.
+WARMUP_STEPS = 2
 # torch.compile modes: CUDA graphs on GPU; on CPU, Inductor's C++ kernels (needs a C++ compiler).
 COMPILE_MODES = {'cuda': 'reduce-overhead', 'cpu': 'default'}
 
@@ -122,6 +135,20 @@ def encode_image(image, image_format: str) -> bytes:
     options = {} if image_format == 'png' else {'quality': LOSSY_QUALITY}
     image.save(buffer, format=image_format.upper(), **options)
     return buffer.getvalue()
+
+
+def model_card_summary(model: str) -> str:
+    """The first paragraph of a local model directory's README.md (its YAML front matter and
+    headings skipped), or '' (a hub id, or no card)."""
+    card = Path(model) / MODEL_CARD
+    if not card.is_file():
+        return ''
+    text = re.sub(r'\A---\n.*?\n---\n', '', card.read_text(errors='replace'), flags=re.DOTALL)
+    for paragraph in re.split(r'\n\s*\n', text):
+        lines = [line.strip() for line in paragraph.strip().splitlines()]
+        if lines and not lines[0].startswith('#'):
+            return ' '.join(lines)[:MODEL_CARD_CHARS]
+    return ''
 
 
 def step_defaults(model: str, pipeline) -> tuple:
@@ -201,6 +228,7 @@ class StableDiffusionExecutor(DrainingExecutor):
             self.configure_pipeline(scheduler, vae_tiling, compile_unet)
         self.preview_projection = projection_for(self.pipeline)
         native_side = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
+        self.native_side = native_side
         default_steps, default_guidance = step_defaults(model, self.pipeline)
         self.defaults = dict(
             num_images=num_images,
@@ -219,12 +247,44 @@ class StableDiffusionExecutor(DrainingExecutor):
             'diffusion-model',
             on_start=functools.partial(use_torch_threads, self.threads),
         )
+        # One denoising step's cost at the default size, measured by the warm-up: the /info
+        # endpoint gives it to clients that estimate what a size will cost (the web page).
+        self.step_seconds: Optional[float] = None
         if warmup:
-            settings = self.settings_from({'num_inference_steps': 1})
-            self.worker.call(lambda: self.run_pipeline(['warm-up'], [[0]], settings))
+            self.step_seconds = self.worker.call(self.timed_warmup)
         # Watch the UNet only now: the warm-up is not traffic.
         self.metrics.watch_unet(self.pipeline.unet)
         self.start_draining_on_sigterm(drain_seconds)
+
+    def timed_warmup(self) -> float:
+        """One tiny generation of ``WARMUP_STEPS`` at the default size (on the model thread);
+        returns the seconds between the ends of its last two steps: one step's cost."""
+        settings = self.settings_from({'num_inference_steps': WARMUP_STEPS})
+        step_ends: List[float] = []
+
+        def on_step_end(pipeline, index: int, timestep, tensors: Dict) -> Dict:
+            step_ends.append(time.perf_counter())
+            return tensors
+
+        self.run_pipeline(['warm-up'], [[0]], settings, on_step_end)
+        return step_ends[-1] - step_ends[-2]
+
+    def model_info(self) -> Dict:
+        """What a client needs to offer sizes and say what draws the pictures: the model, its
+        card's summary, the size it is made for, the defaults and caps, and one step's cost."""
+        return {
+            'model': self.model_name,
+            'description': model_card_summary(self.model_name),
+            'native_width': self.native_side,
+            'native_height': self.native_side,
+            'min_side': MIN_SIDE,
+            'max_side': self.max_side,
+            'side_multiple': SIDE_MULTIPLE,
+            'max_images': self.max_images,
+            'max_inference_steps': self.max_inference_steps,
+            'step_seconds': self.step_seconds,
+            **self.defaults,
+        }
 
     @staticmethod
     def load_pipeline(model: str, device: str):
@@ -443,6 +503,13 @@ class StableDiffusionExecutor(DrainingExecutor):
             )
             for number, image in enumerate(latents)
         )
+
+    @requests(on=INFO_ENDPOINT)
+    async def info(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:
+        """What this Executor serves (``model_info``), in each document's ``diffusion`` tag."""
+        for doc in docs:
+            doc.tags[DIFFUSION_INFO_TAG] = self.model_info()
+        return docs
 
     @requests(on='/transcribe')
     async def pass_through(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:

@@ -28,7 +28,7 @@ from jina import requests
 from speech2image.audio import AudioError, load_audio
 from speech2image.batching import ModelWorker
 from speech2image.cpus import thread_count, use_torch_threads
-from speech2image.defaults import DRAIN_SECONDS
+from speech2image.defaults import DRAIN_SECONDS, INFO_ENDPOINT, WHISPER_INFO_TAG
 from speech2image.devices import ctranslate2_cuda_usable, resolve_device, torch_cuda_usable
 from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
@@ -352,6 +352,7 @@ class WhisperExecutor(DrainingExecutor):
         if backend not in BACKENDS:
             raise ValueError(f'backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
         self.threads = thread_count(threads, self)
+        self.model_name = model
         load_started = time.perf_counter()
         self.backend: WhisperBackend
         if backend == 'faster-whisper':
@@ -430,6 +431,17 @@ class WhisperExecutor(DrainingExecutor):
         diffusion Executor, where one bad document would fail every request in its batch."""
         for index, doc in enumerate(docs):
             check_prompt(index, doc)
+        return docs
+
+    @requests(on=INFO_ENDPOINT)
+    async def info(self, docs: DocList[SpeechDoc], **kwargs) -> DocList[SpeechDoc]:
+        """What this Executor serves, in each document's ``whisper`` tag: the model and
+        whether it understands other languages than English."""
+        for doc in docs:
+            doc.tags[WHISPER_INFO_TAG] = {
+                'model': self.model_name,
+                'multilingual': self.backend.multilingual,
+            }
         return docs
 
     def transcribe_batch(self, jobs: List[ClipJob]) -> List[Transcript]:

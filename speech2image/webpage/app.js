@@ -9,12 +9,159 @@ const TEXT_PARAMETERS = ['task', 'language', 'negative_prompt'];
 const RECORDING_TYPES = ['audio/webm;codecs=opus', 'audio/ogg;codecs=opus', 'audio/mp4'];
 // The events a stream ends with (speech2image/streaming.py).
 const FINAL_EVENTS = ['done', 'error', 'cancelled'];
+// The API key a person entered, kept for this tab only; sent as "Authorization: Bearer".
+const API_KEY_STORAGE = 'speech2image-api-key';
+// While the image service cannot be reached, how often the page asks again.
+const SERVICE_RETRY_MS = 5000;
+// Square sizes offered: the served model's own size times these, up to the service's max_side.
+const SIZE_FACTORS = [1, 2, 4, 8];
+// Settings estimated to take longer than this are warned of before Generate.
+const SLOW_SECONDS = 20;
+// The tag with the words as heard in their language, beside the English prompt (doc.text).
+const HEARD_TAG = 'heard';
+// What a refusal of the page's one document starts with; a person needs only the reason.
+const DOCUMENT_PREFIX = /^document 0(?: \(id [^)]*\))?: /;
+// The settings a person sets (form) or says, by request parameter, as the page names them.
+const SETTING_LABELS = {
+  num_images: 'images', seed: 'seed', num_inference_steps: 'steps', guidance_scale: 'guidance',
+  size: 'size', negative_prompt: 'without',
+};
 
 const $ = (id) => document.getElementById(id);
 const recording = { recorder: null, context: null, meterFrame: 0, clock: 0 };
 // The request being streamed: its fetch's AbortController, its id, how far it has come.
-const live = { controller: null, requestId: '', step: 0, steps: 0 };
+const live = { controller: null, requestId: '', step: 0, steps: 0, sent: {} };
+// What the service serves (its /info: models, sizes, one step's cost), once it has answered.
+const service = { info: null, retry: 0 };
 let imageUrls = [];
+
+/** Headers of every call to this page's server: JSON, and the key the person entered. */
+function apiHeaders() {
+  const headers = { 'Content-Type': 'application/json' };
+  const key = sessionStorage.getItem(API_KEY_STORAGE);
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return headers;
+}
+
+/** A refusal's message as a person reads it: without the document's number and id. */
+function personMessage(message) {
+  return String(message).replace(DOCUMENT_PREFIX, '');
+}
+
+/** Ask the service what it serves; show the model, offer its sizes. Until it answers, say so and
+ * ask again; when it wants a key, ask the person for one. */
+async function checkService() {
+  clearTimeout(service.retry);
+  let response;
+  let body;
+  try {
+    response = await fetch('/api/info', {
+      method: 'POST', headers: apiHeaders(), body: JSON.stringify({ data: [{}] }),
+    });
+    body = await response.json().catch(() => ({}));
+  } catch (error) {
+    serviceProblem(`this page's server does not answer (${error.message})`);
+    return;
+  }
+  if (response.status === 401) askForKey(body.error);
+  else if (!response.ok) serviceProblem(personMessage(body.error || `${response.status} ${response.statusText}`));
+  else showService(body.data[0].tags);
+}
+
+function serviceProblem(reason) {
+  $('service').className = 'problem';
+  $('service').textContent = `The image service is not ready: ${reason}. If it was started just now, `
+    + `it is still loading its models; this page asks again every ${SERVICE_RETRY_MS / 1000} s.`;
+  service.retry = setTimeout(checkService, SERVICE_RETRY_MS);
+}
+
+/** The gateway wants a key (401): forget a wrong one, and ask for it. */
+function askForKey(reason) {
+  const hadKey = sessionStorage.getItem(API_KEY_STORAGE) !== null;
+  sessionStorage.removeItem(API_KEY_STORAGE);
+  $('service').className = 'problem';
+  $('service').textContent = hadKey ? `That key was refused: ${reason}.` : 'This service needs an API key.';
+  $('key-form').hidden = false;
+  $('api-key').focus();
+}
+
+/** The models the service serves, on the page: which one draws, and what it knows. */
+function showService(tags) {
+  const info = tags.diffusion;
+  service.info = info;
+  $('key-form').hidden = true;
+  $('service').className = '';
+  const heard = tags.whisper ? `; speech is heard by Whisper ${modelName(tags.whisper.model)}` : '';
+  $('service').textContent = `Pictures are drawn by ${modelName(info.model)}, made for `
+    + `${info.native_width} × ${info.native_height}${heard}.`
+    + (info.description ? ` ${info.description}` : '');
+  offerSizes(info);
+}
+
+/** A model's name as a person reads it: a local directory's last part, or the hub id. */
+function modelName(model) {
+  return model.startsWith('/') ? model.split('/').filter(Boolean).pop() : model;
+}
+
+/** The Size menu: the model's default, then squares from the size it is made for up to the
+ * service's cap, each with what it costs here. */
+function offerSizes(info) {
+  const select = $('parameters').elements.size;
+  const chosen = select.value;
+  const options = [new Option(`model default (${info.width} × ${info.height})`, '')];
+  for (const factor of SIZE_FACTORS) {
+    const width = info.native_width * factor;
+    const height = info.native_height * factor;
+    if (Math.max(width, height) > info.max_side) break;
+    const what = factor === 1 ? 'made for this model' : `${factor * factor}× its pixels`;
+    const estimate = estimateSeconds(width, height);
+    options.push(new Option(`${width} × ${height} · ${what}` + (estimate ? ` · ${duration(estimate)}` : ''), `${width}x${height}`));
+  }
+  select.replaceChildren(...options);
+  select.value = options.some((option) => option.value === chosen) ? chosen : '';
+  warnOfSlowChoice();
+}
+
+/** Seconds the form's settings take at width × height: one step as the service measured it at
+ * its default size, times the pixels, steps and images (attention grows faster: at least this).
+ * Null when the service has not measured a step. */
+function estimateSeconds(width, height) {
+  const info = service.info;
+  if (!info || !info.step_seconds) return null;
+  const fields = $('parameters').elements;
+  const images = Number(fields.num_images.value) || info.num_images;
+  const steps = Number(fields.num_inference_steps.value) || info.num_inference_steps;
+  return info.step_seconds * ((width * height) / (info.width * info.height)) * images * steps;
+}
+
+function duration(seconds) {
+  if (seconds < 1) return 'under 1 s';
+  return seconds < 90 ? `about ${Math.round(seconds)} s` : `about ${Math.round(seconds / 60)} min`;
+}
+
+/** Under the settings, before Generate: a size larger than the model is made for, or settings
+ * estimated slower than SLOW_SECONDS, with the estimate. */
+function warnOfSlowChoice() {
+  const info = service.info;
+  const warning = $('size-warning');
+  warning.hidden = true;
+  if (!info) return;
+  const size = $('parameters').elements.size.value;
+  const [width, height] = size ? size.split('x').map(Number) : [info.width, info.height];
+  const times = (width * height) / (info.native_width * info.native_height);
+  const estimate = estimateSeconds(width, height);
+  const parts = [];
+  if (times > 1) {
+    parts.push(`${width} × ${height} is ${times} times the pixels this model is made for `
+      + `(${info.native_width} × ${info.native_height}): expect worse pictures`);
+  }
+  if (estimate !== null && (times > 1 || estimate > SLOW_SECONDS)) {
+    parts.push(`at least ${duration(estimate)} on this server`);
+  }
+  if (!parts.length) return;
+  warning.textContent = `${parts.join(', and ')}.`;
+  warning.hidden = false;
+}
 
 /** The request parameters set in the Settings form; blank fields are left to the server. */
 function requestParameters() {
@@ -124,25 +271,26 @@ function clearImages() {
 async function send(doc, source) {
   clearOutput();
   const controller = new AbortController();
-  Object.assign(live, { controller, requestId: '' });
+  Object.assign(live, { controller, requestId: '', sent: requestParameters() });
   setBusy(true);
   $('status-text').textContent = 'Sending…';
   try {
     const response = await fetch('/api/stream', {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ data: [doc], parameters: requestParameters() }),
+      headers: apiHeaders(),
+      body: JSON.stringify({ data: [doc], parameters: live.sent }),
       signal: controller.signal,
     });
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
+      if (response.status === 401) askForKey(body.error);
       throw new Error(body.error || `the server answered ${response.status} ${response.statusText}`);
     }
     const final = await readEvents(response, (event) => showEvent(event, source));
     if (!final) throw new Error('the service broke off the stream; try again');
   } catch (error) {
     if (error.name === 'AbortError') showCancelled();
-    else showError(error instanceof TypeError ? `cannot reach the server: ${error.message}` : error.message);
+    else showError(error instanceof TypeError ? `cannot reach the server: ${error.message}` : personMessage(error.message));
   } finally {
     live.controller = null;
     setBusy(false);
@@ -176,7 +324,7 @@ function showEvent(event, source) {
       break;
     case 'error':
       clearImages();
-      showError(event.message);
+      showError(personMessage(event.message));
       break;
     case 'cancelled':
       showCancelled();
@@ -199,7 +347,7 @@ async function cancel() {
   if (requestId) {
     const answer = await fetch('/api/stream/cancel', {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json' },
+      headers: apiHeaders(),
       body: JSON.stringify({ request_id: requestId }),
     }).catch(() => null);
     if (answer && answer.ok) return; // the stream ends with its "cancelled" event
@@ -217,8 +365,11 @@ function showTranscript(doc, source) {
     info.push(`language ${doc.tags.language}` + (probability ? ` (${Math.round(probability * 100)}%)` : ''));
   }
   if (doc.tags.audio_seconds) info.push(`${Number(doc.tags.audio_seconds).toFixed(1)} s of audio`);
+  const models = [...new Set((doc.images || []).map((image) => image.tags.model))];
+  if (models.length) info.push(`drawn by ${models.map(modelName).join(', ')}`);
   $('transcript-info').textContent = info.join(' · ');
-  $('spoken').textContent = spokenSummary(doc.tags);
+  $('spoken').textContent = [heardSummary(doc), settingsSummary(doc.tags.spoken_settings, live.sent, doc.images || [])]
+    .filter(Boolean).join(' · ');
   $('spoken').hidden = !$('spoken').textContent;
   if ($('result').hidden) {
     $('result').hidden = false;
@@ -262,15 +413,66 @@ function imageUrl(image) {
   return url;
 }
 
-/** What Whisper heard, when the prompt is not that, and the settings taken from speech. */
-function spokenSummary(tags) {
+/** What was heard, when the prompt is not that: the words in their language (HEARD_TAG) and
+ * Whisper's text, named for what it is: "Whisper's English" when it translated. */
+function heardSummary(doc) {
+  const tags = doc.tags;
   const parts = [];
-  if (tags.transcript !== undefined && tags.transcript !== $('transcript').textContent) {
-    parts.push(`heard “${tags.transcript}”`);
+  const words = tags[HEARD_TAG];
+  if (words !== undefined && words !== doc.text) parts.push(`heard (${tags.language}): “${words}”`);
+  const transcript = tags.transcript;
+  if (transcript !== undefined && transcript !== doc.text && transcript !== words) {
+    const translated = tags.task === 'translate' && tags.language !== 'en';
+    parts.push(`${translated ? 'Whisper’s English' : 'heard'}: “${transcript}”`);
   }
-  const spoken = Object.entries(tags.spoken_settings || {});
-  if (spoken.length) parts.push('from speech: ' + spoken.map(([name, value]) => `${name} ${value}`).join(', '));
   return parts.join(' · ');
+}
+
+/** Each setting the form or the speech asked for: the value used (the images' own, once they
+ * are there) and where it came from; a form field that overrode speech says what was said. */
+function settingsSummary(spoken, sent, images) {
+  const fromForm = formSettings(sent);
+  const fromSpeech = speechSettings(spoken || {});
+  const used = usedSettings(images);
+  return Object.entries(SETTING_LABELS)
+    .filter(([name]) => name in fromForm || name in fromSpeech)
+    .map(([name, label]) => {
+      const value = used[name] ?? fromForm[name] ?? fromSpeech[name];
+      if (!(name in fromForm)) return `${label} ${value} (from speech)`;
+      const overrode = name in fromSpeech && String(fromSpeech[name]) !== String(fromForm[name]);
+      return `${label} ${value} (from the form${overrode ? `; speech said ${fromSpeech[name]}` : ''})`;
+    })
+    .join(' · ');
+}
+
+/** The request's parameters by the page's setting names. */
+function formSettings(sent) {
+  const settings = {};
+  for (const name of Object.keys(SETTING_LABELS)) if (sent[name] !== undefined) settings[name] = sent[name];
+  if (sent.width) settings.size = `${sent.width} × ${sent.height}`;
+  return settings;
+}
+
+/** The spoken settings (speech2image/spoken_settings.py) by the page's setting names. */
+function speechSettings(spoken) {
+  const settings = {};
+  for (const name of ['num_images', 'seed', 'num_inference_steps', 'negative_prompt']) {
+    if (spoken[name] !== undefined) settings[name] = spoken[name];
+  }
+  if (spoken.quality && settings.num_inference_steps === undefined) settings.num_inference_steps = spoken.quality;
+  if (spoken.orientation) settings.size = spoken.orientation;
+  return settings;
+}
+
+/** The settings the images were made with, from their tags. */
+function usedSettings(images) {
+  if (!images.length) return {};
+  const [first] = images;
+  return {
+    num_images: images.length, seed: first.tags.seed, num_inference_steps: first.tags.num_inference_steps,
+    guidance_scale: first.tags.guidance_scale, size: `${first.width} × ${first.height}`,
+    negative_prompt: first.tags.negative_prompt ?? undefined,
+  };
 }
 
 /** One generated image with its seed and parameters, and a download link. */
@@ -390,3 +592,12 @@ $('typed').addEventListener('submit', (event) => {
   send({ text: $('prompt').value }, 'typed');
 });
 $('cancel').addEventListener('click', cancel);
+$('parameters').addEventListener('input', () => { if (service.info) offerSizes(service.info); });
+$('key-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(API_KEY_STORAGE, $('api-key').value.trim());
+  $('api-key').value = '';
+  $('service').textContent = 'Checking the key…';
+  checkService();
+});
+checkService();
