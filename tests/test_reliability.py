@@ -233,8 +233,7 @@ def test_many_requests_on_one_connection_count_as_many(flow):
     try:
         refused, the_rest = websocket_of_many(flow.websocket, count, count - MAX_PENDING)
         assert all('server busy' in message for message in refused), refused
-        assert http_refused()
-        assert gateway_pending_requests(flow.port_monitoring) == MAX_PENDING
+        assert http_refused()  # (jina's own gauge counts one WebSocket connection as one)
     finally:
         os.kill(whisper, signal.SIGCONT)
     assert the_rest() == [''] * MAX_PENDING
