@@ -95,7 +95,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         type=int,
         help='requests in flight at once; more get a "server busy" error',
     )
-    gateway.add_argument('--max-request-mb', type=float, help='largest request accepted, in MiB')
+    gateway.add_argument(
+        '--max-request-mb',
+        type=float,
+        help='largest request accepted, in MiB; also the largest file a `uri` may name',
+    )
+    gateway.add_argument(
+        '--body-timeout-s',
+        type=float,
+        help='longest an HTTP request body may take to arrive; then it gets a 408 error',
+    )
     gateway.add_argument(
         '--cors-origin',
         action='append',
@@ -227,6 +236,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                 drain_seconds=args.drain_seconds,
                 request_timeout_seconds=args.request_timeout_s,
                 client_idle_seconds=args.client_idle_timeout_s,
+                body_timeout_seconds=args.body_timeout_s,
             ),
         },
         'jcloud': JCLOUD_GATEWAY,
@@ -241,6 +251,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     compute_type=args.whisper_compute_type,
                     max_audio_seconds=args.max_audio_seconds,
                     audio_dir=args.audio_dir,
+                    max_audio_file_mb=args.max_request_mb,
                     threads=args.whisper_threads,
                     drain_seconds=args.drain_seconds,
                     spoken_settings=None
@@ -300,7 +311,11 @@ def build_flow(args: argparse.Namespace):
 
 def ports_in_use(args: argparse.Namespace) -> List[str]:
     """Each port the Flow would bind on this machine that something already holds, as
-    "--flag N (held by ...)"; empty when all are free."""
+    "--flag N (held by ...)"; empty when all are free.
+
+    Probed as the Flow's servers bind (gRPC, uvicorn and Prometheus' all set SO_REUSEADDR): a
+    port whose only sockets are closed connections in TIME_WAIT (left by a /metrics scrape,
+    say) is free to them, and so it is here."""
     monitoring_host = args.monitoring_host or args.host
     wanted = [
         ('--port-grpc', args.host, args.port_grpc),
@@ -315,6 +330,7 @@ def ports_in_use(args: argparse.Namespace) -> List[str]:
     busy = []
     for flag, host, port in wanted:
         with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
             except OSError:
@@ -328,7 +344,8 @@ def holder_of(port: int) -> str:
 
     try:
         for connection in psutil.net_connections(kind='inet'):
-            if connection.laddr and connection.laddr.port == port and connection.pid:
+            listening = connection.status in (psutil.CONN_LISTEN, psutil.CONN_NONE)  # NONE: UDP
+            if listening and connection.laddr and connection.laddr.port == port and connection.pid:
                 process = psutil.Process(connection.pid)
                 return f'pid {connection.pid}: {" ".join(process.cmdline())[:120]}'
     except (psutil.Error, OSError):

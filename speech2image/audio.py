@@ -14,6 +14,7 @@ from typing import Optional
 import av
 import numpy as np
 
+from speech2image.defaults import MAX_REQUEST_MB, MEBIBYTE
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 
 # A file whose decodable audio is shorter than this share of its declared duration is truncated.
@@ -21,24 +22,32 @@ MIN_DECODED_SHARE = 0.9
 # Peak amplitude below which audio is treated as silence (about -60 dBFS).
 SILENCE_PEAK = 1e-3
 INT16_SCALE = 32768.0
+# The largest file a ``uri`` may name unless told otherwise: what a request may carry itself.
+MAX_FILE_BYTES = int(MAX_REQUEST_MB * MEBIBYTE)
 
 
 class AudioError(ValueError):
     """The audio of a document cannot be used; the message says why."""
 
 
-def load_audio(doc: SpeechDoc, max_seconds: float, uri_root: Optional[Path]) -> np.ndarray:
+def load_audio(
+    doc: SpeechDoc,
+    max_seconds: float,
+    uri_root: Optional[Path],
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> np.ndarray:
     """Return the document's audio as float32 mono 16 kHz samples, checked for use.
 
-    Takes ``doc.tensor`` first, then ``doc.bytes_``, then ``doc.uri``. Raises ``AudioError`` for
-    audio that is missing, malformed, longer than ``max_seconds`` or silent.
+    Takes ``doc.tensor`` first, then ``doc.bytes_``, then ``doc.uri`` (a file of at most
+    ``max_file_bytes`` under ``uri_root``). Raises ``AudioError`` for audio that is missing,
+    malformed, longer than ``max_seconds`` or silent.
     """
     if doc.tensor is not None:
         samples = samples_from_tensor(np.asarray(doc.tensor), max_seconds)
     elif doc.bytes_ is not None:
         samples = decode_audio(bytes(doc.bytes_), max_seconds)
     elif doc.uri is not None:
-        samples = decode_audio(read_local_uri(doc.uri, uri_root), max_seconds)
+        samples = decode_audio(read_local_uri(doc.uri, uri_root, max_file_bytes), max_seconds)
     else:
         raise AudioError('no audio: set one of tensor, bytes_ or uri')
     if samples.size == 0:
@@ -146,8 +155,10 @@ def check_duration(seconds: float, max_seconds: float, measured: str) -> None:
         )
 
 
-def read_local_uri(uri: str, uri_root: Optional[Path]) -> bytes:
-    """Read a ``uri`` that names a file under ``uri_root``; never fetches anything remote.
+def read_local_uri(uri: str, uri_root: Optional[Path], max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read a ``uri`` that names a file of at most ``max_bytes`` under ``uri_root``; never
+    fetches anything remote. The size is checked before the file is read, and the read stops
+    past it (a file that grows meanwhile).
 
     ``uri_root`` None means the service accepts no ``uri`` at all.
     """
@@ -163,8 +174,22 @@ def read_local_uri(uri: str, uri_root: Optional[Path]) -> bytes:
             raise AudioError(f'uri {uri!r} is outside the allowed audio directory')
         if not path.is_file():
             raise AudioError(f'uri {uri!r} is not a file in the allowed audio directory')
-        return path.read_bytes()
+        if path.stat().st_size > max_bytes:
+            raise file_too_large(uri, max_bytes)
+        with path.open('rb') as file:
+            data = file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise file_too_large(uri, max_bytes)
+        return data
     except AudioError:
         raise
-    except (ValueError, OSError) as error:  # a NUL byte, a name too long, a permission
+    except RuntimeError:  # Path.resolve's "Symlink loop" (an OSError from Python 3.13)
+        raise AudioError(f'uri {uri!r} is a symbolic link loop') from None
+    except (ValueError, OSError) as error:  # a NUL byte, a name too long, a permission, a loop
         raise AudioError(f'uri {uri!r} cannot be read as a file: {error}') from None
+
+
+def file_too_large(uri: str, max_bytes: int) -> AudioError:
+    return AudioError(
+        f'uri {uri!r} names a file larger than the {max_bytes / MEBIBYTE:g} MiB limit'
+    )

@@ -179,6 +179,9 @@ def send(
             inputs=DocList[SpeechDoc](docs),
             parameters=parameters,
             return_type=DocList[SpeechDoc],
+            # One request: jina's default splits more than 100 documents into several, and the
+            # server would number a bad document by its place in its own request.
+            request_size=max(len(docs), 1),
             **credentials(host, api_key),
         )
     except Exception as error:

@@ -28,6 +28,9 @@ EXECUTOR_MONITORING_OFFSETS = {'whisper': 1, 'stablediffusion': 2}
 
 MEBIBYTE = 2**20
 JSON_CONTENT_TYPE = 'application/json'
+# The longest prompt, and the longest any other text a request carries may be (a negative
+# prompt, any string parameter), in characters.
+MAX_PROMPT_CHARS = 1000
 
 # The gateway's guard (speech2image/request_policy.py).
 MAX_PENDING_REQUESTS = 64
@@ -36,6 +39,8 @@ REQUEST_TIMEOUT_SECONDS = 300.0
 # How long a client may do nothing before the gateway closes its call or connection: open one
 # and send no request, or stop reading a stream's events.
 CLIENT_IDLE_SECONDS = 20.0
+# An HTTP request body that has not all arrived by then is refused (408).
+BODY_TIMEOUT_SECONDS = 30.0
 # On SIGTERM, how long the gateway and the Executors let requests in flight finish.
 DRAIN_SECONDS = 30.0
 # After the drain, how long a process may take to shut down before it is ended for good.

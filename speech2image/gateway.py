@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from contextlib import aclosing
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import grpc
 from jina.enums import ProtocolType
@@ -42,7 +42,9 @@ from speech2image.cold_start import cold_start_seconds_from_environment, hold_ca
 from speech2image.draining import exit_after
 from speech2image.gateway_errors import read_gateway_error
 from speech2image.request_endings import end_requests_with_their_callers
+from speech2image.request_limits import BodyLimits, RequestSlots, read_body, whole_requests
 from speech2image.request_policy import (
+    REFUSALS_LOG,
     Refusal,
     RequestGuard,
     check_data_request,
@@ -52,12 +54,13 @@ from speech2image.request_policy import (
     error_response,
     executor_refusal,
     invalid,
+    log_refusal,
     non_finite_number,
     service_failure,
     status_refusal,
-    too_large,
     unknown_endpoint,
 )
+from speech2image.request_shape import data_request_problem
 from speech2image.schema import StreamEvent, StreamRequest
 from speech2image.streaming import (
     StreamService,
@@ -81,8 +84,19 @@ GRPC_STREAM_DOC_METHOD = '/jina.JinaSingleDocumentRequestRPC/stream_doc'
 GRPC_HEALTH_PREFIX = '/grpc.health.v1.Health/'
 HTTP_HEALTH_PATH = '/'
 logger = logging.getLogger(__name__)
-# WebSocket close codes (RFC 6455).
-WS_NORMAL_CLOSURE, WS_POLICY_VIOLATION, WS_TOO_BIG = 1000, 1008, 1009
+# WebSocket close codes (RFC 6455): a text message where binary ones are due, a binary one that
+# is no request, a refused handshake; a close frame's reason carries at most 123 bytes.
+WS_NORMAL_CLOSURE, WS_UNSUPPORTED_DATA, WS_INVALID_PAYLOAD = 1000, 1003, 1007
+WS_POLICY_VIOLATION = 1008
+WS_MAX_CLOSE_REASON_BYTES = 123
+# jina's WebSocket protocol at '/': binary messages, each a serialised DataRequest.
+WS_BINARY_SUBPROTOCOL = 'bytes'
+NOT_BINARY_MESSAGE = (
+    "send requests as binary messages (serialised jina DataRequests) with subprotocol 'bytes'"
+)
+# Messages a WebSocket connection may have received and not yet handed on: each is up to the
+# request-size cap, so this bounds what one connection buffers.
+WS_MAX_QUEUE = 1
 # jina's WebSocket client ends its request stream with this message ("end of iteration").
 WS_END_OF_ITERATION = bytes(True)
 # After an error response, how long the gateway waits for the client to close the WebSocket.
@@ -141,6 +155,7 @@ async def abort(refusal: Refusal, request, context, kind: str) -> None:
     """End the call with the refusal's status. A streaming request is read up to its first
     message first: ending the call while the client still writes it fails that write with an
     unhelpful INTERNAL error on the client instead of this status."""
+    log_refusal('gRPC', refusal)
     if kind.startswith('stream'):
         async for _ in request:
             break
@@ -154,13 +169,16 @@ def refused(refusal: Refusal, kind: str) -> Callable:
     return refuse
 
 
-async def checked_stream(requests, context, guard: RequestGuard):
-    """The client's stream of DataRequests, checked before jina reads them.
+async def checked_stream(requests, context, slots: RequestSlots):
+    """The client's stream of DataRequests, each checked and given a pending slot in ``slots``
+    before jina reads it: the pending bound counts requests, however many share one call.
 
     The first is read (within the guard's ``client_idle_seconds``: a call that sends nothing
-    is ended, holding no slot) and checked before jina sees the call, so a refusal (or a stream
-    with no request at all) ends it cleanly. A later bad one ends the stream early with its
-    status: aborting while jina reads the stream leaves jina counting a request that never ends."""
+    is ended, holding no slot), checked and admitted before jina sees the call, so a refusal (or
+    a stream with no request at all) ends it cleanly. A later bad or unadmitted one ends the
+    stream early with its status, once the requests before it are answered: aborting while jina
+    reads the stream leaves jina counting a request that never ends."""
+    guard = slots.guard
     iterator = requests.__aiter__()
     try:
         first = await asyncio.wait_for(iterator.__anext__(), guard.client_idle_seconds)
@@ -169,13 +187,16 @@ async def checked_stream(requests, context, guard: RequestGuard):
     except asyncio.TimeoutError:
         raise guard.client_idle() from None
     check_data_request(first)
+    slots.admit(first.header.request_id)
 
     async def the_rest():
         yield first
         async for request in iterator:
             try:
                 check_data_request(request)
+                slots.admit(request.header.request_id)
             except Refusal as refusal:
+                log_refusal('gRPC', refusal)
                 context.set_code(refusal.grpc_code)
                 context.set_details(refusal.message)
                 return
@@ -184,30 +205,30 @@ async def checked_stream(requests, context, guard: RequestGuard):
     return the_rest()
 
 
-async def checked_request(request, context, kind: str, guard: RequestGuard):
-    """``request`` (a DataRequest, or a stream of them) after ``check_data_request``."""
+async def checked_request(request, context, kind: str, slots: RequestSlots):
+    """``request`` (a DataRequest, or a stream of them) after ``check_data_request``, each
+    holding a slot in ``slots``."""
     if kind.startswith('stream'):
-        return await checked_stream(request, context, guard)
+        return await checked_stream(request, context, slots)
     check_data_request(request)
+    slots.admit(request.header.request_id)
     return request
 
 
 def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
-    """``behavior`` holding one pending slot from admission to its last response, ended with
-    DEADLINE_EXCEEDED past the guard's request timeout, and ending with the status of the first
-    error an Executor answered with (the responses themselves pass unchanged)."""
+    """``behavior`` holding one pending slot per request from its admission to its response,
+    ended with DEADLINE_EXCEEDED past the guard's request timeout, and ending with the status of
+    the first error an Executor answered with (the responses themselves pass unchanged)."""
     if kind.endswith('stream'):
 
         async def guarded_stream(request, context):
-            # The slot is taken once the first request has arrived: a call that sends nothing
-            # holds none (and is ended after the guard's client_idle_seconds).
+            slots = RequestSlots(guard)
             try:
-                request = await checked_request(request, context, kind, guard)
-                guard.admit()
-            except Refusal as refusal:
-                await abort(refusal, request, context, 'unary')
-                return
-            try:
+                try:
+                    request = await checked_request(request, context, kind, slots)
+                except Refusal as refusal:
+                    await abort(refusal, request, context, 'unary')
+                    return
                 first_error = None
                 responses = behavior(request, context).__aiter__()
                 deadline = time.monotonic() + guard.request_timeout
@@ -220,13 +241,14 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
                         break
                     except asyncio.TimeoutError:
                         await abort(guard.timed_out(), request, context, 'unary')
+                    slots.answered(response.header.request_id)
                     first_error = first_error or status_refusal(response.header.status)
                     yield response
                 if first_error is not None:
                     context.set_code(first_error.grpc_code)
                     context.set_details(first_error.message)
             finally:
-                guard.release()
+                slots.release_all()
 
         return guarded_stream
 
@@ -236,7 +258,7 @@ def guarded(guard: RequestGuard, behavior: Callable, kind: str) -> Callable:
         except Refusal as refusal:
             return await abort(refusal, request, context, kind)
         try:
-            request = await checked_request(request, context, kind, guard)
+            check_data_request(request)
             response = await asyncio.wait_for(behavior(request, context), guard.request_timeout)
             error = status_refusal(response.header.status)
             if error is not None:
@@ -277,10 +299,12 @@ def streamed(streams: StreamService) -> Callable:
         from jina.types.request.data import SingleDocumentRequest
 
         try:
-            if request.header.exec_endpoint != defaults.STREAM_ENDPOINT:
-                raise unknown_endpoint(request.header.exec_endpoint)
+            endpoint = stream_doc_endpoint(request)
+            if endpoint != defaults.STREAM_ENDPOINT:
+                raise unknown_endpoint(endpoint)
             live = streams.open(grpc_stream_request(request))
         except Refusal as refusal:
+            log_refusal('gRPC', refusal)
             await context.abort(refusal.grpc_code, refusal.message)
             return
         async with aclosing(live.events()) as events:
@@ -316,6 +340,16 @@ def reader_gone(streams: StreamService) -> str:
     )
 
 
+def stream_doc_endpoint(request) -> str:
+    """The endpoint a ``stream_doc`` call names; a message that is no jina request is refused."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        return request.header.exec_endpoint
+    except (DecodeError, ValueError) as error:
+        raise invalid(f'the message is not a jina SingleDocumentRequest: {error}') from None
+
+
 def grpc_stream_request(request) -> StreamRequest:
     """The ``StreamRequest`` a ``stream_doc`` call carries, checked as ``/`` checks documents.
     Parameters travel in the request's ``parameters`` (a protobuf Struct, as on every other
@@ -340,11 +374,11 @@ class GuardMiddleware:
     """ASGI middleware for jina's FastAPI apps: key check, request checks, pending bound,
     request-size cap, and errors in one shape."""
 
-    def __init__(self, app, guard: RequestGuard, streams: StreamService, max_request_bytes: int):
+    def __init__(self, app, guard: RequestGuard, streams: StreamService, body_limits: BodyLimits):
         self.app = app
         self.guard = guard
         self.streams = streams
-        self.max_request_bytes = max_request_bytes
+        self.body_limits = body_limits
 
     async def __call__(self, scope, receive, send):
         if scope['type'] == 'http':
@@ -366,7 +400,7 @@ class GuardMiddleware:
             if scope['path'] in (defaults.STREAM_ENDPOINT, defaults.STREAM_CANCEL_PATH):
                 return await self.http_stream(scope, receive, send)
             check_endpoint(http_endpoint(scope['path']))
-            body = await read_body(receive, self.max_request_bytes)
+            body = await self.read_body(scope, receive)
             check_json_request(header(scope, b'content-type'), body)
             self.guard.admit()
         except Refusal as refusal:
@@ -392,7 +426,7 @@ class GuardMiddleware:
         """``POST /stream``: the events as Server-Sent Events; ``POST /stream/cancel``:
         ``{"request_id": ...}`` cancels that stream. Refusals come before any event, as errors
         of the usual shape."""
-        body = await read_body(receive, self.max_request_bytes)
+        body = await self.read_body(scope, receive)
         if scope['path'] == defaults.STREAM_CANCEL_PATH:
             return await self.cancel_stream(send, body)
         request = check_json_request(header(scope, b'content-type'), body)
@@ -421,6 +455,9 @@ class GuardMiddleware:
         finally:
             hang_up.cancel()
 
+    async def read_body(self, scope, receive) -> bytes:
+        return await read_body(receive, header(scope, b'content-length'), self.body_limits)
+
     async def cancel_stream(self, send, body: bytes) -> None:
         try:
             request_id = json.loads(body)['request_id']
@@ -439,12 +476,14 @@ class GuardMiddleware:
             self.guard.check_credentials(header(scope, b'authorization'))
             if scope['path'] == defaults.STREAM_ENDPOINT:
                 return await self.websocket_stream(receive, send)
+            self.guard.check_open()
         except Refusal:
             # Closing before accepting refuses the handshake (HTTP 403): clients fail at once.
             # Accepting first to send the reason makes jina's Python client wait forever.
             await send({'type': 'websocket.close', 'code': WS_POLICY_VIOLATION})
             return
-        connection = GuardedWebSocket(receive, send, self.max_request_bytes, self.guard)
+        binary = header(scope, b'sec-websocket-protocol') == WS_BINARY_SUBPROTOCOL
+        connection = GuardedWebSocket(receive, send, RequestSlots(self.guard), binary)
         # jina's app is not cancelled when its client hangs up: it would wait for answers
         # nobody reads, and the Executors work on for nobody.
         app = asyncio.ensure_future(self.app(scope, connection.receive, connection.send))
@@ -471,12 +510,12 @@ class GuardMiddleware:
                 raise self.guard.client_idle() from None
             if message['type'] != 'websocket.receive':
                 return
-            data = message.get('text') or (message.get('bytes') or b'').decode()
-            if len(data.encode()) > self.max_request_bytes:
-                raise too_large(self.max_request_bytes)
-            request = check_json_request(defaults.JSON_CONTENT_TYPE, data.encode())
+            text = message.get('text')
+            body = text.encode() if text is not None else message.get('bytes') or b''
+            request = check_json_request(defaults.JSON_CONTENT_TYPE, body)  # bad UTF-8 too
             live = self.streams.open(stream_request_from_json(request))
         except Refusal as refusal:
+            log_refusal('WebSocket', refusal)
             await send({'type': 'websocket.send', 'text': event_json(error_event(refusal))})
             await send({'type': 'websocket.close', 'code': WS_NORMAL_CLOSURE})
             return
@@ -567,21 +606,18 @@ def http_endpoint(path: str) -> str:
     return path if path != defaults.HTTP_ROOT_ENDPOINT else '/'
 
 
-async def read_body(receive, limit: int) -> bytes:
-    """The whole request body, refused past ``limit`` bytes (jina reads it all anyway)."""
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message['type'] == 'http.disconnect':
-            break
-        chunk = message.get('body', b'')
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-        if not message.get('more_body'):
-            break
-    return b''.join(chunks)
+def replay(body: bytes, receive):
+    """An ASGI ``receive`` that hands out ``body`` once, then defers to the real one."""
+    sent = False
+
+    async def receive_again():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {'type': 'http.request', 'body': body, 'more_body': False}
+
+    return receive_again
 
 
 class ErrorRewriter:
@@ -627,6 +663,7 @@ class ErrorRewriter:
 
 async def send_refusal(send, refusal: Refusal) -> None:
     """An HTTP error response in the shape jina's own HTTP errors have: ``{"detail": ...}``."""
+    log_refusal('HTTP', refusal)
     headers = []
     if refusal.http_status == 401:
         headers.append((b'www-authenticate', b'Bearer'))
@@ -650,40 +687,42 @@ async def send_json(send, status: int, content, headers=()) -> None:
 class GuardedWebSocket:
     """The ASGI ``receive`` and ``send`` of one WebSocket connection to jina's app.
 
-    ``receive`` closes the connection on a message over the size cap, and answers a request
-    that ``check_data_request`` refuses with an error response instead of passing it on.
-    The connection takes its pending slot with its first request: one that sends none holds no
-    slot and is closed after the guard's ``client_idle_seconds``. Once the client has sent its
-    last request (jina's end-of-iteration message), its close is still listened for, so that
-    a client that hangs up cancels what it asked for (``on_client_close``).
+    ``receive`` gives each request message a pending slot (``slots``) until its response goes
+    out, and answers a request that ``check_data_request`` or the pending bound refuses with an
+    error response instead of passing it on; a message that is no jina DataRequest (a text
+    message, binary garbage) closes the connection with a code and reason that say so. A
+    connection that sends no request holds no slot and is closed after the guard's
+    ``client_idle_seconds``. Once the client has sent its last request (jina's end-of-iteration
+    message), its close is still listened for, so that a client that hangs up cancels what it
+    asked for (``on_client_close``).
     After an error response, the server's close waits until the client has closed (at most
     ``WS_CLOSE_AFTER_ERROR_SECONDS``): jina's client loses an error whose response and close
     arrive together, and returns no documents as if the request had succeeded."""
 
-    def __init__(self, receive, send, max_request_bytes: int, guard: RequestGuard):
+    def __init__(self, receive, send, slots: RequestSlots, binary: bool):
         self._receive = receive
         self._send = send
-        self.max_request_bytes = max_request_bytes
-        self.guard = guard
-        self.admitted = False
+        self.slots = slots
+        self.guard = slots.guard
+        self.binary = binary  # the client asked for jina's 'bytes' subprotocol
+        self.requested = False  # it has sent a request
         self.connected = False
         self.error_sent = False
         self.client_closed = False
+        self.closed = False
         self.on_client_close: Callable[[], None] = lambda: None
         self._close_listener: Optional[asyncio.Task] = None
 
     def release(self) -> None:
-        """Give back the slot, if the connection took one; stop listening for the close."""
-        if self.admitted:
-            self.admitted = False
-            self.guard.release()
+        """Give back the slots the connection still holds; stop listening for the close."""
+        self.slots.release_all()
         if self._close_listener is not None:
             self._close_listener.cancel()
 
     async def next_message(self):
         """The client's next message; before its first request, within ``client_idle_seconds``
         (else the connection is closed, and the app hears the close)."""
-        if self.admitted or not self.connected:
+        if self.requested or not self.connected:
             message = await self._receive()
         else:
             try:
@@ -706,67 +745,63 @@ class GuardedWebSocket:
             if message['type'] != 'websocket.receive':
                 return message
             data = message.get('bytes')
-            size = len(data or b'') + len((message.get('text') or '').encode())
-            if size > self.max_request_bytes:
-                await self._send(
-                    {
-                        'type': 'websocket.close',
-                        'code': WS_TOO_BIG,
-                        'reason': too_large(self.max_request_bytes).message,
-                    }
-                )
-                self.client_closed = True
-                return {'type': 'websocket.disconnect', 'code': WS_TOO_BIG}
+            if message.get('text') is not None or not self.binary:
+                return await self.close_refused(WS_UNSUPPORTED_DATA, invalid(NOT_BINARY_MESSAGE))
             if data == WS_END_OF_ITERATION:
                 # jina reads no more: listen for the client's close in its stead.
                 self._close_listener = asyncio.create_task(self.listen_for_close())
                 return message
-            refusal = self.admission_refusal(data)
-            if refusal is None and data:  # b'' is jina's dry run
-                refusal = self.refusal_for(data)
+            if not data:  # b'' is jina's dry run
+                return message
+            self.requested = True
+            refusal, request = self.refusal_for(data)
             if refusal is None:
                 return message
-            await self.send({'type': 'websocket.send', 'bytes': refusal.SerializeToString()})
-
-    def admission_refusal(self, data: bytes):
-        """None once the connection holds its slot (taken now with its first request), else
-        the error response to the request: the server is busy or shutting down."""
-        from jina.types.request.data import DataRequest
-
-        if self.admitted:
-            return None
-        try:
-            self.guard.admit()
-        except Refusal as refusal:
-            try:
-                return error_response(DataRequest(data), refusal)
-            except Exception:  # noqa: BLE001 - not a DataRequest: answered without its id
-                return error_response(DataRequest(), refusal)
-        self.admitted = True
-        return None
+            if request is None:
+                return await self.close_refused(WS_INVALID_PAYLOAD, refusal)
+            log_refusal('WebSocket', refusal)
+            self.error_sent = True
+            response = error_response(request, refusal)
+            await self._send({'type': 'websocket.send', 'bytes': response.SerializeToString()})
 
     async def listen_for_close(self) -> None:
         """Read (and drop) what the client sends after its last request, until it closes."""
         while not self.client_closed:
             await self.next_message()
 
-    @staticmethod
-    def refusal_for(data: bytes):
-        """The error response for a request message the Flow must not get, else None."""
+    def refusal_for(self, data: bytes):
+        """(the ``Refusal`` of a request message the Flow must not get, or None; the request, or
+        None when the message is no DataRequest). An admitted request takes a slot."""
         from jina.types.request.data import DataRequest
 
         request = DataRequest(data)
+        problem = data_request_problem(request)
+        if problem is not None:
+            return invalid(problem), None
         try:
             check_data_request(request)
+            self.slots.admit(request.header.request_id)
         except Refusal as refusal:
-            return error_response(request, refusal)
-        except Exception:  # noqa: BLE001 - not a DataRequest: jina's own parser answers it
-            return None
-        return None
+            return refusal, request
+        return None, request
+
+    async def close_refused(self, code: int, refusal: Refusal):
+        """Close the connection for a message that is no request; jina's app sees the client
+        leave."""
+        log_refusal('WebSocket', refusal)
+        await self._send(
+            {'type': 'websocket.close', 'code': code, 'reason': close_reason(refusal.message)}
+        )
+        self.closed = self.client_closed = True
+        return {'type': 'websocket.disconnect', 'code': code}
 
     async def send(self, message):
+        if self.closed:  # closed for a bad message: what jina still answers has nowhere to go
+            return
         if message['type'] == 'websocket.send' and message.get('bytes'):
-            self.error_sent = self.error_sent or is_error_response(message['bytes'])
+            request_id, failed = response_header(message['bytes'])
+            self.slots.answered(request_id)
+            self.error_sent = self.error_sent or failed
         elif message['type'] == 'websocket.close':
             await self.linger_after_error()
             if self.client_closed:
@@ -786,14 +821,22 @@ class GuardedWebSocket:
             pass
 
 
-def is_error_response(data: bytes) -> bool:
-    """Whether a serialised jina DataRequest is an error response (reads its header only)."""
+def close_reason(message: str) -> str:
+    """``message`` cut to what a WebSocket close frame carries (123 bytes of UTF-8)."""
+    reason = message.encode()[:WS_MAX_CLOSE_REASON_BYTES]
+    return reason.decode(errors='ignore')
+
+
+def response_header(data: bytes) -> Tuple[str, bool]:
+    """(request id, whether it is an error) of a serialised jina DataRequest, from its header
+    alone; ('', False) for what is none (a dry run's status)."""
     from jina.types.request.data import DataRequest
 
     try:
-        return status_refusal(DataRequest(data).header.status) is not None
+        header = DataRequest(data).header
+        return header.request_id, status_refusal(header.status) is not None
     except Exception:  # noqa: BLE001 - not a DataRequest (a dry-run status): not an error
-        return False
+        return '', False
 
 
 class RedactCredentials(logging.Filter):
@@ -849,16 +892,14 @@ def guarded_app(
     app,
     guard: RequestGuard,
     streams: StreamService,
-    max_request_bytes: int,
+    body_limits: BodyLimits,
     cors_origins: List[str],
 ):
     """Put the guard in front of a FastAPI app, and CORS for ``cors_origins`` in front of both
     (outermost, so that refusals carry CORS headers and preflights need no key)."""
     from fastapi.middleware.cors import CORSMiddleware
 
-    app.add_middleware(
-        GuardMiddleware, guard=guard, streams=streams, max_request_bytes=max_request_bytes
-    )
+    app.add_middleware(GuardMiddleware, guard=guard, streams=streams, body_limits=body_limits)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -889,16 +930,16 @@ class GuardedASGIGateway:
         self,
         guard: RequestGuard,
         streams: StreamService,
-        max_request_bytes: int,
+        body_limits: BodyLimits,
         cors_origins: List[str],
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.guard, self.streams = guard, streams
-        self.max_request_bytes, self.cors_origins = max_request_bytes, cors_origins
+        self.body_limits, self.cors_origins = body_limits, cors_origins
 
     def guarded(self, app):
-        return guarded_app(app, self.guard, self.streams, self.max_request_bytes, self.cors_origins)
+        return guarded_app(app, self.guard, self.streams, self.body_limits, self.cors_origins)
 
 
 class GuardedHTTPGateway(GuardedASGIGateway, HTTPGateway):
@@ -917,12 +958,28 @@ class GuardedWebSocketGateway(GuardedASGIGateway, WebSocketGateway):
     def app(self, app):
         self._app = self.guarded(app)
 
+    async def setup_server(self):
+        """jina's server, reading no message over the size cap: jina sets uvicorn's limit to
+        1 GiB (a 300 MiB message was read whole before it was refused), so the limit is set on
+        the server's configuration, which each connection reads when it opens. The websockets
+        library then refuses a message by the size its frame header declares (close 1009)."""
+        await super().setup_server()
+        self.server.config.ws_max_size = self.body_limits.max_bytes
+        self.server.config.ws_max_queue = WS_MAX_QUEUE
+
 
 SERVER_CLASSES = {
     ProtocolType.GRPC: GuardedGRPCGateway,
     ProtocolType.HTTP: GuardedHTTPGateway,
     ProtocolType.WEBSOCKET: GuardedWebSocketGateway,
 }
+
+
+def log_refusals_to(jina_logger) -> None:
+    """Write the refusals' log lines (request_policy.REFUSALS_LOG) where the gateway's own go."""
+    REFUSALS_LOG.handlers = list(jina_logger.logger.handlers)
+    REFUSALS_LOG.setLevel(jina_logger.logger.level)
+    REFUSALS_LOG.propagate = False
 
 
 class GuardedGateway(CompositeBaseServer, BaseGateway):
@@ -936,6 +993,7 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
         drain_seconds: float = defaults.DRAIN_SECONDS,
         request_timeout_seconds: float = defaults.REQUEST_TIMEOUT_SECONDS,
         client_idle_seconds: float = defaults.CLIENT_IDLE_SECONDS,
+        body_timeout_seconds: float = defaults.BODY_TIMEOUT_SECONDS,
         **kwargs,
     ):
         """
@@ -951,20 +1009,25 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
             included); WebSocket connections are long-lived and not timed.
         :param client_idle_seconds: a call or connection that sends no request by then, or a
             stream reader that takes no event for that long, is closed (its slot freed).
+        :param body_timeout_seconds: an HTTP request whose body has not all arrived by then is
+            answered 408.
         """
         super().__init__(**kwargs)
         logging.getLogger(WEBSOCKET_LOGGER).addFilter(REDACT_CREDENTIALS)
         # The gateway's logger, which jina's topology graph logs its start-up retries with.
         self.logger.logger.addFilter(QuietExecutorStart())
+        log_refusals_to(self.logger)
         api_key = api_key_from_environment()
         self.guard = RequestGuard(
             api_key, max_pending_requests, request_timeout_seconds, client_idle_seconds
         )
+        whole_requests(self.streamer)
         streams = StreamService(self.guard, self.streamer)
         end_requests_with_their_callers(self.streamer)
         answer_timeouts_once(self.streamer._connection_pool)
         self.drain_seconds = drain_seconds
         max_request_bytes = int(max_request_mb * defaults.MEBIBYTE)
+        body_limits = BodyLimits(max_request_bytes, body_timeout_seconds)
         self.servers = []
         for server_kwargs in self._server_kwargs:
             server_kwargs['grpc_server_options'] = {
@@ -974,9 +1037,7 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
             protocol = server_kwargs['runtime_args']['protocol']
             server_class = SERVER_CLASSES[protocol]
             if server_class is not GuardedGRPCGateway:
-                server_kwargs.update(
-                    max_request_bytes=max_request_bytes, cors_origins=list(cors_origins)
-                )
+                server_kwargs.update(body_limits=body_limits, cors_origins=list(cors_origins))
             self.servers.append(server_class(guard=self.guard, streams=streams, **server_kwargs))
         # Scale to zero: calls wait (bounded) for an Executor with no replica yet (cold_start.py).
         hold_calls_for_replicas(

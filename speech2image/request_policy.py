@@ -18,6 +18,7 @@ and, for the error responses the gateway writes itself, the exception name jina 
 
 import asyncio
 import json
+import logging
 import math
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -31,7 +32,14 @@ from speech2image.defaults import (
     ENDPOINTS,
     HTTP_ROOT_ENDPOINT,
     JSON_CONTENT_TYPE,
+    MAX_PROMPT_CHARS,
     MEBIBYTE,
+)
+from speech2image.request_shape import (
+    MAX_NESTING_DEPTH,
+    data_request_problem,
+    target_executor_problem,
+    value_problem,
 )
 from speech2image.time_limits import TIMEOUT_ERROR_NAME
 
@@ -49,6 +57,10 @@ NOT_FOUND_NAME, USER_ERROR_NAME, SERVICE_ERROR_NAME = 'NotFound', 'RequestError'
 FLOAT32_MAX = 3.4028234663852886e38
 UNAUTHORIZED_MESSAGE = 'missing or wrong API key: send the header "Authorization: Bearer <key>"'
 NO_DOCUMENTS_MESSAGE = 'the request has no documents: send at least one in "data"'
+# Every error answer the gateway gives is one line of this log (speech2image/gateway.py gives
+# it the gateway's handlers), its message cut to LOGGED_MESSAGE_CHARS.
+REFUSALS_LOG = logging.getLogger('speech2image.refusals')
+LOGGED_MESSAGE_CHARS = 300
 
 
 class Refusal(Exception):
@@ -67,6 +79,15 @@ class Refusal(Exception):
         if self.http_status == 404:
             return NOT_FOUND_NAME
         return USER_ERROR_NAME if self.http_status < 500 else SERVICE_ERROR_NAME
+
+
+def log_refusal(protocol: str, refusal: Refusal) -> None:
+    """One line for an error answer: no traceback, for what a client sent is not our fault
+    (the service's own failures are logged with theirs where they happen)."""
+    REFUSALS_LOG.info(
+        f'{protocol} request answered {refusal.http_status}: '
+        f'{refusal.message[:LOGGED_MESSAGE_CHARS]}'
+    )
 
 
 def invalid(message: str) -> Refusal:
@@ -124,12 +145,16 @@ class RequestGuard:
         if not auth.authorized(authorization, self._api_key):
             raise Refusal(UNAUTHORIZED_MESSAGE, grpc.StatusCode.UNAUTHENTICATED, 401)
 
-    def admit(self) -> None:
-        """Count one more call in flight, or raise ``Refusal`` when draining or full."""
+    def check_open(self) -> None:
+        """Raise ``Refusal`` when the gateway is draining."""
         if self.draining:
             raise Refusal(
                 'the gateway is shutting down; retry the request', grpc.StatusCode.UNAVAILABLE, 503
             )
+
+    def admit(self) -> None:
+        """Count one more request in flight, or raise ``Refusal`` when draining or full."""
+        self.check_open()
         if self.pending >= self.max_pending:
             raise Refusal(
                 f'server busy: {self.max_pending} requests are already in progress; retry later',
@@ -197,11 +222,14 @@ def non_finite_number(value: Any, path: str = 'parameters') -> Optional[str]:
 
 
 def check_parameters(parameters: Any) -> None:
-    """Refuse parameters that are not an object, or that hold NaN, infinity or an overflow."""
+    """Refuse parameters that are not an object, nested too deep, with text that is not Unicode
+    or longer than a prompt (every text a model reads is capped alike), or that hold NaN,
+    infinity or an overflow."""
     if parameters is None:
         return
     if not isinstance(parameters, dict):
         raise invalid(f'"parameters" must be an object, got {type(parameters).__name__}')
+    check_shape(value_problem(parameters, 'parameters', MAX_PROMPT_CHARS))
     where = non_finite_number(parameters)
     if where is not None:
         raise invalid(
@@ -220,11 +248,21 @@ def document_count(request) -> int:
     return 1 if kind == 'docs_bytes' and content.docs_bytes else 0
 
 
+def check_shape(problem: Optional[str]) -> None:
+    """Refuse what ``speech2image.request_shape`` found wrong, if anything."""
+    if problem is not None:
+        raise invalid(problem)
+
+
 def check_data_request(request) -> None:
     """Raise ``Refusal`` for a jina DataRequest (gRPC or WebSocket) the Flow must not get."""
+    check_shape(data_request_problem(request))
     endpoint = request.header.exec_endpoint
     check_endpoint(endpoint)
-    where = non_finite_number(request.proto_wo_data.parameters)
+    check_shape(target_executor_problem(request.header.target_executor))
+    parameters = request.proto_wo_data.parameters
+    check_shape(value_problem(parameters, 'parameters', MAX_PROMPT_CHARS))
+    where = non_finite_number(parameters)
     if where is not None:
         raise invalid(f"'{where}' must be a finite number, got NaN or infinity")
     if endpoint not in JINA_INTERNAL_ENDPOINTS and document_count(request) == 0:
@@ -246,6 +284,13 @@ def check_json_request(content_type: Optional[str], body: bytes) -> Dict[str, An
         )
     try:
         request = json.loads(body)  # NaN and Infinity parse, and are refused below by name
+    except RecursionError:
+        raise Refusal(
+            f'the request body is nested too deeply: parameters and document fields may nest '
+            f'{MAX_NESTING_DEPTH} levels',
+            grpc.StatusCode.INVALID_ARGUMENT,
+            400,
+        ) from None
     except ValueError as error:
         raise Refusal(
             f'the request body is not valid JSON: {error}', grpc.StatusCode.INVALID_ARGUMENT, 400
@@ -256,6 +301,8 @@ def check_json_request(content_type: Optional[str], body: bytes) -> Dict[str, An
         )
     if request.get('exec_endpoint') is not None:  # jina's HTTP client posts every endpoint here
         check_endpoint(str(request['exec_endpoint']))
+    if isinstance(request.get('header'), dict):
+        check_shape(target_executor_problem(request['header'].get('target_executor')))
     data = request.get('data')
     if not isinstance(data, list):
         raise invalid('"data" must be a list of documents')
@@ -280,7 +327,12 @@ def check_json_document(index: int, document: Any) -> None:
     if document.get('tensor') is not None:
         check_json_tensor(name, document['tensor'])
     for key, value in document.items():
-        if key != 'tensor' and non_finite_number(value) is not None:
+        if key == 'tensor':
+            continue
+        problem = value_problem(value, key)
+        if problem is not None:
+            raise invalid(f'{name}: {problem}')
+        if non_finite_number(value) is not None:
             raise invalid(f'{name}: {key} contains NaN or infinite numbers')
     try:
         SpeechDoc.model_validate(document)

@@ -6,9 +6,8 @@ An Executor raises ``RequestError``; jina fails that request with the message an
 import math
 from typing import Any, Mapping, Optional
 
+from speech2image.defaults import MAX_PROMPT_CHARS
 from speech2image.schema import SpeechDoc
-
-MAX_PROMPT_CHARS = 1000
 
 
 class RequestError(ValueError):
@@ -48,6 +47,20 @@ def range_error(name: str, low: Any, high: Any, value: Any) -> RequestError:
         f"parameter '{name}' must be between {number_text(low)} and {number_text(high)}, "
         f'got {number_text(value)}'
     )
+
+
+def text_parameter(parameters: Mapping[str, Any], name: str) -> Optional[str]:
+    """Read a free-text request parameter (a negative prompt), capped like the prompt."""
+    value = parameters.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"parameter '{name}' must be a string, got {value!r}")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise RequestError(
+            f"parameter '{name}' is {len(value)} characters, the limit is {MAX_PROMPT_CHARS}"
+        )
+    return value
 
 
 def int_parameter(

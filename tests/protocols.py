@@ -9,6 +9,7 @@ JSON, raw WebSocket frames) so the tests see the real status, and through the cl
 import asyncio
 import base64
 import json
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -74,11 +75,91 @@ def over_grpc(address: str, endpoint: str, docs: List[SpeechDoc], parameters: Di
     return Answer(OK, '', [doc.dict() for response in responses for doc in response.data.docs])
 
 
+def grpc_raw_call(
+    address: str, messages: List[bytes], method: str = '/jina.JinaRPC/Call', metadata=()
+) -> Answer:
+    """Bytes sent as they are on a gRPC streaming call (jina's ``Call`` unless told), as a
+    hostile or broken client may: the status class and details, or OK and how many responses."""
+    with grpc.insecure_channel(address.removeprefix('grpc://')) as channel:
+        if method == '/jina.JinaRPC/Call':
+            call = channel.stream_stream(method)(
+                iter(messages), timeout=ANSWER_TIMEOUT_S, metadata=metadata
+            )
+        else:
+            [message] = messages
+            call = channel.unary_stream(method)(
+                message, timeout=ANSWER_TIMEOUT_S, metadata=metadata
+            )
+        try:
+            return Answer(OK, str(len(list(call))))
+        except grpc.RpcError as error:
+            return Answer(GRPC_CLASSES.get(error.code(), error.code().name), error.details())
+
+
+@dataclass
+class Closed:
+    """What a WebSocket client saw: the messages (text, or bytes), then the close code and reason."""
+
+    messages: List[Any]
+    code: int
+    reason: str
+
+
+def websocket_exchange(
+    url: str, messages: List[Any], subprotocols=('bytes',), headers=None
+) -> Closed:
+    """Send ``messages`` (str as text, bytes as binary) on a WebSocket at ``url``, then read what
+    comes back until the server closes."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    received = []
+    with connect(
+        url.replace('websocket://', 'ws://'),
+        subprotocols=list(subprotocols) or None,
+        additional_headers=headers,
+        open_timeout=ANSWER_TIMEOUT_S,
+        close_timeout=5,
+        max_size=None,
+    ) as websocket:
+        try:
+            for message in messages:
+                websocket.send(message)
+            while True:
+                received.append(websocket.recv(timeout=ANSWER_TIMEOUT_S))
+        except ConnectionClosed as closed:
+            frame = closed.rcvd
+            return Closed(received, frame.code if frame else 1006, frame.reason if frame else '')
+
+
+def raw_http_request(port: int, head: bytes, body: bytes = b'') -> socket.socket:
+    """A connection to 127.0.0.1:``port`` that sent ``head`` (request line and headers) and
+    ``body``, left open; reads on it time out after ANSWER_TIMEOUT_S."""
+    connection = socket.create_connection(('127.0.0.1', port), timeout=ANSWER_TIMEOUT_S)
+    connection.sendall(head + b'\r\n' + body)
+    return connection
+
+
+def post_head(length: int, path: str = '/generate') -> bytes:
+    """The head of a JSON POST declaring a body of ``length`` bytes."""
+    return (
+        f'POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n'
+        f'Content-Length: {length}\r\n'
+    ).encode()
+
+
+def status_line(connection: socket.socket) -> bytes:
+    """The status line of the response that arrives on ``connection``."""
+    return connection.recv(4096).split(b'\r\n', 1)[0]
+
+
 def json_document(doc: SpeechDoc) -> Dict[str, Any]:
     """A document as a browser or curl sends it: base64 bytes, samples as a list."""
     body: Dict[str, Any] = {'id': doc.id}
     if doc.text is not None:
         body['text'] = doc.text
+    if doc.tags:
+        body['tags'] = doc.tags
     if doc.bytes_ is not None:
         body['bytes_'] = base64.b64encode(bytes(doc.bytes_)).decode()
     if doc.tensor is not None:

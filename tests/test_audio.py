@@ -115,3 +115,25 @@ def test_uri_rules(tmp_path):
         read_local_uri('http://127.0.0.1/a.wav', tmp_path)
     with pytest.raises(AudioError, match='not a file'):
         read_local_uri('missing.wav', tmp_path)
+
+
+def test_a_uri_file_over_the_size_cap_is_refused_before_it_is_read(tmp_path):
+    """A 400 MiB (sparse) file under a 32 MiB cap: refused by its size, not read whole first."""
+    with open(tmp_path / 'huge.wav', 'wb') as file:
+        file.truncate(400 * 2**20)
+    with pytest.raises(
+        AudioError, match="uri 'huge.wav' names a file larger than the 32 MiB limit"
+    ):
+        read_local_uri('huge.wav', tmp_path, 32 * 2**20)
+    (tmp_path / 'small.wav').write_bytes(b'x' * 2000)
+    with pytest.raises(AudioError, match='larger than the'):
+        load_audio(SpeechDoc(uri='small.wav'), MAX_SECONDS, tmp_path, 1000)
+
+
+def test_a_uri_symlink_loop_is_refused_by_name(tmp_path):
+    (tmp_path / 'loop.wav').symlink_to(tmp_path / 'loop.wav')
+    (tmp_path / 'a').symlink_to(tmp_path / 'b')
+    (tmp_path / 'b').symlink_to(tmp_path / 'a')
+    for uri in ('loop.wav', 'a'):
+        with pytest.raises(AudioError, match=f"uri '{uri}' is a symbolic link loop|cannot be read"):
+            read_local_uri(uri, tmp_path)

@@ -24,6 +24,7 @@ REQUEST_TIMEOUT_S = 12
 # How much later than the request timeout its error may arrive, on a busy machine.
 TIMEOUT_MARGIN_S = 5
 MAX_PENDING = 12
+BODY_TIMEOUT_S = 3
 FLOW_FLAGS = (
     '--diffusion-replicas',
     '2',
@@ -37,6 +38,8 @@ FLOW_FLAGS = (
     str(MAX_PENDING),
     '--drain-seconds',
     '30',
+    '--body-timeout-s',
+    str(BODY_TIMEOUT_S),
 )
 # The gateway's own refusals, and jina's words for an Executor it could not reach or that timed out.
 CLEAR_ERRORS = ('server busy', 'no answer within', 'shutting down', 'may be down', 'timed out')
@@ -144,6 +147,108 @@ def test_memory_stays_flat_over_1000_requests(flow):
     print('memory:', report.summary(), 'RSS growth MiB:', growth_mb)
     assert report.sent == report.answered == MEMORY_REQUESTS
     assert all(growth < MEMORY_GROWTH_LIMIT_MB for growth in growth_mb.values()), growth_mb
+
+
+def grpc_call_of_many(address: str, count: int):
+    """One gRPC call (jina's ``Call``) carrying ``count`` requests: (documents answered, the
+    call's final status, its details)."""
+    import grpc
+    from jina.proto import jina_pb2_grpc
+
+    from speech2image.schema import SpeechDoc
+    from tests.protocols import data_request
+
+    requests_ = [data_request('/generate', [SpeechDoc(text=f'p{i}')], {}) for i in range(count)]
+    with grpc.insecure_channel(address.removeprefix('grpc://')) as channel:
+        call = jina_pb2_grpc.JinaRPCStub(channel).Call(iter(requests_), timeout=60)
+        answered = 0
+        try:
+            for _ in call:
+                answered += 1
+        except grpc.RpcError as error:
+            return answered, error.code().name, error.details()
+    return answered, 'OK', ''
+
+
+def websocket_of_many(address: str, count: int, first_answers: int):
+    """One WebSocket carrying ``count`` requests: (the first ``first_answers`` answers' error
+    messages, '' for a success; a function that reads the rest and closes)."""
+    from jina.types.request.data import DataRequest
+    from websockets.sync.client import connect
+
+    from speech2image.schema import SpeechDoc
+    from tests.protocols import WS_END_OF_ITERATION, data_request
+
+    websocket = connect(address.replace('websocket://', 'ws://') + '/', subprotocols=['bytes'])
+    for index in range(count):
+        websocket.send(
+            data_request('/generate', [SpeechDoc(text=f'p{index}')], {}).SerializeToString()
+        )
+
+    def answer() -> str:
+        status = DataRequest(websocket.recv(timeout=30)).header.status
+        return status.description if status.code == status.ERROR else ''
+
+    def the_rest():
+        rest = [answer() for _ in range(count - first_answers)]
+        websocket.send(WS_END_OF_ITERATION)
+        websocket.close()
+        return rest
+
+    return [answer() for _ in range(first_answers)], the_rest
+
+
+def test_many_requests_on_one_connection_count_as_many(flow):
+    """More requests than the bound on one gRPC call, then on one WebSocket, while Whisper is
+    frozen: the bound's worth are admitted and the rest refused at once, and meanwhile an HTTP
+    request is refused too (30 requests on one connection used to be admitted with a bound of
+    8, counted as one)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    whisper = pods(flow, 'whisper')[0].worker.pid
+    count = MAX_PENDING + 4
+
+    def http_refused() -> bool:
+        response = requests.post(f'{flow.http}/generate', json={'data': [{'text': 'x'}]}, timeout=5)
+        return response.status_code == 503 and 'server busy' in response.json()['detail']
+
+    with ThreadPoolExecutor(1) as pool:
+        os.kill(whisper, signal.SIGSTOP)
+        try:
+            call = pool.submit(grpc_call_of_many, flow.grpc, count)
+            poll_until(
+                lambda: gateway_pending_requests(flow.port_monitoring) >= MAX_PENDING,
+                30,
+                'the requests of the call did not pile up',
+            )
+            assert http_refused()
+            assert gateway_pending_requests(flow.port_monitoring) == MAX_PENDING
+        finally:
+            os.kill(whisper, signal.SIGCONT)
+        answered, status, details = call.result(timeout=60)
+    assert (answered, status) == (MAX_PENDING, 'RESOURCE_EXHAUSTED'), (answered, details)
+    assert 'server busy' in details
+
+    os.kill(whisper, signal.SIGSTOP)
+    try:
+        refused, the_rest = websocket_of_many(flow.websocket, count, count - MAX_PENDING)
+        assert all('server busy' in message for message in refused), refused
+        assert http_refused()  # (jina's own gauge counts one WebSocket connection as one)
+    finally:
+        os.kill(whisper, signal.SIGCONT)
+    assert the_rest() == [''] * MAX_PENDING
+    poll_until(lambda: gateway_pending_requests(flow.port_monitoring) == 0, 30, 'slots were kept')
+
+
+def test_a_stalled_http_body_is_answered_408_after_the_body_timeout(flow):
+    """Part of a declared body, then nothing: such connections used to stay open, their bytes
+    held (12 of them, each 30 of a declared 32 MiB, added 352 MiB and were open after 33 s)."""
+    from tests.protocols import post_head, raw_http_request, status_line
+
+    started = time.monotonic()
+    with raw_http_request(flow.port_http, post_head(1000), b'{"data": [') as connection:
+        assert status_line(connection) == b'HTTP/1.1 408 Request Timeout'
+    assert time.monotonic() - started < BODY_TIMEOUT_S + TIMEOUT_MARGIN_S
 
 
 def test_killed_replica_under_load_loses_nothing_and_is_used_again_once_back(flow):

@@ -177,3 +177,39 @@ def exported_yaml(tmp_path: Path) -> str:
         timeout=60,
     )
     return path.read_text()
+
+
+def test_garbage_is_one_log_line_each_and_no_traceback(secured_flow):
+    """Garbage on each protocol, with the key: each is answered 4xx and logged as one line;
+    every garbage request used to log a full traceback (14.6 MB of log in 30 s)."""
+    from tests.protocols import INVALID, grpc_raw_call, websocket_exchange
+
+    addresses, log = secured_flow
+    before = log.stat().st_size
+    bearer = f'Bearer {API_KEY}'
+    answer = grpc_raw_call(
+        addresses['grpc'], [b'\x00garbage'], metadata=(('authorization', bearer),)
+    )
+    assert answer.status == INVALID, answer
+    response = requests.post(
+        f'{addresses["http"]}/generate',
+        data=b'{"data": [{"text": "a"}], "parameters": ' + b'[' * 5000 + b']' * 5000 + b'}',
+        headers={'Authorization': bearer, 'Content-Type': 'application/json'},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    closed = websocket_exchange(
+        addresses['websocket'], [b'\x00garbage'], headers={'Authorization': bearer}
+    )
+    assert closed.code == 1007, closed
+
+    def logged() -> str:
+        with open(log, 'rb') as file:
+            file.seek(before)
+            return file.read().decode(errors='replace')
+
+    poll_until(lambda: logged().count('request answered 4') >= 3, 10, 'refusals not logged')
+    new = logged()
+    assert 'Traceback' not in new, new
+    for protocol in ('gRPC', 'HTTP', 'WebSocket'):
+        assert f'{protocol} request answered 4' in new, new

@@ -289,3 +289,28 @@ def test_a_port_in_use_gives_one_clear_line():
     assert f'pid {os.getpid()}' in result.stderr, 'it names what holds the port'
     assert 'Traceback' not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def time_wait_port() -> int:
+    """A 127.0.0.1 port whose only socket is a closed connection in TIME_WAIT (the server side
+    closed first, as Prometheus' server does after a scrape; like that server, and every
+    server of the Flow, it set SO_REUSEADDR, which Linux's TIME_WAIT sockets keep)."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(('127.0.0.1', 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(('127.0.0.1', port)) as client:
+            served, _ = listener.accept()
+            served.close()  # the active close: TIME_WAIT is on the server's side of the port
+            client.recv(1)
+    states = {c.status for c in psutil.net_connections('tcp') if c.laddr and c.laddr.port == port}
+    assert states == {psutil.CONN_TIME_WAIT}, states
+    return port
+
+
+def test_a_port_only_in_time_wait_is_free_to_start_on():
+    """flow.py refused to start after a /metrics scrape ("held by another process")."""
+    port = time_wait_port()
+    args = flow_module.parse_args(offline_flow_flags('--port-http', str(port)))
+    assert flow_module.ports_in_use(args) == []

@@ -48,6 +48,7 @@ from speech2image.validation import (
     document_error,
     float_parameter,
     int_parameter,
+    text_parameter,
 )
 
 # Seeds fit a signed 32-bit int: docarray's protobuf stores tag integers as int32, and a value
@@ -340,11 +341,6 @@ class StableDiffusionExecutor(DrainingExecutor):
                     f"parameter '{name}' must be a multiple of {SIDE_MULTIPLE}, got {side}"
                 )
             sides[name] = side
-        negative_prompt = parameters.get('negative_prompt')
-        if negative_prompt is not None and not isinstance(negative_prompt, str):
-            raise RequestError(
-                f"parameter 'negative_prompt' must be a string, got {negative_prompt!r}"
-            )
         return GenerationSettings(
             num_images=int_parameter(
                 parameters, 'num_images', self.defaults['num_images'], 1, self.max_images
@@ -364,7 +360,7 @@ class StableDiffusionExecutor(DrainingExecutor):
                 MAX_GUIDANCE_SCALE,
             ),
             seed=int_parameter(parameters, 'seed', None, 0, SEED_LIMIT - 1),
-            negative_prompt=negative_prompt or None,
+            negative_prompt=text_parameter(parameters, 'negative_prompt') or None,
             image_format=choice_parameter(parameters, 'image_format', 'png', IMAGE_FORMATS),
             **sides,
         )

@@ -28,7 +28,13 @@ from jina import requests
 from speech2image.audio import AudioError, load_audio
 from speech2image.batching import ModelWorker
 from speech2image.cpus import thread_count, use_torch_threads
-from speech2image.defaults import DRAIN_SECONDS, INFO_ENDPOINT, WHISPER_INFO_TAG
+from speech2image.defaults import (
+    DRAIN_SECONDS,
+    INFO_ENDPOINT,
+    MAX_REQUEST_MB,
+    MEBIBYTE,
+    WHISPER_INFO_TAG,
+)
 from speech2image.devices import ctranslate2_cuda_usable, resolve_device, torch_cuda_usable
 from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
@@ -325,6 +331,7 @@ class WhisperExecutor(DrainingExecutor):
         spoken_settings: bool = True,
         max_audio_seconds: float = 60.0,
         audio_dir: Optional[str] = None,
+        max_audio_file_mb: float = MAX_REQUEST_MB,
         max_batch_size: int = 8,
         threads: Optional[int] = None,
         drain_seconds: float = DRAIN_SECONDS,
@@ -343,6 +350,8 @@ class WhisperExecutor(DrainingExecutor):
             seed 42"); a request's ``spoken_settings`` parameter overrides it.
         :param max_audio_seconds: longer audio is refused.
         :param audio_dir: directory that ``uri`` paths may read from; None refuses ``uri``.
+        :param max_audio_file_mb: largest file a ``uri`` may name, in MiB (checked before it is
+            read); the gateway's request-size cap by default.
         :param max_batch_size: the most clips the model thread takes from the queue at once.
         :param threads: CPU threads for the model (CTranslate2, or torch for openai-whisper);
             None is the CPUs this process may use shared equally by the local replicas.
@@ -365,6 +374,7 @@ class WhisperExecutor(DrainingExecutor):
         self.metrics.model_load_seconds.set(time.perf_counter() - load_started)
         self.max_audio_seconds = max_audio_seconds
         self.audio_dir = Path(audio_dir) if audio_dir else None
+        self.max_audio_file_bytes = int(max_audio_file_mb * MEBIBYTE)
         self.spoken_settings = spoken_settings
         # CTranslate2 took its thread count at load; torch takes it on the thread that runs it.
         torch_threads = functools.partial(use_torch_threads, self.threads)
@@ -464,7 +474,7 @@ class WhisperExecutor(DrainingExecutor):
         try:
             # Decoding is CPU work of its own: off the event loop, beside the model thread.
             samples = await asyncio.to_thread(
-                load_audio, doc, self.max_audio_seconds, self.audio_dir
+                load_audio, doc, self.max_audio_seconds, self.audio_dir, self.max_audio_file_bytes
             )
         except AudioError as error:
             raise document_error(index, doc, str(error)) from None
