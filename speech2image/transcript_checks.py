@@ -18,21 +18,18 @@ from typing import Dict, List, Optional
 
 from speech2image import defaults
 
-# Phrases Whisper writes on unclear audio, from the subtitles it was trained on (found anywhere
-# in the transcript, lower case, punctuation removed).
+# Phrases Whisper writes on unclear audio, from the subtitles it was trained on (found as whole
+# words anywhere in the transcript, lower case, punctuation removed).
 KNOWN_HALLUCINATIONS = (
-    'thanks for watching',
-    'thank you for watching',
-    'thank you so much for watching',
-    'see you in the next video',
+    'for watching',  # thanks for watching, thank you so much for watching
+    'next video',  # see you in the next video, I'll be back in the next video
+    'this video',
+    'subscribe',
+    'my channel',
     'see you next time',
-    'see you in the next one',
-    'like and subscribe',
-    'subscribe to my channel',
-    'please subscribe',
     'subtitles by',
-    'subtitles made by',
     'subtitled by',
+    'subtitles made by',
     'captions by',
     'transcribed by',
     'translated by',
@@ -75,7 +72,7 @@ def known_hallucination(text: str) -> Optional[str]:
     spoken = ' '.join(words_of(text))
     if spoken in HALLUCINATED_TRANSCRIPTS:
         return spoken
-    return next((phrase for phrase in KNOWN_HALLUCINATIONS if phrase in spoken), None)
+    return next((phrase for phrase in KNOWN_HALLUCINATIONS if f' {phrase} ' in f' {spoken} '), None)
 
 
 def transcript_doubt(

@@ -35,8 +35,9 @@ def test_a_clear_prompt_passes(text):
 @pytest.mark.parametrize(
     'text, reason',
     [
-        ("I'll see you in the next video.", 'see you in the next video'),
-        ('Thanks for watching!', 'thanks for watching'),
+        ("I'll see you in the next video.", 'next video'),
+        ("I'll be back in the next video.", 'next video'),
+        ('Thanks for watching!', 'for watching'),
         ('A cat playing piano. Subtitles by the Amara.org community', 'subtitles by'),
         ('Thank you.', 'thank you'),
         ('See you later!', 'see you later'),
