@@ -48,7 +48,7 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 # MAX_COMPRESSION_RATIO (repetitive text); when it has more than MAX_WORDS_PER_SECOND words per
 # second of audio; or when one run of three words occurs more than MAX_NGRAM_REPEATS times. A
 # detected language below MIN_LANGUAGE_PROBABILITY is refused (a given one is not detected).
-MIN_AVG_LOGPROB = -0.8
+MIN_AVG_LOGPROB = -1.0
 MAX_NO_SPEECH_PROB = 0.6
 MAX_COMPRESSION_RATIO = 2.4
 MAX_WORDS_PER_SECOND = 6.0
