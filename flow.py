@@ -140,6 +140,30 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help='take settings said in the prompt ("four pictures of ..., seed 42"); '
         "off sends the transcript as is (a request's spoken_settings wins)",
     )
+    checks = parser.add_argument_group(
+        "WhisperExecutor's checks of what it heard (docs/languages.md; unset: the Executor "
+        'default): a transcript is refused when it fails one'
+    )
+    checks.add_argument(
+        '--min-avg-logprob', type=float, help='lowest mean token log-probability of a segment'
+    )
+    checks.add_argument(
+        '--max-no-speech-prob', type=float, help='highest no-speech probability of a segment'
+    )
+    checks.add_argument(
+        '--max-compression-ratio',
+        type=float,
+        help='highest gzip compression ratio of a segment (repetitive text compresses well)',
+    )
+    checks.add_argument('--max-words-per-second', type=float, help='most words per second of audio')
+    checks.add_argument(
+        '--max-ngram-repeats', type=int, help='most times one run of three words may come'
+    )
+    checks.add_argument(
+        '--min-language-probability',
+        type=float,
+        help="lowest probability of a detected language (a request's 'language' is not detected)",
+    )
     whisper.add_argument('--whisper-replicas', type=int, default=1)
     whisper.add_argument(
         '--whisper-threads',
@@ -163,6 +187,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         default=None,
         help='torch.compile the UNet (GPU: slower start, faster steps)',
     )
+    diffusion.add_argument(
+        '--safety-checker',
+        choices=['on', 'off'],
+        help="run the checkpoint's safety checker on each image (a flagged one is blacked out "
+        'and said so); unset: on when the checkpoint has one',
+    )
     diffusion.add_argument('--diffusion-replicas', type=int, default=1)
     diffusion.add_argument(
         '--diffusion-threads',
@@ -185,6 +215,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def given(**values: Any) -> Dict[str, Any]:
     """Only the values that were set, so unset flags leave the Executor's defaults alone."""
     return {name: value for name, value in values.items() if value is not None}
+
+
+def on_off(value: Optional[str]) -> Optional[bool]:
+    """An on/off flag as the Executor's bool; None (unset) stays None."""
+    return None if value is None else value == 'on'
 
 
 def monitoring_port(args: argparse.Namespace, executor: str) -> int:
@@ -254,9 +289,13 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     max_audio_file_mb=args.max_request_mb,
                     threads=args.whisper_threads,
                     drain_seconds=args.drain_seconds,
-                    spoken_settings=None
-                    if args.spoken_settings is None
-                    else args.spoken_settings == 'on',
+                    spoken_settings=on_off(args.spoken_settings),
+                    min_avg_logprob=args.min_avg_logprob,
+                    max_no_speech_prob=args.max_no_speech_prob,
+                    max_compression_ratio=args.max_compression_ratio,
+                    max_words_per_second=args.max_words_per_second,
+                    max_ngram_repeats=args.max_ngram_repeats,
+                    min_language_probability=args.min_language_probability,
                 ),
                 'replicas': args.whisper_replicas,
                 'monitoring': True,
@@ -280,6 +319,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     max_batch_size=args.batch_size,
                     threads=args.diffusion_threads,
                     drain_seconds=args.drain_seconds,
+                    safety_checker=on_off(args.safety_checker),
                 ),
                 'replicas': args.diffusion_replicas,
                 'monitoring': True,

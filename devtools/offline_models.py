@@ -196,6 +196,56 @@ def build_tiny_stable_diffusion(directory: Path) -> Path:
     return build_random_stable_diffusion(directory, **TINY_SD_SIZES)
 
 
+# The tiny safety checker's CLIP vision tower, image size and projection (keyword arguments of
+# CLIPVisionConfig; the checker compares 17 + 3 concept embeddings of this size).
+TINY_SAFETY_VISION = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_attention_heads=4,
+    num_hidden_layers=1,
+    image_size=32,
+    patch_size=8,
+)
+TINY_SAFETY_PROJECTION = 16
+
+
+def build_safety_checked_stable_diffusion(
+    source: Path, directory: Path, flags_every_image: bool
+) -> Path:
+    """The diffusers checkpoint ``source`` with a tiny random safety checker added, saved to
+    ``directory``. Its verdict is forced: the checker flags an image when the cosine similarity
+    to a concept exceeds that concept's weight, which lies in [-1, 1]; weights of -2 flag every
+    image, weights of 2 none."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(SEED)
+    checker = StableDiffusionSafetyChecker(
+        CLIPConfig(
+            vision_config=TINY_SAFETY_VISION,
+            text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4),
+            projection_dim=TINY_SAFETY_PROJECTION,
+        )
+    )
+    weight = -2.0 if flags_every_image else 2.0
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(weight)
+        checker.special_care_embeds_weights.fill_(weight)
+    side = TINY_SAFETY_VISION['image_size']
+    pipeline = StableDiffusionPipeline.from_pretrained(source)
+    pipeline.register_modules(
+        safety_checker=checker,
+        feature_extractor=CLIPImageProcessor(
+            size={'shortest_edge': side}, crop_size={'height': side, 'width': side}
+        ),
+    )
+    pipeline.register_to_config(requires_safety_checker=True)
+    pipeline.save_pretrained(directory)
+    return directory
+
+
 # CTranslate2's DataType enum (include/ctranslate2/types.h); bfloat16 is read by hand.
 CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: 'bfloat16'}
 CT2_BINARY_VERSION = 6

@@ -35,7 +35,7 @@ from typing import AsyncIterator, Dict, List, Optional, Tuple
 from speech2image import defaults
 from speech2image.auth import api_key_from_environment, authorization_header
 from speech2image.gateway_errors import read_gateway_error
-from speech2image.schema import SpeechDoc, StreamEvent, StreamRequest
+from speech2image.schema import SAFETY_NOTE_TAG, SpeechDoc, StreamEvent, StreamRequest
 from speech2image.spoken_settings import SPOKEN_SETTINGS_TAG, TRANSCRIPT_TAG, parse_command
 from speech2image.streaming import FINAL_EVENTS
 
@@ -519,6 +519,8 @@ def print_saved_images(doc: SpeechDoc, out_dir: Path, overwrite: bool) -> None:
     line = model_line(doc)
     if line:
         print(line, flush=True)
+    if SAFETY_NOTE_TAG in doc.tags:  # flagged images are black squares: say why
+        print(f'  safety: {doc.tags[SAFETY_NOTE_TAG]}', flush=True)
 
 
 def post_documents(args: argparse.Namespace, docs: List[SpeechDoc], console) -> None:

@@ -45,3 +45,17 @@ BODY_TIMEOUT_SECONDS = 30.0
 DRAIN_SECONDS = 30.0
 # After the drain, how long a process may take to shut down before it is ended for good.
 SHUTDOWN_GRACE_SECONDS = 5.0
+
+# The WhisperExecutor's checks of what it heard (speech2image/transcript_checks.py), chosen from
+# the measurements in docs/languages.md (bench/transcript_confidence.py). A transcript is
+# refused when a segment's mean token log-probability is below MIN_AVG_LOGPROB, its no-speech
+# probability above MAX_NO_SPEECH_PROB, or its gzip compression ratio above
+# MAX_COMPRESSION_RATIO (repetitive text); when it has more than MAX_WORDS_PER_SECOND words per
+# second of audio; or when one run of three words occurs more than MAX_NGRAM_REPEATS times. A
+# detected language below MIN_LANGUAGE_PROBABILITY is refused (a given one is not detected).
+MIN_AVG_LOGPROB = -1.0
+MAX_NO_SPEECH_PROB = 0.6
+MAX_COMPRESSION_RATIO = 2.4
+MAX_WORDS_PER_SECOND = 6.0
+MAX_NGRAM_REPEATS = 1
+MIN_LANGUAGE_PROBABILITY = 0.4

@@ -23,6 +23,10 @@ from pydantic_core import core_schema
 
 SAMPLE_RATE = 16_000
 IMAGE_MIME_TYPE = 'image/png'
+# With a safety checker: each image's tag (whether it was flagged and blacked out), and its
+# document's tag saying which were.
+SAFETY_FLAGGED_TAG = 'safety_flagged'
+SAFETY_NOTE_TAG = 'safety_note'
 
 
 class Base64Bytes(bytes, BaseNode):

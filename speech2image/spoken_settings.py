@@ -18,6 +18,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 # Document tags: what Whisper heard, and the settings taken from it.
 TRANSCRIPT_TAG = 'transcript'
+# Set when Whisper translated from another language: its transcript in the language spoken
+# (``transcript`` then holds the English).
+SOURCE_TRANSCRIPT_TAG = 'source_transcript'
 SPOKEN_SETTINGS_TAG = 'spoken_settings'
 # Orientation -> (width, height) ratio; the shorter side stays the model's native side.
 ORIENTATIONS = {'portrait': (2, 3), 'landscape': (3, 2), 'wide': (16, 9), 'square': (1, 1)}

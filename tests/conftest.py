@@ -33,6 +33,7 @@ MODULE_MARKERS = {
     'test_k8s': ('k8s',),
     'test_k8s_images': ('k8s',),
     'test_k8s_load_sharing': ('slow', 'k8s'),
+    'test_meaning_kept': ('slow',),
     'test_monitoring': ('slow',),
     'test_multilingual': ('slow', 'browser'),
     'test_reliability': ('slow',),

@@ -14,7 +14,7 @@ from playwright.sync_api import sync_playwright
 
 from devtools import offline_models
 from devtools.offline_flow import ASSETS, MODELS, ROOT, serve_flow_process
-from speech2image.client import send
+from speech2image.client import ServiceError, send
 from speech2image.schema import SpeechDoc
 from tests.support import call_endpoint
 from tests.test_web import (
@@ -55,7 +55,8 @@ def transcribe(executor, name: str, **parameters) -> SpeechDoc:
     return doc
 
 
-@pytest.mark.parametrize('name', sorted(HEARD))
+# phare.wav's English varies, and its made-up sentences are refused (test_french_speech_... below).
+@pytest.mark.parametrize('name', sorted(name for name in HEARD if HEARD[name][1]))
 def test_translate_gives_english_and_the_detected_language(whisper_base, name):
     doc = transcribe(whisper_base, name)  # 'translate' is the default on a multilingual model
     assert doc.tags['language'] == CLIPS[name]['language']
@@ -102,10 +103,15 @@ def base_flow():
 
 @pytest.mark.parametrize('protocol', ['grpc', 'http'])
 def test_french_speech_gives_an_english_prompt_and_images_through_the_flow(base_flow, protocol):
-    [doc] = send(getattr(base_flow, protocol), '/', [clip('phare.wav')], {'seed': 1})
+    # What base makes of this clip varies between runs: "night ... sea" at times, a made-up
+    # sentence ("See you in the next episode!", mean log-probability -1.11) at others, which the
+    # Executor now refuses (speech2image/transcript_checks.py). Either way, no French is painted.
+    try:
+        [doc] = send(getattr(base_flow, protocol), '/', [clip('phare.wav')], {'seed': 1})
+    except ServiceError as error:
+        assert 'could not understand the speech clearly' in str(error)
+        return
     assert doc.tags['language'] == 'fr'
-    # Translated: English words, not the French sentence. (What base makes of this clip varies
-    # between runs, "sea" once and a made-up sentence another time, so no word is asserted.)
     assert doc.tags['task'] == 'translate' and doc.text
     assert not {'nuit', 'bord', 'phare'} & set(doc.text.lower().split()), doc.text
     assert [image.tags['prompt'] for image in doc.matches] == [doc.text]

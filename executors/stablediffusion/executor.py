@@ -39,7 +39,14 @@ from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import DiffusionMetrics, instrumented, registry_of
 from speech2image.previews import PREVIEW_MIME_TYPE, preview_jpeg, projection_for
-from speech2image.schema import ImageDoc, SpeechDoc, StreamEvent, StreamRequest
+from speech2image.schema import (
+    SAFETY_FLAGGED_TAG,
+    SAFETY_NOTE_TAG,
+    ImageDoc,
+    SpeechDoc,
+    StreamEvent,
+    StreamRequest,
+)
 from speech2image.spoken_settings import SPOKEN_SETTINGS_TAG, generation_parameters
 from speech2image.validation import (
     RequestError,
@@ -77,6 +84,8 @@ MODEL_CARD_CHARS = 400
 WARMUP_STEPS = 2
 # torch.compile modes: CUDA graphs on GPU; on CPU, Inductor's C++ kernels (needs a C++ compiler).
 COMPILE_MODES = {'cuda': 'reduce-overhead', 'cpu': 'default'}
+# Where run_pipeline leaves the safety checker's verdict on each PIL image, for image_doc.
+SAFETY_FLAG_INFO = 'speech2image_safety_flagged'
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,27 @@ def model_card_summary(model: str) -> str:
     return ''
 
 
+def safety_marked(result) -> List:
+    """A pipeline result's PIL images, each carrying the safety checker's verdict in its
+    ``info`` (False for all when the pipeline checks nothing)."""
+    flags = getattr(result, 'nsfw_content_detected', None) or [False] * len(result.images)
+    for image, flagged in zip(result.images, flags):
+        image.info[SAFETY_FLAG_INFO] = bool(flagged)
+    return list(result.images)
+
+
+def note_flagged_images(doc: SpeechDoc) -> None:
+    """Say in the document's ``safety_note`` tag which of its images the safety checker
+    flagged: they are black squares, not the picture."""
+    flagged = [n for n, image in enumerate(doc.matches) if image.tags.get(SAFETY_FLAGGED_TAG)]
+    if flagged:
+        doc.tags[SAFETY_NOTE_TAG] = (
+            f'{len(flagged)} of {len(doc.matches)} images (number '
+            f"{', '.join(str(n + 1) for n in flagged)}) were flagged by the model's safety "
+            'checker as possibly unsafe and are blacked out; try another prompt or seed'
+        )
+
+
 def step_defaults(model: str, pipeline) -> tuple:
     """Default (steps, guidance) for ``model``: few for distilled models, else the full set."""
     name = model.lower()
@@ -191,6 +221,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         max_batch_size: int = 4,
         threads: Optional[int] = None,
         drain_seconds: float = DRAIN_SECONDS,
+        safety_checker: Optional[bool] = None,
         **kwargs,
     ):
         """
@@ -217,6 +248,9 @@ class StableDiffusionExecutor(DrainingExecutor):
         :param threads: torch CPU threads for the pipeline; None is the CPUs this process may use
             (its affinity, within a cgroup CPU quota) shared equally by the local replicas.
         :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
+        :param safety_checker: run the checkpoint's safety checker (True), or not (False); None
+            runs it when the checkpoint has one. A flagged image is black (diffusers blanks it),
+            tagged ``safety_flagged`` and explained in its document's ``safety_note`` tag.
         """
         super().__init__(**kwargs)
         self.threads = thread_count(threads, self)
@@ -228,6 +262,7 @@ class StableDiffusionExecutor(DrainingExecutor):
             self.pipeline = self.load_pipeline(model, device)
             self.configure_pipeline(scheduler, vae_tiling, compile_unet)
         self.preview_projection = projection_for(self.pipeline)
+        self.checks_safety = self.configure_safety_checker(safety_checker)
         native_side = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
         self.native_side = native_side
         default_steps, default_guidance = step_defaults(model, self.pipeline)
@@ -330,6 +365,23 @@ class StableDiffusionExecutor(DrainingExecutor):
             pipeline.unet = torch.compile(
                 pipeline.unet, mode=COMPILE_MODES[pipeline.device.type], fullgraph=True
             )
+
+    def configure_safety_checker(self, wanted: Optional[bool]) -> bool:
+        """Keep, drop or require the checkpoint's safety checker (``wanted`` None: keep what it
+        has); whether images are checked. Previews are off while they are: a preview is drawn
+        from the latents, before the checker sees the image."""
+        has_checker = getattr(self.pipeline, 'safety_checker', None) is not None
+        if wanted and not has_checker:
+            raise ModelLoadError(
+                f'safety_checker is on, but {self.model_name!r} has no safety checker: serve a '
+                'checkpoint that has one, or turn it off'
+            )
+        if has_checker and wanted is False:
+            self.pipeline.safety_checker = None
+        checks = has_checker and wanted is not False
+        if checks:
+            self.preview_projection = None
+        return checks
 
     def settings_from(self, parameters: Dict) -> GenerationSettings:
         """Validate a request's parameters against the caps, filling in the defaults."""
@@ -540,6 +592,7 @@ class StableDiffusionExecutor(DrainingExecutor):
                 docs[index].matches = DocList[ImageDoc](
                     self.image_doc(next(images), prompt, seed, job.settings) for seed in doc_seeds
                 )
+                note_flagged_images(docs[index])
         return docs
 
     def step_callback(self, jobs: List[GenerationJob]) -> Callable:
@@ -603,9 +656,10 @@ class StableDiffusionExecutor(DrainingExecutor):
                 generator=generators,
                 callback_on_step_end=on_step_end,
             )
-        return list(result.images)
+        return safety_marked(result)
 
     def image_doc(self, image, prompt: str, seed: int, settings: GenerationSettings) -> ImageDoc:
+        safety = {SAFETY_FLAGGED_TAG: image.info[SAFETY_FLAG_INFO]} if self.checks_safety else {}
         return ImageDoc(
             bytes_=encode_image(image, settings.image_format),
             mime_type=IMAGE_FORMATS[settings.image_format],
@@ -618,5 +672,6 @@ class StableDiffusionExecutor(DrainingExecutor):
                 model=self.model_name,
                 num_inference_steps=settings.num_inference_steps,
                 guidance_scale=settings.guidance_scale,
+                **safety,
             ),
         )

@@ -19,12 +19,14 @@ import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, FrozenSet, List, Optional, Protocol, runtime_checkable
 
 import numpy as np
 from docarray import DocList
 from jina import requests
 
+from speech2image import defaults
 from speech2image.audio import AudioError, load_audio
 from speech2image.batching import ModelWorker
 from speech2image.cpus import thread_count, use_torch_threads
@@ -40,7 +42,13 @@ from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import WhisperMetrics, instrumented, registry_of
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
-from speech2image.spoken_settings import SPOKEN_SETTINGS_TAG, TRANSCRIPT_TAG, parse_command
+from speech2image.spoken_settings import (
+    SOURCE_TRANSCRIPT_TAG,
+    SPOKEN_SETTINGS_TAG,
+    TRANSCRIPT_TAG,
+    parse_command,
+)
+from speech2image.transcript_checks import TranscriptLimits, language_doubt, transcript_doubt
 from speech2image.validation import (
     RequestError,
     bool_parameter,
@@ -57,6 +65,8 @@ TEMPERATURES = (0.0, 0.2, 0.4)
 WINDOW_SECONDS = 30
 # A batched segment starts where its piece of speech starts, to faster-whisper's rounding.
 SEGMENT_START_TOLERANCE_S = 0.01
+# Whisper's confidence in each segment, kept in its tag (speech2image/transcript_checks.py).
+SEGMENT_SCORES = ('avg_logprob', 'no_speech_prob', 'compression_ratio')
 
 
 @dataclass
@@ -96,6 +106,17 @@ class WhisperBackend(Protocol):
         self, clips: List[np.ndarray], task: str, language: Optional[str]
     ) -> List[Transcript]:
         """Several clips sharing ``task`` and ``language``: their transcripts, in order."""
+
+
+def timed_segment(start: float, end: float, text: str, scores) -> Dict:
+    """A segment as the tags carry it: its times (s) and text, and Whisper's confidence in it
+    (``scores``' avg_logprob, no_speech_prob and compression_ratio, from either backend)."""
+    return {
+        'start': round(start, 2),
+        'end': round(end, 2),
+        'text': text.strip(),
+        **{name: round(float(getattr(scores, name)), 3) for name in SEGMENT_SCORES},
+    }
 
 
 def merged_into_windows(spans: List[Dict[str, int]], window: int) -> List[Dict[str, int]]:
@@ -160,10 +181,7 @@ class FasterWhisperBackend:
             condition_on_previous_text=False,
             vad_filter=self.vad_filter,
         )
-        timed = [
-            {'start': round(s.start, 2), 'end': round(s.end, 2), 'text': s.text.strip()}
-            for s in segments
-        ]
+        timed = [timed_segment(s.start, s.end, s.text, s) for s in segments]
         return Transcript(
             ' '.join(s['text'] for s in timed).strip(),
             info.language,
@@ -223,11 +241,9 @@ class FasterWhisperBackend:
                 piece = bisect.bisect_right(starts, segment.start + SEGMENT_START_TOLERANCE_S) - 1
                 number, start = owners[piece]
                 found[number].append(
-                    {
-                        'start': max(0.0, round(segment.start - start, 2)),
-                        'end': round(segment.end - start, 2),
-                        'text': segment.text.strip(),
-                    }
+                    timed_segment(
+                        max(0.0, segment.start - start), segment.end - start, segment.text, segment
+                    )
                 )
         # The language was given (or the model is English-only): certain, as faster-whisper
         # reports a given language.
@@ -293,7 +309,7 @@ class OpenAIWhisperBackend:
             verbose=None,
         )
         timed = [
-            {'start': round(s['start'], 2), 'end': round(s['end'], 2), 'text': s['text'].strip()}
+            timed_segment(s['start'], s['end'], s['text'], SimpleNamespace(**s))
             for s in result['segments']
         ]
         return Transcript(result['text'].strip(), result['language'], round(probability, 3), timed)
@@ -335,6 +351,12 @@ class WhisperExecutor(DrainingExecutor):
         max_batch_size: int = 8,
         threads: Optional[int] = None,
         drain_seconds: float = DRAIN_SECONDS,
+        min_avg_logprob: float = defaults.MIN_AVG_LOGPROB,
+        max_no_speech_prob: float = defaults.MAX_NO_SPEECH_PROB,
+        max_compression_ratio: float = defaults.MAX_COMPRESSION_RATIO,
+        max_words_per_second: float = defaults.MAX_WORDS_PER_SECOND,
+        max_ngram_repeats: int = defaults.MAX_NGRAM_REPEATS,
+        min_language_probability: float = defaults.MIN_LANGUAGE_PROBABILITY,
         **kwargs,
     ):
         """
@@ -356,6 +378,16 @@ class WhisperExecutor(DrainingExecutor):
         :param threads: CPU threads for the model (CTranslate2, or torch for openai-whisper);
             None is the CPUs this process may use shared equally by the local replicas.
         :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
+        :param min_avg_logprob: a transcript with a segment whose mean token log-probability
+            is lower is refused (speech2image/transcript_checks.py).
+        :param max_no_speech_prob: ... whose probability of no speech is higher is refused.
+        :param max_compression_ratio: ... whose text's gzip compression ratio is higher
+            (repetitive text) is refused.
+        :param max_words_per_second: a transcript with more words per second of audio is refused.
+        :param max_ngram_repeats: a transcript where one run of three words comes more often is
+            refused.
+        :param min_language_probability: a detected language less probable than this is
+            refused; a request's ``language`` is not detected, and passes.
         """
         super().__init__(**kwargs)
         if backend not in BACKENDS:
@@ -376,6 +408,14 @@ class WhisperExecutor(DrainingExecutor):
         self.audio_dir = Path(audio_dir) if audio_dir else None
         self.max_audio_file_bytes = int(max_audio_file_mb * MEBIBYTE)
         self.spoken_settings = spoken_settings
+        self.limits = TranscriptLimits(
+            min_avg_logprob,
+            max_no_speech_prob,
+            max_compression_ratio,
+            max_words_per_second,
+            max_ngram_repeats,
+            min_language_probability,
+        )
         # CTranslate2 took its thread count at load; torch takes it on the thread that runs it.
         torch_threads = functools.partial(use_torch_threads, self.threads)
         self.worker = ModelWorker(
@@ -468,6 +508,37 @@ class WhisperExecutor(DrainingExecutor):
             )
         return transcripts
 
+    def check_transcript(
+        self,
+        index: int,
+        doc: SpeechDoc,
+        transcript: Transcript,
+        language: Optional[str],
+        audio_seconds: float,
+    ) -> None:
+        """Refuse a transcript that may not be what was said (speech2image/transcript_checks.py):
+        a detected language Whisper was unsure of, or a transcript it was unsure of or that
+        looks like one of its hallucinations. The message says what to do instead."""
+        if language is None:
+            doubt = language_doubt(
+                transcript.language, transcript.language_probability, self.limits
+            )
+            if doubt:
+                raise document_error(
+                    index,
+                    doc,
+                    f'could not tell which language was spoken: {doubt}; speak again, or give '
+                    f"the language (parameter 'language', e.g. '{transcript.language}')",
+                )
+        doubt = transcript_doubt(transcript.text, transcript.segments, audio_seconds, self.limits)
+        if doubt:
+            raise document_error(
+                index,
+                doc,
+                f'could not understand the speech clearly (heard "{transcript.text[:80]}": '
+                f"{doubt}); speak again, or give the language (parameter 'language')",
+            )
+
     async def transcribe_doc(
         self, index: int, doc: SpeechDoc, task: str, language: Optional[str], spoken_settings: bool
     ) -> None:
@@ -481,15 +552,25 @@ class WhisperExecutor(DrainingExecutor):
         transcript = await self.worker.run(ClipJob(samples, task, language), (task, language))
         if not transcript.text:
             raise document_error(index, doc, 'no speech detected in the audio')
+        audio_seconds = round(samples.size / SAMPLE_RATE, 3)
+        self.check_transcript(index, doc, transcript, language, audio_seconds)
         doc.text = transcript.text
         doc.tags.update(
             language=transcript.language,
             language_probability=transcript.language_probability,
             segments=transcript.segments,
             task=task,
-            audio_seconds=round(samples.size / SAMPLE_RATE, 3),
+            audio_seconds=audio_seconds,
         )
         doc.tags[TRANSCRIPT_TAG] = transcript.text
+        if task == 'translate' and transcript.language != 'en':
+            # What was heard, in the language spoken, beside its English: a person can see
+            # what was understood (one more decode, with the language now known).
+            heard = await self.worker.run(
+                ClipJob(samples, 'transcribe', transcript.language),
+                ('transcribe', transcript.language),
+            )
+            doc.tags[SOURCE_TRANSCRIPT_TAG] = heard.text
         # The rules are English: the transcript is English when translated or spoken so.
         if spoken_settings and (task == 'translate' or transcript.language == 'en'):
             command = parse_command(transcript.text)

@@ -486,6 +486,7 @@ function imageFigure(image) {
   caption.textContent = [
     `seed ${tags.seed}`, `${tags.num_inference_steps} steps`, `guidance ${tags.guidance_scale}`,
     `${image.width} × ${image.height}`,
+    ...(tags.safety_flagged ? ['blacked out: flagged by the safety checker'] : []),
   ].join(' · ');
   caption.title = `model ${tags.model}` + (tags.negative_prompt ? `; negative prompt: ${tags.negative_prompt}` : '');
   const download = document.createElement('a');
