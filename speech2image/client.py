@@ -36,7 +36,12 @@ from speech2image import defaults
 from speech2image.auth import api_key_from_environment, authorization_header
 from speech2image.gateway_errors import read_gateway_error
 from speech2image.schema import SAFETY_NOTE_TAG, SpeechDoc, StreamEvent, StreamRequest
-from speech2image.spoken_settings import SPOKEN_SETTINGS_TAG, TRANSCRIPT_TAG, parse_command
+from speech2image.spoken_settings import (
+    SOURCE_TRANSCRIPT_TAG,
+    SPOKEN_SETTINGS_TAG,
+    TRANSCRIPT_TAG,
+    parse_command,
+)
 from speech2image.streaming import FINAL_EVENTS
 
 # The server's variables for its address (flow.py's --host and --port-grpc), read here too.
@@ -388,6 +393,8 @@ def heard_lines(doc: SpeechDoc) -> List[str]:
     if TRANSCRIPT_TAG in tags:
         probability = 100 * float(tags.get('language_probability', 0))
         language = f'{tags.get("language")}, {probability:.0f}%'
+        if SOURCE_TRANSCRIPT_TAG in tags:  # translated: the words as heard, then the English
+            lines.append(f'  heard ({language}): {tags[SOURCE_TRANSCRIPT_TAG]}')
         if tags[TRANSCRIPT_TAG] != doc.text or tags.get('language') != 'en':
             lines.append(f'  Whisper wrote ({language}): {tags[TRANSCRIPT_TAG]}')
     taken = tags.get(SPOKEN_SETTINGS_TAG) or {}

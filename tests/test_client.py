@@ -166,3 +166,21 @@ def test_missing_file_is_a_usage_error(tmp_path):
     result = run_client(str(tmp_path / 'nope.wav'))
     assert result.returncode == 2
     assert 'no such audio file' in result.stderr
+
+
+def test_a_translated_transcript_shows_the_words_as_heard_and_the_english():
+    from speech2image.client import heard_lines
+    from speech2image.schema import SpeechDoc
+
+    doc = SpeechDoc(
+        text='a boat on the sea',
+        tags={
+            'transcript': 'a boat on the sea',
+            'source_transcript': 'un barco en el mar',
+            'language': 'es',
+            'language_probability': 0.9,
+        },
+    )
+    lines = heard_lines(doc)
+    assert lines[0] == '  heard (es, 90%): un barco en el mar'
+    assert 'a boat on the sea' in lines[1]

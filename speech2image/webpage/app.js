@@ -18,7 +18,7 @@ const SIZE_FACTORS = [1, 2, 4, 8];
 // Settings estimated to take longer than this are warned of before Generate.
 const SLOW_SECONDS = 20;
 // The tag with the words as heard in their language, beside the English prompt (doc.text).
-const HEARD_TAG = 'heard';
+const HEARD_TAG = 'source_transcript';  // spoken_settings.SOURCE_TRANSCRIPT_TAG
 // What a refusal of the page's one document starts with; a person needs only the reason.
 const DOCUMENT_PREFIX = /^document 0(?: \(id [^)]*\))?: /;
 // The settings a person sets (form) or says, by request parameter, as the page names them.
