@@ -45,3 +45,9 @@ BODY_TIMEOUT_SECONDS = 30.0
 DRAIN_SECONDS = 30.0
 # After the drain, how long a process may take to shut down before it is ended for good.
 SHUTDOWN_GRACE_SECONDS = 5.0
+
+# A conversation about a picture travels with each request (speech2image/conversation.py):
+# its turns, the bytes of their images, and how long after its last turn it may go on.
+MAX_CONVERSATION_TURNS = 8
+MAX_CONVERSATION_MB = 8
+CONVERSATION_MAX_AGE_SECONDS = 3600.0
