@@ -395,9 +395,8 @@ def attribute_changes(text: str, before: Scene, said: str) -> dict:
         step = COMPARATIVES[comparative.group(1)]
         index = SIZE_ORDER.index(filled(before, 'size')) + step
         if not 0 <= index < len(SIZE_ORDER):
-            raise EditError(
-                f'"{said}": it is already as {comparative.group(1)[:-2]} as the world draws'
-            )
+            extreme = 'biggest' if step > 0 else 'smallest'
+            raise EditError(f'"{said}": it is already {filled(before, "size")}, the {extreme} size')
         changes['size'] = SIZE_ORDER[index]
     elif SIZE_RE.search(rest):
         changes['size'] = SIZE_WORDS[SIZE_RE.findall(rest)[-1]]

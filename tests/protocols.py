@@ -154,7 +154,7 @@ def status_line(connection: socket.socket) -> bytes:
 
 
 def json_document(doc: SpeechDoc) -> Dict[str, Any]:
-    """A document as a browser or curl sends it: base64 bytes, samples as a list."""
+    """A document as a browser or curl sends it: base64 bytes, samples as a list, its tags."""
     body: Dict[str, Any] = {'id': doc.id}
     if doc.text is not None:
         body['text'] = doc.text
@@ -164,6 +164,8 @@ def json_document(doc: SpeechDoc) -> Dict[str, Any]:
         body['bytes_'] = base64.b64encode(bytes(doc.bytes_)).decode()
     if doc.tensor is not None:
         body['tensor'] = np.asarray(doc.tensor).tolist()
+    if doc.tags:
+        body['tags'] = doc.tags
     return body
 
 
