@@ -4,63 +4,42 @@ back, refusals). What the pictures show is judged on the trained model in
 test_conversation_pixels.py."""
 
 import base64
+import subprocess
+import sys
 import time
 
 import pytest
 
+from devtools.offline_flow import ASSETS
 from speech2image import defaults
 from speech2image.schema import SpeechDoc
 from tests.protocols import (
+    ANSWER_TIMEOUT_S,
     INVALID,
     OK,
+    SENDERS,
     STREAM_SENDERS,
+    conversation_turn,
+    image_bytes,
     over_grpc,
-    over_http,
-    over_websocket,
     post_stream,
     sse_events,
 )
 from tests.support import diffusion_metric, poll_until
 
-SENDERS = {
-    'gRPC': lambda flow, doc, parameters: over_grpc(flow.grpc, '/', [doc], parameters),
-    'HTTP': lambda flow, doc, parameters: over_http(flow.http, '/', [doc], parameters),
-    'WebSocket': lambda flow, doc, parameters: over_websocket(
-        flow.websocket, '/', [doc], parameters
-    ),
-}
 WAYS = [(kind, protocol) for kind in ('request', 'stream') for protocol in sorted(SENDERS)]
 EDIT_STRENGTH = 0.6  # the diffusion Executor's default edit_strength
 CANCELLED = 'speech2image_diffusion_cancelled_requests_total'
+# The CLI's images of turns 0, 1 and 3, at the seed it was given.
+FILES = ('0-text-0-seed5.png', '1-make_it_blue-0-seed5.png', '3-text-0-seed5.png')
 UNET_CALLS = 'speech2image_diffusion_step_seconds_count'  # one per UNet call
-
-
-def image_bytes(image) -> bytes:
-    """An image's bytes as any protocol answers them (raw in Python, base64 in JSON)."""
-    data = image['bytes_']
-    return base64.b64decode(data) if isinstance(data, str) else bytes(data)
-
-
-def take_turn(flow, way, said: str, conversation, parameters=None):
-    """Send ``said`` with ``conversation``, ``way`` = (request or stream, protocol); returns
-    (status, message, the answered document as {text, tags, images})."""
-    kind, protocol = way
-    doc = SpeechDoc(text=said, tags={'conversation': conversation})
-    if kind == 'request':
-        answer = SENDERS[protocol](flow, doc, parameters or {})
-        if answer.status != OK:
-            return answer.status, answer.message, None
-        [answered] = answer.docs
-        return OK, '', {**answered, 'images': answered['matches']}
-    answer = STREAM_SENDERS[protocol](flow, doc, parameters or {})
-    return answer.status, answer.message, answer.events[-1] if answer.status == OK else None
 
 
 def talk(flow, way, *utterances, parameters=None):
     """A conversation of ``utterances``; returns each turn's answered document."""
     conversation, answers = [], []
     for said in utterances:
-        status, message, answered = take_turn(flow, way, said, conversation, parameters)
+        status, message, answered = conversation_turn(flow, way, said, conversation, parameters)
         assert status == OK, (said, message)
         answers.append(answered)
         conversation = answered['tags']['conversation']
@@ -123,10 +102,10 @@ def test_refusals_name_what_is_wrong_on_every_protocol(running_flow, way):
         ),
     ]
     for said, conversation, message in cases:
-        status, answer, _ = take_turn(running_flow, way, said, conversation)
+        status, answer, _ = conversation_turn(running_flow, way, said, conversation)
         assert (status, message) == (INVALID, message) and message in answer, (said, answer)
     # The service goes on serving the conversation.
-    assert take_turn(running_flow, way, 'make it blue', turns)[0] == OK
+    assert conversation_turn(running_flow, way, 'make it blue', turns)[0] == OK
 
 
 def test_turns_of_every_kind_share_a_request(running_flow):
@@ -204,7 +183,27 @@ def test_cancelling_an_edit_stops_its_steps(running_flow):
     computed = diffusion_metric(running_flow, UNET_CALLS) - unet_before
     assert 3 <= computed <= 3 + 5, computed
     # And the Executor goes on with the conversation.
-    status, message, _ = take_turn(
+    status, message, _ = conversation_turn(
         running_flow, ('request', 'HTTP'), 'make it blue', first['tags']['conversation']
     )
     assert status == OK, message
+
+
+def test_the_cli_talks_across_clips_and_typed_lines(running_flow, tmp_path):
+    """``speech2image --talk``: a typed picture, a spoken edit (assets/make_it_blue.wav), an
+    edit it refuses (said and shown, the conversation goes on), then back to the first."""
+    lines = ['a red ball on the left', str(ASSETS / 'make_it_blue.wav'), 'make it shiny', 'go back']
+    result = subprocess.run(
+        [sys.executable, '-m', 'speech2image.client', '--host', running_flow.grpc]
+        + ['--out', str(tmp_path), '--seed', '5', '--talk'],
+        input='\n'.join(lines) + '\n',
+        capture_output=True,
+        text=True,
+        timeout=ANSWER_TIMEOUT_S * 2,
+    )
+    assert result.returncode == 1, result.stderr  # one turn was refused
+    assert 'drew "a blue ball on the left" (changed: colour red -> blue)' in result.stdout
+    assert 'refused: document 0' in result.stderr
+    assert 'could not read "make it shiny"' in ' '.join(result.stderr.split())
+    first, blue, back = (tmp_path / name for name in FILES)
+    assert back.read_bytes() == first.read_bytes() != blue.read_bytes()
