@@ -54,14 +54,7 @@ FROM_TEXT, FROM_IMAGE, NOT_DRAWN = 'text', 'image', 'none'
 KEEP_COMPOSITION = frozenset({'colour', 'place'})
 SIZE_ORDER = tuple(SIZES)  # small, medium, big
 DEFAULT_SIZE = 'medium'
-COMPARATIVES = {
-    'bigger': 1,
-    'larger': 1,
-    'greater': 1,
-    'smaller': -1,
-    'tinier': -1,
-    'littler': -1,
-}
+COMPARATIVES = {'bigger': 1, 'larger': 1, 'smaller': -1, 'tinier': -1}
 # Directions a thing is moved in, as positions of the world.
 DIRECTIONS = {'up': 'top', 'higher': 'top', 'down': 'bottom', 'lower': 'bottom'}
 
@@ -71,22 +64,8 @@ _SIZE = alternatives(SIZE_WORDS)
 _FILLER = alternatives(FILLERS)
 # Words that open an edit and are no name, so "again, but blue" is not said to someone "again".
 EDIT_WORDS = (
-    'now',
-    'again',
-    'same',
-    'but',
-    'and',
-    'so',
-    'then',
-    'well',
-    'no',
-    'yes',
-    'another',
-    'back',
-    'undo',
-    'bigger',
-    'smaller',
-    'instead',
+    *'now again same but and so then well no yes another back undo instead'.split(),
+    *COMPARATIVES,
 )
 # Said to someone: "Jarvis, ...", "hey Jarvis, ...".
 ADDRESS = (
@@ -175,7 +154,7 @@ ADD_RE = re.compile(
 ADD_SAME_RE = re.compile(rf'\b{ADD_VERB}\s+(?:another|one\s+more)(?:\s+(?:one|of\s+them))?$')
 REMOVE_RE = re.compile(
     rf'\b{REMOVE_VERB}\s+(?:(?:the|a|an|one|that|this|all\s+the)\s+)?'
-    rf'(?:(?:{_SIZE}|{_COLOUR})\s+)*(?:(?P<thing>{_THING})|(?P<object>{OBJECT}))?'
+    rf'(?:(?:{_SIZE}|{_COLOUR})\s+)*(?:(?P<thing>{_THING})|{OBJECT})?'
 )
 
 UNDERSTOOD = (
