@@ -6,23 +6,18 @@
 
 Turns alternate between two Flows that share nothing (two gateways, two diffusion Executors):
 each turn is served by another replica than the turn before, as behind a Service without sticky
-sessions. On the random model (``S2I_CONVERSATION_MODEL=models/tiny-stable-diffusion``) these
-tests fail: the judge finds no red ball on the left.
+sessions. On the random model (devtools.offline_flow.WORLD_MODEL pointed at
+models/tiny-stable-diffusion) these tests fail: the judge finds no red ball on the left.
 """
 
-import io
-import os
-from pathlib import Path
-
 import pytest
-from PIL import Image
 
-from devtools.offline_flow import MODELS, serve_flow
+from devtools.offline_flow import serve_flow
+from devtools.world_judge import judge
 from tests.protocols import OK, conversation_turn, image_bytes
 
-WORLD_MODEL = Path(os.environ.get('S2I_CONVERSATION_MODEL', MODELS / 'shapes-world'))
-# The trained model's own sampling (docs/models.md); a fixed seed makes the pictures the same
-# on every run.
+# Enough steps for the trained model to draw what is said; a fixed seed makes the pictures the
+# same on every run.
 PARAMETERS = {'num_inference_steps': 20, 'seed': 3}
 TURNS = (
     'a red ball on the left',
@@ -38,12 +33,11 @@ MOVED_CENTROID = 0.25
 
 
 @pytest.fixture(scope='module')
-def answers():
-    """Each turn's answered document, the turns sent to the two Flows in turn."""
-    if not (WORLD_MODEL / 'model_index.json').is_file():
-        pytest.fail(f'no trained model at {WORLD_MODEL}: `make models` builds it')
-    flags = ('--diffusion-model', str(WORLD_MODEL))
-    with serve_flow(*flags) as first, serve_flow(*flags) as second:
+def answers(running_flow):
+    """Each turn's answered document, the turns sent to the shared Flow and a second one in
+    turn."""
+    with serve_flow() as second:
+        first = running_flow
         conversation, answers = [], {}
         for number, said in enumerate(TURNS):
             flow = (first, second)[number % 2]
@@ -67,10 +61,8 @@ def answers():
 
 
 def judged(answered):
-    from devtools.world_judge import judge
-
-    picture = Image.open(io.BytesIO(image_bytes(answered['images'][0]))).convert('RGB')
-    return judge(picture)
+    """The judge's verdict on a turn's (first) picture."""
+    return judge(image_bytes(answered['images'][0]))
 
 
 def test_the_first_picture_is_what_was_said(answers):
