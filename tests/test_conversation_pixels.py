@@ -6,8 +6,9 @@
 
 Turns alternate between two Flows that share nothing (two gateways, two diffusion Executors):
 each turn is served by another replica than the turn before, as behind a Service without sticky
-sessions. On the random model (devtools.offline_flow.WORLD_MODEL pointed at
-models/tiny-stable-diffusion) these tests fail: the judge finds no red ball on the left.
+sessions. On the random model these tests fail
+(``S2I_OFFLINE_DIFFUSION_MODEL=models/tiny-stable-diffusion pytest tests/test_conversation_pixels.py``):
+the judge finds no red ball on the left.
 """
 
 import pytest
