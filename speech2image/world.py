@@ -233,6 +233,7 @@ def describe(scene: Scene) -> str:
         words.append(PLACES[scene.place][0])
     return ' '.join(words)
 
+
 # (colour, thing) pairs never shown in training: the fidelity benchmark asks for them to measure
 # generalisation rather than memory.
 HELD_OUT = frozenset(
