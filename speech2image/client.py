@@ -5,6 +5,7 @@
     speech2image --host grpcs://s2i.example.com:443 talk.webm
     speech2image --transcribe-only talk.ogg             # stop after Whisper
     speech2image --previews previews/ talk.wav          # also save the previews as they come
+    speech2image --talk                                 # a conversation: "a red ball", "make it blue", ...
 
 The address takes grpc://, grpcs://, http://, https://, ws:// or wss://. Without --host the
 client reads the variables the server reads: S2I_HOST and S2I_PORT_GRPC (a Flow moved with
@@ -486,8 +487,15 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument('--width', type=int)
     parser.add_argument('--height', type=int)
     parser.add_argument('--negative-prompt')
+    parser.add_argument(
+        '--talk',
+        action='store_true',
+        help='a conversation about one picture: each clip or typed line (then each line of '
+        'stdin: an audio file path or words) refines the last picture ("make it blue", '
+        '"another one", "go back") or starts a new one',
+    )
     args = parser.parse_args(argv)
-    if not args.audio and not args.text:
+    if not args.audio and not args.text and not args.talk:
         parser.error('give at least one audio file or --text')
     for path in args.audio:
         if not path.is_file():
@@ -530,8 +538,8 @@ def print_saved_images(doc: SpeechDoc, out_dir: Path, overwrite: bool) -> None:
         print(f'  safety: {doc.tags[SAFETY_NOTE_TAG]}', flush=True)
 
 
-def post_documents(args: argparse.Namespace, docs: List[SpeechDoc], console) -> None:
-    """Every document in one ordinary request: the answers once all are done."""
+def post_documents(args: argparse.Namespace, docs: List[SpeechDoc], console) -> List[SpeechDoc]:
+    """Every document in one ordinary request: the answers once all are done, returned."""
     endpoint = endpoint_for(docs, args.transcribe_only)
     started = time.monotonic()
     with console.status(f'Waiting for {args.host}{endpoint} ({len(docs)} prompt(s))...'):
@@ -542,6 +550,7 @@ def post_documents(args: argparse.Namespace, docs: List[SpeechDoc], console) -> 
     for doc in answered:
         print_transcript(doc)
         print_saved_images(doc, args.out, args.overwrite)
+    return answered
 
 
 def answered_doc(doc: SpeechDoc, event: StreamEvent) -> SpeechDoc:
@@ -557,14 +566,14 @@ async def stream_documents(args: argparse.Namespace, docs: List[SpeechDoc]) -> N
         await stream_document(args, doc)
 
 
-async def stream_document(args: argparse.Namespace, doc: SpeechDoc) -> None:
-    """Stream one document of the command line, printing and saving as it goes;
-    ``ServiceError`` if it fails or is cancelled by someone else."""
+async def stream_document(args: argparse.Namespace, doc: SpeechDoc) -> Optional[SpeechDoc]:
+    """Stream one document of the command line, printing and saving as it goes; returns the
+    answered document; ``ServiceError`` if it fails or is cancelled by someone else."""
     from tqdm import tqdm
 
     source = doc.tags['source']
     prompt = doc.text or ''
-    progress = None
+    progress, answered = None, None
     try:
         events = stream(args.host, doc, request_parameters(args), api_key_from_environment())
         async for event in events:
@@ -580,12 +589,14 @@ async def stream_document(args: argparse.Namespace, doc: SpeechDoc) -> None:
             elif event.event == 'done':
                 if progress is not None:
                     progress.close()  # before the paths, so they print below a finished bar
-                print_saved_images(answered_doc(doc, event), args.out, args.overwrite)
+                answered = answered_doc(doc, event)
+                print_saved_images(answered, args.out, args.overwrite)
             elif event.event == 'cancelled':
                 raise ServiceError(event.message)
     finally:
         if progress is not None:
             progress.close()
+    return answered
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -597,6 +608,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     docs = make_docs(args.audio, args.text, parse_typed=args.spoken_settings is not False)
     try:
         check_gateway_reachable(args.host)
+        if args.talk:
+            from speech2image.talk import talk
+
+            return talk(args, docs, console)
         if args.stream and not args.transcribe_only:
             asyncio.run(stream_documents(args, docs))
         else:

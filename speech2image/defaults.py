@@ -59,3 +59,9 @@ MAX_COMPRESSION_RATIO = 2.4
 MAX_WORDS_PER_SECOND = 6.0
 MAX_NGRAM_REPEATS = 1
 MIN_LANGUAGE_PROBABILITY = 0.4
+
+# A conversation about a picture travels with each request (speech2image/conversation.py):
+# its turns, the bytes of their images, and how long after its last turn it may go on.
+MAX_CONVERSATION_TURNS = 8
+MAX_CONVERSATION_MB = 8
+CONVERSATION_MAX_AGE_SECONDS = 3600.0

@@ -129,25 +129,28 @@ class Scene:
         return replace(self, **changes)
 
 
-def _alternatives(words) -> str:
+def alternatives(words) -> str:
+    """A regular-expression alternation of ``words``, longest first ("night sky" before "sky")."""
     return '|'.join(sorted((re.escape(w) for w in words), key=len, reverse=True))
 
 
-_THING_WORDS = {word: name for name, words in THINGS.items() for word in words}
-_THING_WORDS.update({PLURALS.get(w, w + 's'): n for w, n in list(_THING_WORDS.items())})
-_PLACE_WORDS = {phrase: name for name, phrases in PLACES.items() for phrase in phrases + (name,)}
-_POSITION_WORDS = {'centre': 'middle', 'center': 'middle'}
-_POSITION_WORDS.update({name: name for name in POSITIONS})
-_SIZE_WORDS = {word: name for name, words in SIZES.items() for word in words}
-_COUNT_WORDS = {'one': 1, 'two': 2, 'three': 3}
-_WORD = r'(?<![\w-])({})(?![\w-])'
+# Each word or phrase the world knows -> the name it says (parse_scene, speech2image/edits.py).
+THING_WORDS = {word: name for name, words in THINGS.items() for word in words}
+THING_WORDS.update({PLURALS.get(w, w + 's'): n for w, n in list(THING_WORDS.items())})
+PLACE_WORDS = {phrase: name for name, phrases in PLACES.items() for phrase in phrases + (name,)}
+POSITION_WORDS = {'centre': 'middle', 'center': 'middle'}
+POSITION_WORDS.update({name: name for name in POSITIONS})
+SIZE_WORDS = {word: name for name, words in SIZES.items() for word in words}
+COUNT_WORDS = {'one': 1, 'two': 2, 'three': 3}
+# A whole word or phrase: the alternation of words given.
+WORD = r'(?<![\w-])({})(?![\w-])'
 # Places first: "night sky" and "white wall" hold words of other kinds.
-_PLACE_RE = re.compile(_WORD.format(_alternatives(_PLACE_WORDS)))
-_COLOUR_RE = re.compile(_WORD.format(_alternatives(COLOURS)))
-_THING_RE = re.compile(_WORD.format(_alternatives(_THING_WORDS)))
-_POSITION_RE = re.compile(_WORD.format(_alternatives(_POSITION_WORDS)))
-_SIZE_RE = re.compile(_WORD.format(_alternatives(_SIZE_WORDS)))
-_COUNT_RE = re.compile(_WORD.format(_alternatives(_COUNT_WORDS)))
+_PLACE_RE = re.compile(WORD.format(alternatives(PLACE_WORDS)))
+_COLOUR_RE = re.compile(WORD.format(alternatives(COLOURS)))
+_THING_RE = re.compile(WORD.format(alternatives(THING_WORDS)))
+_POSITION_RE = re.compile(WORD.format(alternatives(POSITION_WORDS)))
+_SIZE_RE = re.compile(WORD.format(alternatives(SIZE_WORDS)))
+_COUNT_RE = re.compile(WORD.format(alternatives(COUNT_WORDS)))
 
 
 def parse_scene(text: str) -> Scene:
@@ -164,11 +167,11 @@ def parse_scene(text: str) -> Scene:
     }
     return Scene(
         colour=found['colour'] and found['colour'].group(1),
-        thing=found['thing'] and _THING_WORDS[found['thing'].group(1)],
-        place=place and _PLACE_WORDS[place.group(1)],
-        position=found['position'] and _POSITION_WORDS[found['position'].group(1)],
-        size=found['size'] and _SIZE_WORDS[found['size'].group(1)],
-        count=found['count'] and _COUNT_WORDS[found['count'].group(1)],
+        thing=found['thing'] and THING_WORDS[found['thing'].group(1)],
+        place=place and PLACE_WORDS[place.group(1)],
+        position=found['position'] and POSITION_WORDS[found['position'].group(1)],
+        size=found['size'] and SIZE_WORDS[found['size'].group(1)],
+        count=found['count'] and COUNT_WORDS[found['count'].group(1)],
     )
 
 

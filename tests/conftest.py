@@ -30,6 +30,7 @@ MODULE_MARKERS = {
     'test_batching': ('slow',),
     'test_bench': ('slow',),
     'test_client_streaming': ('slow',),
+    'test_conversation_pixels': ('slow', 'fidelity'),
     'test_k8s': ('k8s',),
     'test_k8s_images': ('k8s',),
     'test_k8s_load_sharing': ('slow', 'k8s'),

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import aiohttp
 import grpc
@@ -154,7 +154,7 @@ def status_line(connection: socket.socket) -> bytes:
 
 
 def json_document(doc: SpeechDoc) -> Dict[str, Any]:
-    """A document as a browser or curl sends it: base64 bytes, samples as a list."""
+    """A document as a browser or curl sends it: base64 bytes, samples as a list, its tags."""
     body: Dict[str, Any] = {'id': doc.id}
     if doc.text is not None:
         body['text'] = doc.text
@@ -164,6 +164,8 @@ def json_document(doc: SpeechDoc) -> Dict[str, Any]:
         body['bytes_'] = base64.b64encode(bytes(doc.bytes_)).decode()
     if doc.tensor is not None:
         body['tensor'] = np.asarray(doc.tensor).tolist()
+    if doc.tags:
+        body['tags'] = doc.tags
     return body
 
 
@@ -365,3 +367,38 @@ STREAM_SENDERS = {
         flow.websocket, doc, parameters
     ),
 }
+
+
+# --- a conversation turn (speech2image/conversation.py) --------------------------------------
+
+# One request to '/' over each protocol, for the tests that send a document every way.
+SENDERS = {
+    'gRPC': lambda flow, doc, parameters: over_grpc(flow.grpc, '/', [doc], parameters),
+    'HTTP': lambda flow, doc, parameters: over_http(flow.http, '/', [doc], parameters),
+    'WebSocket': lambda flow, doc, parameters: over_websocket(
+        flow.websocket, '/', [doc], parameters
+    ),
+}
+
+
+def image_bytes(image) -> bytes:
+    """An image's bytes as any protocol answers them (raw in Python, base64 in JSON)."""
+    data = image['bytes_']
+    return base64.b64decode(data) if isinstance(data, str) else bytes(data)
+
+
+def conversation_turn(
+    flow, way: Tuple[str, str], said: str, conversation: Any, parameters: Optional[Dict] = None
+) -> Tuple[str, str, Optional[Dict[str, Any]]]:
+    """Send ``said`` with ``conversation``, ``way`` = (request or stream, protocol); returns
+    (status, message, the answered document as {text, tags, images})."""
+    kind, protocol = way
+    doc = SpeechDoc(text=said, tags={'conversation': conversation})
+    if kind == 'request':
+        answer = SENDERS[protocol](flow, doc, parameters or {})
+        if answer.status != OK:
+            return answer.status, answer.message, None
+        [answered] = answer.docs
+        return OK, '', {**answered, 'images': answered['matches']}
+    answer = STREAM_SENDERS[protocol](flow, doc, parameters or {})
+    return answer.status, answer.message, answer.events[-1] if answer.status == OK else None

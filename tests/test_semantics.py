@@ -7,7 +7,6 @@ fails on an untrained model, whose pictures are noise:
 every test (docs/testing.md). The speech comes from espeak-ng clips in assets/ (make_clips.sh).
 """
 
-import base64
 import io
 
 import numpy as np
@@ -17,7 +16,14 @@ from PIL import Image
 from devtools.offline_flow import ASSETS
 from devtools.world_judge import judge
 from speech2image.schema import SpeechDoc
-from tests.protocols import OK, STREAM_SENDERS, over_grpc, over_http, over_websocket
+from tests.protocols import (
+    OK,
+    STREAM_SENDERS,
+    image_bytes,
+    over_grpc,
+    over_http,
+    over_websocket,
+)
 
 STEPS = 20
 SENDERS = {
@@ -31,14 +37,8 @@ TWO_TREES = (
 ).read_bytes()  # "... two pictures of a green tree ..., seed 7"
 
 
-def picture(image: dict) -> bytes:
-    """An image's encoded bytes from a document as any protocol returns it (base64 in JSON)."""
-    data = image['bytes_']
-    return base64.b64decode(data) if isinstance(data, str) else bytes(data)
-
-
 def pixels(image: dict) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(picture(image))).convert('RGB'), np.float32)
+    return np.asarray(Image.open(io.BytesIO(image_bytes(image))).convert('RGB'), np.float32)
 
 
 def images_of(answer) -> list:
@@ -51,7 +51,7 @@ def test_a_spoken_blue_star_on_the_left_is_blue_on_the_left(running_flow, protoc
     answer = SENDERS[protocol](
         running_flow, '/', [SpeechDoc(bytes_=BLUE_STAR)], {'num_inference_steps': STEPS, 'seed': 3}
     )
-    verdict = judge(picture(images_of(answer)[0]))
+    verdict = judge(image_bytes(images_of(answer)[0]))
     assert 'blue star' in answer.docs[0]['text'].lower()
     assert verdict.colour == 'blue', verdict
     assert verdict.centroid[0] < 0.4, verdict
@@ -66,13 +66,13 @@ def test_the_stream_paints_the_spoken_words_and_its_previews_approach_them(runni
     )
     assert answer.status == OK, answer.message
     final = answer.events[-1]['images'][0]
-    verdict = judge(picture(final))
+    verdict = judge(image_bytes(final))
     assert verdict.colour == 'blue' and verdict.centroid[0] < 0.4, verdict
     previews = [event['images'][0] for event in answer.events if event['event'] == 'preview']
     assert len(previews) == STEPS // 4 - 1  # the last step's preview is the final image
     distances = [np.abs(pixels(p) - pixels(final)).mean() for p in previews]
     assert all(b < a for a, b in zip(distances, distances[1:])), distances
-    assert judge(picture(previews[-1])).colour == 'blue'
+    assert judge(image_bytes(previews[-1])).colour == 'blue'
 
 
 @pytest.mark.parametrize('protocol', sorted(SENDERS))
@@ -85,7 +85,7 @@ def test_spoken_settings_reach_the_pixels(running_flow, protocol):
     images = images_of(spoken)
     assert [image['tags']['seed'] for image in images] == [7, 8]
     for image in images:
-        verdict = judge(picture(image))
+        verdict = judge(image_bytes(image))
         assert (verdict.colour, verdict.place) == ('green', 'grass'), verdict
     typed = over_grpc(
         running_flow.grpc,
@@ -93,7 +93,7 @@ def test_spoken_settings_reach_the_pixels(running_flow, protocol):
         [SpeechDoc(text=spoken.docs[0]['text'])],
         {'num_inference_steps': STEPS, 'seed': 7},
     )
-    assert picture(images_of(typed)[0]) == picture(images[0])
+    assert image_bytes(images_of(typed)[0]) == image_bytes(images[0])
 
 
 @pytest.mark.parametrize('protocol', sorted(SENDERS))
@@ -104,7 +104,7 @@ def test_each_document_of_a_batch_gets_its_own_colour(running_flow, protocol):
         running_flow, '/generate', docs, {'num_inference_steps': STEPS, 'seed': 11}
     )
     assert answer.status == OK, answer.message
-    judged = [judge(picture(doc['matches'][0])).colour for doc in answer.docs]
+    judged = [judge(image_bytes(doc['matches'][0])).colour for doc in answer.docs]
     assert judged == list(colours)
 
 
@@ -116,7 +116,7 @@ def test_a_negative_prompt_removes_the_colour_it_names(running_flow):
 
     def judged(extra):
         answer = over_http(running_flow.http, '/generate', docs, {**parameters, **extra})
-        return [judge(picture(image)) for image in images_of(answer)]
+        return [judge(image_bytes(image)) for image in images_of(answer)]
 
     plain = judged({})
     colours = [v.colour for v in plain]

@@ -893,3 +893,39 @@ def test_the_pages_users_enter_the_key_themselves(browser):
                 wait_until(page, "document.getElementById('key-form').hidden", 10)
                 assert page.inner_text('#service').startswith('Pictures are drawn by fake-model')
     assert [authorization for _, authorization in calls] == [None, 'Bearer wrong', f'Bearer {KEY}']
+
+
+def test_the_page_talks_about_one_picture(browser, web_url):
+    """Typed turns refine the current picture: the strip shows each turn with what was said and
+    what changed; "New picture" forgets them, so an edit then has no picture to edit."""
+    turns = [
+        ('a red ball on the left', 'new picture'),
+        ('make it blue', 'changed: colour red -> blue'),
+        ('move it to the right', 'changed: position left -> right'),
+    ]
+    with open_page(browser, web_url, DESKTOP, 'web-conversation.png') as page:
+        for count, (said, _) in enumerate(turns, 1):
+            page.fill('#prompt', said)
+            page.click('#generate')
+            wait_until(
+                page,
+                "!document.getElementById('generate').disabled && "
+                f"document.querySelectorAll('#strip li').length === {count}",
+            )
+        assert page.inner_text('#understood') == turns[-1][1]
+        assert page.inner_text('#transcript') == 'a blue ball on the right'
+        strip = page.eval_on_selector_all(
+            '#strip li',
+            'items => items.map(item => [item.querySelector(".turn-said").textContent, '
+            'item.querySelector(".turn-changed").textContent, '
+            'item.querySelector("img").naturalWidth])',
+        )
+        assert strip == [
+            [f'{number}. “{said}”', changed, 64] for number, (said, changed) in enumerate(turns, 1)
+        ]
+        page.click('#new-picture')
+        assert page.is_hidden('#turns')
+        page.fill('#prompt', 'make it blue')
+        page.click('#generate')
+        wait_until(page, "!document.getElementById('error').hidden")
+        assert 'there is none yet: say what to draw first' in page.inner_text('#error')

@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import functools
 import io
+import math
 import re
 import secrets
 import threading
@@ -27,6 +28,12 @@ from docarray import DocList
 from jina import requests
 
 from speech2image.batching import ModelWorker
+from speech2image.conversation import (
+    CONVERSATION_TAG,
+    PlannedTurn,
+    answered_turns,
+    plan_turn,
+)
 from speech2image.cpus import thread_count, use_torch_threads
 from speech2image.defaults import (
     DIFFUSION_INFO_TAG,
@@ -36,6 +43,7 @@ from speech2image.defaults import (
 )
 from speech2image.devices import resolve_device, torch_cuda_usable
 from speech2image.draining import DrainingExecutor
+from speech2image.edits import BACK
 from speech2image.hub import ModelLoadError, hub_offline
 from speech2image.metrics import DiffusionMetrics, instrumented, registry_of
 from speech2image.previews import PREVIEW_MIME_TYPE, preview_jpeg, projection_for
@@ -100,6 +108,8 @@ class GenerationSettings:
     seed: Optional[int]
     negative_prompt: Optional[str]
     image_format: str
+    # Image-to-image from each prompt's source image (a spoken edit), at this strength.
+    strength: Optional[float] = None
 
     def seeds(self) -> List[int]:
         """One seed per image: ``seed``, ``seed + 1``, ... when given, else random ones.
@@ -129,6 +139,8 @@ class GenerationJob:
     # latents when a preview is due, else None).
     on_step: Optional[Callable] = None
     preview_every: int = 0
+    # Image-to-image jobs (``settings.strength``): the PIL image each prompt starts from.
+    source_images: Optional[List] = None
 
     @property
     def images(self) -> int:
@@ -219,6 +231,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         compile_unet: bool = False,
         warmup: bool = True,
         max_batch_size: int = 4,
+        edit_strength: float = 0.6,
         threads: Optional[int] = None,
         drain_seconds: float = DRAIN_SECONDS,
         safety_checker: Optional[bool] = None,
@@ -245,6 +258,8 @@ class StableDiffusionExecutor(DrainingExecutor):
             it needs a C++ compiler).
         :param warmup: run one tiny generation at load, so the first request is not the slow one.
         :param max_batch_size: the most documents one pipeline call takes from the queue.
+        :param edit_strength: how far a spoken edit that keeps the composition ("make it blue")
+            redraws the previous picture: image-to-image strength, 0 (unchanged) to 1 (anew).
         :param threads: torch CPU threads for the pipeline; None is the CPUs this process may use
             (its affinity, within a cgroup CPU quota) shared equally by the local replicas.
         :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
@@ -276,6 +291,8 @@ class StableDiffusionExecutor(DrainingExecutor):
         self.max_images = max_images
         self.max_inference_steps = max_inference_steps
         self.max_side = max_side
+        self.edit_strength = edit_strength
+        self.image_pipeline = None  # image-to-image, made from self.pipeline when first needed
         # Every pipeline call, the warm-up included, runs on this one thread (speech2image/batching.py).
         self.worker = ModelWorker(
             self.generate_batch,
@@ -418,16 +435,23 @@ class StableDiffusionExecutor(DrainingExecutor):
         )
 
     def document_settings(
-        self, index: int, doc: SpeechDoc, parameters: Dict, request_settings: GenerationSettings
+        self,
+        index: int,
+        doc: SpeechDoc,
+        parameters: Dict,
+        request_settings: GenerationSettings,
+        turn: Optional[PlannedTurn] = None,
     ) -> GenerationSettings:
         """A document's settings: the request's, with what its speaker said (the
-        ``spoken_settings`` tag, from the WhisperExecutor) under the request's explicit ones."""
+        ``spoken_settings`` tag, from the WhisperExecutor) under the request's explicit ones,
+        and in a conversation the previous turn's under both (its seed as the turn says)."""
         spoken = doc.tags.get(SPOKEN_SETTINGS_TAG)
-        if not spoken:
+        if not spoken and turn is None:
             return request_settings
         try:
-            return self.settings_from(
-                generation_parameters(
+            asked = parameters
+            if spoken:
+                asked = generation_parameters(
                     spoken,
                     parameters,
                     self.defaults,
@@ -435,21 +459,51 @@ class StableDiffusionExecutor(DrainingExecutor):
                     self.max_inference_steps,
                     self.max_side,
                 )
-            )
+            if turn is not None:
+                asked = turn.settings_under(asked, spoken_seed=bool(spoken and 'seed' in spoken))
+            settings = self.settings_from(asked)
         except ValueError as error:  # RequestError included
-            raise document_error(index, doc, f'spoken settings: {error}') from None
+            source = 'spoken settings' if turn is None else 'conversation settings'
+            raise document_error(index, doc, f'{source}: {error}') from None
+        if turn is not None and turn.source_image_needed:
+            settings = dataclasses.replace(settings, strength=self.edit_strength)
+        return settings
+
+    def planned_turns(self, docs: DocList[SpeechDoc]) -> Dict[int, PlannedTurn]:
+        """Each conversation turn of the request, by document index: what its text asks of the
+        conversation in its tag (speech2image/conversation.py). Raises RequestError naming the
+        document for a conversation it refuses or an edit it cannot apply."""
+        turns = {}
+        for index, doc in enumerate(docs):
+            if CONVERSATION_TAG in doc.tags:
+                said = check_prompt(index, doc)
+                try:
+                    turns[index] = plan_turn(said, doc.tags[CONVERSATION_TAG], self.max_side)
+                except ValueError as error:  # ConversationError, EditError
+                    raise document_error(index, doc, str(error)) from None
+        return turns
 
     def generation_jobs(
-        self, docs: DocList[SpeechDoc], parameters: Dict, **job_fields
+        self,
+        docs: DocList[SpeechDoc],
+        parameters: Dict,
+        turns: Dict[int, PlannedTurn],
+        **job_fields,
     ) -> List[GenerationJob]:
         """The request's documents as jobs for the model thread, one per set of settings
-        (documents differ only when their speakers said settings), each with its docs' indices;
-        ``job_fields`` go to every job."""
+        (documents differ only when their speakers said settings or are conversation turns),
+        each with its docs' indices; ``job_fields`` go to every job. A turn that goes back
+        draws nothing: it has no job."""
         request_settings = self.settings_from(parameters)
         prompts = [check_prompt(index, doc) for index, doc in enumerate(docs)]
         groups: Dict[GenerationSettings, List[int]] = {}
         for index, doc in enumerate(docs):
-            settings = self.document_settings(index, doc, parameters, request_settings)
+            turn = turns.get(index)
+            if turn is not None:
+                if turn.edit.kind == BACK:
+                    continue
+                prompts[index] = turn.edit.prompt
+            settings = self.document_settings(index, doc, parameters, request_settings, turn)
             groups.setdefault(settings, []).append(index)
         return [
             GenerationJob(
@@ -457,6 +511,11 @@ class StableDiffusionExecutor(DrainingExecutor):
                 [settings.seeds() for _ in indices],
                 settings,
                 indices,
+                source_images=(
+                    [turns[i].source_image(settings.width, settings.height) for i in indices]
+                    if settings.strength is not None
+                    else None
+                ),
                 **job_fields,
             )
             for settings, indices in groups.items()
@@ -469,7 +528,8 @@ class StableDiffusionExecutor(DrainingExecutor):
     ) -> DocList[SpeechDoc]:
         """Generate ``num_images`` images per document: each job waits on the model thread,
         which may run it in one pipeline call with other requests' jobs queued beside it."""
-        jobs = self.generation_jobs(docs, parameters)
+        turns = self.planned_turns(docs)
+        jobs = self.generation_jobs(docs, parameters, turns)
         try:
             results = await asyncio.gather(
                 *(self.worker.run(job, job.settings.batch_key(), len(job.prompts)) for job in jobs)
@@ -478,7 +538,7 @@ class StableDiffusionExecutor(DrainingExecutor):
             self.cancel(jobs)
             raise
         # Encoding (PNG: tens of ms at 512 px) off the event loop and off the model thread.
-        return await asyncio.to_thread(self.attach_images, docs, jobs, results)
+        return await asyncio.to_thread(self.attach_images, docs, jobs, results, turns)
 
     @requests(on=DIFFUSION_STREAM_ENDPOINT)
     async def generate_stream(self, doc: StreamRequest, **kwargs) -> StreamEvent:
@@ -502,11 +562,18 @@ class StableDiffusionExecutor(DrainingExecutor):
         loop = asyncio.get_running_loop()
         steps: asyncio.Queue = asyncio.Queue()
         docs = DocList[SpeechDoc]([doc.document()])
-        [job] = self.generation_jobs(
+        turns = self.planned_turns(docs)
+        jobs = self.generation_jobs(
             docs,
             doc.parameters,
+            turns,
             on_step=lambda *step: loop.call_soon_threadsafe(steps.put_nowait, step),
         )
+        if not jobs:  # a conversation going back: the picture is one already made
+            [doc] = await asyncio.to_thread(self.attach_images, docs, [], [], turns)
+            yield StreamEvent(event='done', text=doc.text, tags=doc.tags, images=doc.matches)
+            return
+        [job] = jobs
         default_every = max(1, round(job.settings.num_inference_steps / DEFAULT_PREVIEWS))
         job = dataclasses.replace(
             job,
@@ -527,7 +594,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         finally:
             if not future.done():  # the stream was closed: its caller is gone
                 self.cancel([job])
-        [doc] = await asyncio.to_thread(self.attach_images, docs, [job], [images])
+        [doc] = await asyncio.to_thread(self.attach_images, docs, [job], [images], turns)
         yield StreamEvent(event='done', text=doc.text, tags=doc.tags, images=doc.matches)
 
     def cancel(self, jobs: List[GenerationJob]) -> None:
@@ -570,9 +637,10 @@ class StableDiffusionExecutor(DrainingExecutor):
         settings = jobs[0].settings
         prompts = [prompt for job in jobs for prompt in job.prompts]
         seeds = [doc_seeds for job in jobs for doc_seeds in job.seeds]
+        sources = [image for job in jobs for image in job.source_images or ()] or None
         self.metrics.batch_documents.observe(len(prompts))
         started = time.perf_counter()
-        images = self.run_pipeline(prompts, seeds, settings, self.step_callback(jobs))
+        images = self.run_pipeline(prompts, seeds, settings, self.step_callback(jobs), sources)
         self.metrics.observe_pipeline_call(
             len(images), time.perf_counter() - started, self.pipeline.device
         )
@@ -583,9 +651,14 @@ class StableDiffusionExecutor(DrainingExecutor):
         return per_job
 
     def attach_images(
-        self, docs: DocList[SpeechDoc], jobs: List[GenerationJob], results: List[List]
+        self,
+        docs: DocList[SpeechDoc],
+        jobs: List[GenerationJob],
+        results: List[List],
+        turns: Dict[int, PlannedTurn],
     ) -> DocList[SpeechDoc]:
-        """Each document's images, encoded, as its ``matches``."""
+        """Each document's images, encoded, as its ``matches``; a conversation turn's document
+        also gets what it understood and the conversation to send back."""
         for job, images in zip(jobs, results):
             images = iter(images)
             for index, prompt, doc_seeds in zip(job.indices, job.prompts, job.seeds):
@@ -593,6 +666,8 @@ class StableDiffusionExecutor(DrainingExecutor):
                     self.image_doc(next(images), prompt, seed, job.settings) for seed in doc_seeds
                 )
                 note_flagged_images(docs[index])
+        for index, turn in turns.items():
+            answered_turns(docs[index], turn)
         return docs
 
     def step_callback(self, jobs: List[GenerationJob]) -> Callable:
@@ -604,10 +679,11 @@ class StableDiffusionExecutor(DrainingExecutor):
         for job in jobs:
             spans.append((start, start + job.images))
             start += job.images
-        steps = jobs[0].settings.num_inference_steps
 
         def on_step_end(pipeline, index: int, timestep, tensors: Dict) -> Dict:
             step = index + 1
+            # Image-to-image runs only the last ``strength`` of the steps.
+            steps = pipeline.num_timesteps
             for job, (first, end) in zip(jobs, spans):
                 if job.on_step is None or job.cancelled.is_set():
                     continue
@@ -631,9 +707,11 @@ class StableDiffusionExecutor(DrainingExecutor):
         seeds: List[List[int]],
         settings: GenerationSettings,
         on_step_end: Optional[Callable] = None,
+        source_images: Optional[List] = None,
     ):
         """One pipeline call for every image of every prompt; returns PIL images in order.
-        ``on_step_end`` is diffusers' ``callback_on_step_end``."""
+        ``on_step_end`` is diffusers' ``callback_on_step_end``; with ``source_images`` (one per
+        prompt) the call is image-to-image at ``settings.strength``."""
         import torch
 
         flat_prompts = [p for p, doc_seeds in zip(prompts, seeds) for _ in doc_seeds]
@@ -645,18 +723,37 @@ class StableDiffusionExecutor(DrainingExecutor):
         negative = (
             [settings.negative_prompt] * len(flat_prompts) if settings.negative_prompt else None
         )
+        pipeline, inputs = self.pipeline, {'width': settings.width, 'height': settings.height}
+        steps = settings.num_inference_steps
+        if source_images is not None:
+            pipeline = self.image_to_image()
+            inputs = {
+                'image': [i for i, doc_seeds in zip(source_images, seeds) for _ in doc_seeds],
+                'strength': settings.strength,
+            }
+            # diffusers runs int(steps * strength) steps and refuses none: run at least one.
+            steps = max(steps, math.ceil(1 / settings.strength))
         with torch.inference_mode():
-            result = self.pipeline(
+            result = pipeline(
                 prompt=flat_prompts,
                 negative_prompt=negative,
-                num_inference_steps=settings.num_inference_steps,
+                num_inference_steps=steps,
                 guidance_scale=settings.guidance_scale,
-                width=settings.width,
-                height=settings.height,
                 generator=generators,
                 callback_on_step_end=on_step_end,
+                **inputs,
             )
         return safety_marked(result)
+
+    def image_to_image(self):
+        """diffusers' image-to-image pipeline on this Executor's loaded components (no second
+        copy of the weights), made on first use, on the model thread."""
+        if self.image_pipeline is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            self.image_pipeline = AutoPipelineForImage2Image.from_pipe(self.pipeline)
+            self.image_pipeline.set_progress_bar_config(disable=True)
+        return self.image_pipeline
 
     def image_doc(self, image, prompt: str, seed: int, settings: GenerationSettings) -> ImageDoc:
         safety = {SAFETY_FLAGGED_TAG: image.info[SAFETY_FLAG_INFO]} if self.checks_safety else {}
@@ -673,5 +770,6 @@ class StableDiffusionExecutor(DrainingExecutor):
                 num_inference_steps=settings.num_inference_steps,
                 guidance_scale=settings.guidance_scale,
                 **safety,
+                **({} if settings.strength is None else {'strength': settings.strength}),
             ),
         )

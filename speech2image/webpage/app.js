@@ -278,7 +278,7 @@ async function send(doc, source) {
     const response = await fetch('/api/stream', {
       method: 'POST',
       headers: apiHeaders(),
-      body: JSON.stringify({ data: [doc], parameters: live.sent }),
+      body: JSON.stringify({ data: [withConversation(doc)], parameters: live.sent }),
       signal: controller.signal,
     });
     if (!response.ok) {
@@ -321,6 +321,7 @@ function showEvent(event, source) {
       showTranscript(event, source);
       clearImages();
       $('images').replaceChildren(...event.images.map(imageFigure));
+      rememberTurn(event);
       break;
     case 'error':
       clearImages();
