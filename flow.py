@@ -193,6 +193,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="run the checkpoint's safety checker on each image (a flagged one is blacked out "
         'and said so); unset: on when the checkpoint has one',
     )
+    diffusion.add_argument(
+        '--diffusion-backend',
+        choices=defaults.DIFFUSION_BACKENDS,
+        help='runtime of the UNet, text encoder and VAE decoder: OpenVINO (CPU, Stable '
+        f'Diffusion 1.x/2.x) or torch; unset: {defaults.DIFFUSION_BACKEND} (OpenVINO where it can)',
+    )
+    diffusion.add_argument(
+        '--diffusion-precision',
+        choices=defaults.DIFFUSION_PRECISIONS,
+        help='bf16: faster on CPUs with bf16 instructions, images differ slightly (OpenVINO only); '
+        f'unset: {defaults.DIFFUSION_PRECISION}',
+    )
+    diffusion.add_argument(
+        '--openvino-cache',
+        help='directory of converted OpenVINO models (kept across restarts); '
+        'unset: $XDG_CACHE_HOME/speech2image/openvino',
+    )
     diffusion.add_argument('--diffusion-replicas', type=int, default=1)
     diffusion.add_argument(
         '--diffusion-threads',
@@ -316,6 +333,9 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     guidance_scale=args.guidance_scale,
                     scheduler=args.diffusion_scheduler,
                     compile_unet=args.compile_unet,
+                    backend=args.diffusion_backend,
+                    precision=args.diffusion_precision,
+                    openvino_cache=args.openvino_cache,
                     max_batch_size=args.batch_size,
                     threads=args.diffusion_threads,
                     drain_seconds=args.drain_seconds,

@@ -54,6 +54,7 @@ def main() -> None:
                 'model': str(ROOT / 'models' / offline_models.TINY_SD_DIR),
                 'scheduler': 'checkpoint',
                 'compile_unet': compiled,
+                'backend': 'torch',  # torch.compile is a torch backend's option
             },
         )
         load = time.perf_counter() - started

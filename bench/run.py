@@ -16,6 +16,7 @@ BENCHMARKS = [
     ('Flow against in-process', 'bench.flow_vs_inprocess'),
     ('Replicas and dynamic batching', 'bench.scaling'),
     ('Images per second by step count', 'bench.steps'),
+    ('OpenVINO against torch: one UNet step at SD-1.5 size', 'bench.openvino_steps'),
     ('Whisper backends', 'bench.whisper_backends'),
     ('Whisper models: tiny.en and base', 'bench.whisper_models'),
     ('Whisper batching across requests', 'bench.whisper_batching'),

@@ -65,3 +65,11 @@ MIN_LANGUAGE_PROBABILITY = 0.4
 MAX_CONVERSATION_TURNS = 8
 MAX_CONVERSATION_MB = 8
 CONVERSATION_MAX_AGE_SECONDS = 3600.0
+
+# The diffusion Executor's runtime on CPU: 'auto' is OpenVINO for the Stable Diffusion pipelines
+# it runs (speech2image/openvino_backend.py), torch for the rest and on CUDA; precision f32
+# gives torch's images, bf16 trades them for speed (docs/performance.md#openvino).
+DIFFUSION_BACKENDS = ('auto', 'torch', 'openvino')
+DIFFUSION_BACKEND = 'auto'
+DIFFUSION_PRECISIONS = ('f32', 'bf16')
+DIFFUSION_PRECISION = 'f32'

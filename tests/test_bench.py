@@ -2,11 +2,14 @@
 does not rot. Sizes are checked (they are facts of the encodings); timings are not."""
 
 import json
+import os
 import subprocess
 import sys
 from typing import Dict, List
 
-from bench.original_example.environment import ensure_environment
+import pytest
+
+from bench.original_example import CHECKOUT_VARIABLE, ensure_environment
 from devtools.offline_flow import ROOT
 
 
@@ -89,10 +92,15 @@ def test_streaming_times_each_milestone_in_order():
     assert number(cost[1]['streams/s']) > 0
 
 
+@pytest.mark.skipif(
+    not os.environ.get(CHECKOUT_VARIABLE),
+    reason=f'{CHECKOUT_VARIABLE} names no checkout of the original example (docs/benchmarks.md)',
+)
 def test_the_original_example_answers_in_its_docarray_v1_environment():
-    """bench.original_workload's outside reference runs: the original example's Executors, under
-    DocArray v1, load this machine's models and answer ``/`` with two images per clip (the
-    runner asserts the images; a broken Executor or environment fails the run)."""
+    """bench.original_workload's outside reference runs: the original example's own flow.py and
+    Executors, from the checkout, under DocArray v1, load this machine's models and answer ``/``
+    with two images per clip (the runner asserts the images; a broken patch, checkout or
+    environment fails the run)."""
     python = str(ensure_environment())
     docarray_version = subprocess.run(
         [python, '-c', 'import docarray; print(docarray.__version__)'],
@@ -103,7 +111,7 @@ def test_the_original_example_answers_in_its_docarray_v1_environment():
     assert docarray_version.startswith('0.21.'), docarray_version
     output = run_bench('bench.original_example', '--requests', '1', python=python)
     figures = json.loads(output.strip().splitlines()[-1])
-    assert figures['latency_s'] > 0 and figures['rps'] > 0, figures
+    assert figures['latency_s'] > 0 and figures['rps'] > 0 and figures['rss_mb'] > 0, figures
 
 
 def test_whisper_batching_compares_both_paths_on_the_same_clips():

@@ -36,7 +36,11 @@ from speech2image.conversation import (
 )
 from speech2image.cpus import thread_count, use_torch_threads
 from speech2image.defaults import (
+    DIFFUSION_BACKEND,
+    DIFFUSION_BACKENDS,
     DIFFUSION_INFO_TAG,
+    DIFFUSION_PRECISION,
+    DIFFUSION_PRECISIONS,
     DIFFUSION_STREAM_ENDPOINT,
     DRAIN_SECONDS,
     INFO_ENDPOINT,
@@ -229,6 +233,9 @@ class StableDiffusionExecutor(DrainingExecutor):
         scheduler: str = 'auto',
         vae_tiling: bool = False,
         compile_unet: bool = False,
+        backend: str = DIFFUSION_BACKEND,
+        precision: str = DIFFUSION_PRECISION,
+        openvino_cache: Optional[str] = None,
         warmup: bool = True,
         max_batch_size: int = 4,
         edit_strength: float = 0.6,
@@ -256,6 +263,13 @@ class StableDiffusionExecutor(DrainingExecutor):
         :param vae_tiling: decode in tiles, for large images on small GPUs.
         :param compile_unet: ``torch.compile`` the UNet (slow first call, faster after; on CPU
             it needs a C++ compiler).
+        :param backend: 'torch', 'openvino' (UNet, text encoder and VAE decoder compiled by
+            OpenVINO inside the diffusers pipeline, on CPU, for Stable Diffusion 1.x/2.x
+            checkpoints), or 'auto': OpenVINO where it runs such a checkpoint on CPU, else torch.
+        :param precision: 'f32', or 'bf16' (OpenVINO on a CPU with bf16 instructions: faster,
+            images differ slightly from f32's).
+        :param openvino_cache: directory of converted OpenVINO models; None is
+            ``$XDG_CACHE_HOME/speech2image/openvino`` (``~/.cache`` when unset).
         :param warmup: run one tiny generation at load, so the first request is not the slow one.
         :param max_batch_size: the most documents one pipeline call takes from the queue.
         :param edit_strength: how far a spoken edit that keeps the composition ("make it blue")
@@ -271,11 +285,18 @@ class StableDiffusionExecutor(DrainingExecutor):
         self.threads = thread_count(threads, self)
         if scheduler not in SCHEDULERS:
             raise ValueError(f'scheduler must be one of {", ".join(SCHEDULERS)}, got {scheduler!r}')
+        for name, value, choices in (
+            ('backend', backend, DIFFUSION_BACKENDS),
+            ('precision', precision, DIFFUSION_PRECISIONS),
+        ):
+            if value not in choices:
+                raise ValueError(f'{name} must be one of {", ".join(choices)}, got {value!r}')
         self.model_name = model
         self.metrics = DiffusionMetrics(registry_of(self))
         with self.metrics.model_load_seconds.time():
             self.pipeline = self.load_pipeline(model, device)
             self.configure_pipeline(scheduler, vae_tiling, compile_unet)
+            self.backend = self.use_backend(backend, precision, compile_unet, openvino_cache)
         self.preview_projection = projection_for(self.pipeline)
         self.checks_safety = self.configure_safety_checker(safety_checker)
         native_side = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
@@ -399,6 +420,29 @@ class StableDiffusionExecutor(DrainingExecutor):
         if checks:
             self.preview_projection = None
         return checks
+
+    def use_backend(
+        self, backend: str, precision: str, compile_unet: bool, cache: Optional[str]
+    ) -> str:
+        """Run the pipeline's networks on ``backend`` (resolving 'auto'); returns the backend
+        chosen. OpenVINO replaces them inside the pipeline (speech2image/openvino_backend.py)."""
+        cpu = self.pipeline.device.type == 'cpu'
+        if backend == 'auto':
+            supported = type(self.pipeline).__name__ == 'StableDiffusionPipeline'
+            few_step = self.pipeline.unet.config.time_cond_proj_dim is not None
+            backend = (
+                'openvino' if cpu and supported and not few_step and not compile_unet else 'torch'
+            )
+        if backend == 'torch':
+            if precision != 'f32':
+                raise ValueError(f'precision {precision} needs the OpenVINO backend')
+            return backend
+        if not cpu or compile_unet:
+            raise ValueError('the OpenVINO backend runs on the CPU, without compile_unet')
+        from speech2image.openvino_backend import OpenVINOPipeline
+
+        OpenVINOPipeline(self.pipeline, precision, self.threads, cache).install()
+        return backend
 
     def settings_from(self, parameters: Dict) -> GenerationSettings:
         """Validate a request's parameters against the caps, filling in the defaults."""
