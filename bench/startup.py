@@ -6,8 +6,10 @@ load, and what importing the light modules costs.
 The Flow runs on the offline models, started as the tracing test starts it
 (``devtools.offline_flow.serve_flow_process``). "Ready" is the moment jina's Client reports the Flow
 ready over gRPC. Model load times are the Executors' own ``speech2image_model_load_seconds``
-gauges (loading and configuring the model; the diffusion warm-up generation comes after). Import
-times are fresh interpreters importing a module, with the heavy libraries it pulled in.
+gauges (loading and configuring the model, OpenVINO's conversion or cache read included; the
+diffusion warm-up generation comes after), with an empty OpenVINO cache, the same cache again,
+and the torch backend. Import times are fresh interpreters importing a module, with the heavy
+libraries it pulled in.
 Every figure is the median over ``--repeats`` runs.
 """
 
@@ -15,6 +17,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from typing import Dict, List
@@ -25,6 +28,12 @@ from bench.report import machine_summary, markdown_table, median_run
 from devtools.offline_flow import serve_flow_process
 
 LOAD_METRIC = 'speech2image_model_load_seconds'
+# The diffusion Executor's starts measured, with their flow.py flags.
+COLD, WARM = (
+    'OpenVINO (default), empty cache: converts',
+    'OpenVINO (default), cache filled: a restart',
+)
+STARTS = {COLD: [], WARM: [], 'torch': ['--diffusion-backend', 'torch']}
 HEAVY_MODULES = ('torch', 'diffusers', 'transformers', 'faster_whisper', 'ctranslate2', 'whisper')
 LIGHT_MODULES = ('speech2image.client', 'speech2image.schema', 'flow')
 
@@ -38,10 +47,10 @@ def model_load_seconds(port: int) -> float:
     raise RuntimeError(f'no {LOAD_METRIC} on port {port}')
 
 
-def start_once() -> Dict[str, float]:
-    """Start flow.py, time it to ready, read both load gauges, stop it."""
+def start_once(*flags: str) -> Dict[str, float]:
+    """Start flow.py with ``flags``, time it to ready, read both load gauges, stop it."""
     started = time.perf_counter()
-    with serve_flow_process() as flow:
+    with serve_flow_process(*flags) as flow:
         ready = time.perf_counter() - started
         return {
             'ready': ready,
@@ -68,19 +77,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=3)
     args = parser.parse_args()
-    runs: List[Dict[str, float]] = [start_once() for _ in range(args.repeats)]
-    median = median_run(runs)
+    runs: Dict[str, List[Dict[str, float]]] = {start: [] for start in STARTS}
+    for _ in range(args.repeats):
+        # Each repeat: an empty OpenVINO cache (the first start converts), then the same cache
+        # again (a restart reads it), then the torch backend.
+        with tempfile.TemporaryDirectory(prefix='openvino-cache-') as cache:
+            for start, flags in STARTS.items():
+                runs[start].append(start_once(*flags, '--openvino-cache', cache))
+    medians = {start: median_run(start_runs) for start, start_runs in runs.items()}
     print(machine_summary())
-    print(
-        markdown_table(
-            ['what', 'seconds'],
+    rows = [['WhisperExecutor model load (tiny.en, int8)', '', f'{medians[WARM]["whisper"]:.2f}']]
+    for start, median in medians.items():
+        rows += [
+            ['`python flow.py` to ready (offline models)', start, f'{median["ready"]:.1f}'],
             [
-                ['`python flow.py` to ready (offline models)', f'{median["ready"]:.1f}'],
-                ['WhisperExecutor model load (tiny.en, int8)', f'{median["whisper"]:.2f}'],
-                ['StableDiffusionExecutor model load (tiny)', f'{median["stablediffusion"]:.2f}'],
+                'StableDiffusionExecutor model load (tiny)',
+                start,
+                f'{median["stablediffusion"]:.2f}',
             ],
-        )
-    )
+        ]
+    print(markdown_table(['what', 'diffusion backend', 'seconds'], rows))
     print()
     rows = []
     for module in LIGHT_MODULES:

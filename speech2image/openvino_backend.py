@@ -211,15 +211,20 @@ def converted(name: str, module: torch.nn.Module, example_input, config: Dict, c
     return path, time.perf_counter() - started
 
 
-def compiled(path: Path, precision: str, threads: int, cache_dir: Path):
+def compiled(path: Path, precision: str, threads: int, cache_dir: Path, shapes=None):
     """The converted model at ``path`` compiled for this CPU at ``precision`` with ``threads``
-    threads; OpenVINO keeps the compiled form under ``cache_dir`` for the next time."""
+    threads; OpenVINO keeps the compiled form under ``cache_dir`` for the next time. ``shapes``
+    (one per input) fixes the input shapes, which are otherwise dynamic."""
     config = {
         'INFERENCE_PRECISION_HINT': precision,
         'INFERENCE_NUM_THREADS': threads,
         'CACHE_DIR': str(cache_dir / COMPILED_CACHE),
     }
-    return openvino.Core().compile_model(str(path), DEVICE, config)
+    core = openvino.Core()
+    model = core.read_model(str(path))
+    if shapes:
+        model.reshape([tuple(shape) for shape in shapes])
+    return core.compile_model(model, DEVICE, config)
 
 
 class OpenVINOPipeline:
