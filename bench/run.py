@@ -17,6 +17,7 @@ BENCHMARKS = [
     ('Replicas and dynamic batching', 'bench.scaling'),
     ('Images per second by step count', 'bench.steps'),
     ('OpenVINO against torch: one UNet step at SD-1.5 size', 'bench.openvino_steps'),
+    ('OpenVINO against torch: the images', 'bench.openvino_quality'),
     ('Whisper backends', 'bench.whisper_backends'),
     ('Whisper models: tiny.en and base', 'bench.whisper_models'),
     ('Whisper batching across requests', 'bench.whisper_batching'),
