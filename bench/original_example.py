@@ -38,7 +38,15 @@ import sys
 import sysconfig
 import venv
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
+
+from bench.original_workload import (
+    CONCURRENCY,
+    LATENCY_REQUESTS,
+    THROUGHPUT_REQUESTS,
+    apple_tensor,
+    timed_requests,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / 'models'
@@ -151,18 +159,11 @@ def flow_rss_mb() -> float:
     return sum(child.memory_info().rss for child in children) / 2**20
 
 
-def measure(address: str, requests: int) -> Dict[str, float]:
-    """``/`` at concurrency 1 and 8 (``requests`` scales both counts down for a quick check)."""
+def measure(address: str, requests: List[int]) -> Dict[str, float]:
+    """``/`` at concurrency 1 and 8: ``requests`` at each (one number: both, for a quick check;
+    fewer than 8 also lowers the concurrency)."""
     from docarray import Document, DocumentArray
     from jina import Client
-
-    from bench.original_workload import (
-        CONCURRENCY,
-        LATENCY_REQUESTS,
-        THROUGHPUT_REQUESTS,
-        apple_tensor,
-        timed_requests,
-    )
 
     samples = apple_tensor()
     clients: Dict[int, Client] = {}
@@ -178,9 +179,10 @@ def measure(address: str, requests: int) -> Dict[str, float]:
     speech = ('/', lambda: Document(tensor=samples), PARAMETERS)
 
     async def one_run() -> Dict[str, float]:
-        c1 = await timed_requests(post, speech, min(requests, LATENCY_REQUESTS), 1)
+        latency_requests, throughput_requests = (requests * 2)[:2]
+        c1 = await timed_requests(post, speech, latency_requests, 1)
         c8 = await timed_requests(
-            post, speech, min(requests, THROUGHPUT_REQUESTS), min(requests, CONCURRENCY)
+            post, speech, throughput_requests, min(throughput_requests, CONCURRENCY)
         )
         return {'latency_s': c1['p50_ms'] / 1000, 'rps': c8['rps'], 'rss_mb': flow_rss_mb()}
 
@@ -191,7 +193,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--checkout', help=f'the checkout; unset: ${CHECKOUT_VARIABLE}')
     parser.add_argument('--replicas', type=int, default=1)
-    parser.add_argument('--requests', type=int, default=24, help='fewer requests: a quick check')
+    parser.add_argument(
+        '--requests',
+        nargs='+',
+        type=int,
+        default=[LATENCY_REQUESTS, THROUGHPUT_REQUESTS],
+        help='requests at c=1 and at c=8 (one number: both)',
+    )
     parser.add_argument(
         '--environment', action='store_true', help='make the DocArray v1 venv; print its python'
     )

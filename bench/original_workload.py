@@ -4,12 +4,13 @@ against this project's Flow, alternated in one run at default threads, as users 
     export S2I_ORIGINAL_EXAMPLE=/path/to/example-speech-to-image    # bench/original_example.py
     python -m bench.original_workload [--rounds 2] [--replicas 1 2]
                                       [--backends torch openvino-f32 openvino-bf16]
+                                      [--latency-requests 10] [--throughput-requests 24]
 
 The workload: assets/apple.wav (3.0 s, English) sent to ``/`` as a 16 kHz float32 tensor; Whisper
 tiny.en; the tiny random Stable Diffusion at 64x64 with the checkpoint's scheduler (PNDM, the
 original's); 2 images per request, 50 steps, guidance 7.5: the original's work exactly. Latency
 (c=1) is the median of 10 sequential requests after a warm-up; throughput (c=8) is 24 requests
-from 8 clients, each with its own jina Client; memory is the resident set of the Flow's
+(by default) from 8 clients, each with its own jina Client; memory is the resident set of the Flow's
 processes (gateway and Executors) after both.
 
 Each round runs, for each diffusion replica count, the original example's Flow (its own flow.py
@@ -92,9 +93,9 @@ def default_system() -> str:
     return f'openvino-{defaults.DIFFUSION_PRECISION}' if backend == 'openvino' else 'torch'
 
 
-def through_flow(backend: str, replicas: int) -> Dict[str, float]:
+def through_flow(backend: str, replicas: int, counts: Tuple[int, int]) -> Dict[str, float]:
     """A ``python flow.py`` process with ``backend`` and ``replicas`` diffusion replicas,
-    measured with one jina Client per client."""
+    measured with one jina Client per client; ``counts``: requests at c=1 and at c=8."""
     import psutil
     from docarray import DocList
     from jina import Client
@@ -121,8 +122,8 @@ def through_flow(backend: str, replicas: int) -> Dict[str, float]:
         address = flow.grpc
 
         async def run() -> Dict[str, float]:
-            c1 = await timed_requests(post, speech, LATENCY_REQUESTS, 1)
-            c8 = await timed_requests(post, speech, THROUGHPUT_REQUESTS, CONCURRENCY)
+            c1 = await timed_requests(post, speech, counts[0], 1)
+            c8 = await timed_requests(post, speech, counts[1], CONCURRENCY)
             # flow.py's own process only builds the Flow: count its children, as for the original.
             [process] = [
                 child for child in psutil.Process().children() if 'flow.py' in child.cmdline()[1:3]
@@ -133,12 +134,13 @@ def through_flow(backend: str, replicas: int) -> Dict[str, float]:
         return asyncio.run(run())
 
 
-def original_example(replicas: int, checkout: str) -> Dict[str, float]:
+def original_example(replicas: int, counts: Tuple[int, int], checkout: str) -> Dict[str, float]:
     """bench.original_example in its DocArray v1 environment (made here if missing)."""
     from bench.original_example import ensure_environment
 
     command = [str(ensure_environment()), '-m', 'bench.original_example']
-    command += ['--replicas', str(replicas)] + (['--checkout', checkout] if checkout else [])
+    command += ['--replicas', str(replicas), '--requests', *map(str, counts)]
+    command += ['--checkout', checkout] if checkout else []
     output = subprocess.run(
         command, cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, text=True, check=True
     ).stdout
@@ -156,10 +158,11 @@ def run_rounds(args) -> Dict[Tuple[str, int], List[Dict[str, float]]]:
         for replicas in args.replicas:
             for system in [ORIGINAL, *args.backends]:
                 load = load_average()
+                counts = (args.latency_requests, args.throughput_requests)
                 if system == ORIGINAL:
-                    figures = original_example(replicas, args.checkout)
+                    figures = original_example(replicas, counts, args.checkout)
                 else:
-                    figures = through_flow(system, replicas)
+                    figures = through_flow(system, replicas, counts)
                 figures['load_1min'] = load
                 runs.setdefault((system, replicas), []).append(figures)
                 print(
@@ -254,6 +257,8 @@ def main() -> None:
     parser.add_argument('--replicas', nargs='+', type=int, default=list(REPLICAS))
     parser.add_argument('--backends', nargs='*', choices=list(BACKENDS), default=list(BACKENDS))
     parser.add_argument('--checkout', help='the original example; unset: $S2I_ORIGINAL_EXAMPLE')
+    parser.add_argument('--latency-requests', type=int, default=LATENCY_REQUESTS, help='at c=1')
+    parser.add_argument('--throughput-requests', type=int, default=THROUGHPUT_REQUESTS)
     args = parser.parse_args()
     os.environ.pop(OMP_THREADS_VARIABLE, None)  # every Flow at default threads
     load_before = os.getloadavg()
@@ -261,7 +266,8 @@ def main() -> None:
     print(machine_summary())
     print(
         f'Load average (1, 5, 15 min) before: {load_before}, after: {os.getloadavg()}; '
-        f'{OMP_THREADS_VARIABLE} unset; {args.rounds} round(s).\n'
+        f'{OMP_THREADS_VARIABLE} unset; {args.rounds} round(s); {args.latency_requests} '
+        f'requests at c=1, {args.throughput_requests} at c={CONCURRENCY}.\n'
     )
     print(report(runs))
 
