@@ -194,6 +194,8 @@ def converted(name: str, module: torch.nn.Module, example_input, config: Dict, c
     (its key: the weights, ``config`` (the network's configuration) and the library versions);
     returns (path, seconds the conversion took, or None on a cache hit)."""
     versions = {'openvino': openvino.__version__, 'diffusers': diffusers.__version__}
+    # Private entries ('_name_or_path', ...) say where the model was read from, not what it is.
+    config = {entry: value for entry, value in config.items() if not entry.startswith('_')}
     key = weights_key(module, {'network': name, 'config': config, **versions})
     path = cache_dir / f'{name}-{key}' / MODEL_FILE
     if path.exists():
