@@ -126,7 +126,9 @@ def through_flow(backend: str, replicas: int, counts: Tuple[int, int]) -> Dict[s
             c8 = await timed_requests(post, speech, counts[1], CONCURRENCY)
             # flow.py's own process only builds the Flow: count its children, as for the original.
             [process] = [
-                child for child in psutil.Process().children() if 'flow.py' in child.cmdline()[1:3]
+                child
+                for child in psutil.Process().children()
+                if any(part.endswith('flow.py') for part in child.cmdline()[1:3])
             ]
             rss = sum(child.memory_info().rss for child in process.children(recursive=True))
             return {'latency_s': c1['p50_ms'] / 1000, 'rps': c8['rps'], 'rss_mb': rss / 2**20}
