@@ -319,7 +319,11 @@ class StableDiffusionExecutor(DrainingExecutor):
             self.generate_batch,
             max_batch_size,
             'diffusion-model',
-            on_start=functools.partial(use_torch_threads, self.threads),
+            # With OpenVINO, torch runs only the scheduler's small tensor sums: one thread, so
+            # that its OpenMP threads do not spin on the cores OpenVINO's threads need.
+            on_start=functools.partial(
+                use_torch_threads, 1 if self.backend == 'openvino' else self.threads
+            ),
         )
         # One denoising step's cost at the default size, measured by the warm-up: the /info
         # endpoint gives it to clients that estimate what a size will cost (the web page).
