@@ -225,7 +225,7 @@ def compiled(path: Path, precision: str, threads: int, cache_dir: Path, shapes=N
     core = openvino.Core()
     model = core.read_model(str(path))
     if shapes:
-        model.reshape([tuple(shape) for shape in shapes])
+        model.reshape({index: list(shape) for index, shape in enumerate(shapes)})
     return core.compile_model(model, DEVICE, config)
 
 
