@@ -19,7 +19,7 @@ from typing import List
 import pytest
 from PIL import Image
 
-from devtools.offline_flow import ASSETS, ROOT, free_ports, serve_flow_process
+from devtools.offline_flow import ASSETS, ROOT, TINY_SD, free_ports, serve_flow_process
 from speech2image import defaults
 from speech2image.auth import API_KEY_ENV
 from speech2image.client import EXIT_INTERRUPTED, ServiceError, stream
@@ -43,10 +43,16 @@ CANCELLED_METRIC = 'speech2image_diffusion_cancelled_requests_total'
 
 @pytest.fixture(scope='module')
 def keyed_flow(tmp_path_factory):
-    """`python flow.py` on the offline models with S2I_API_KEY set."""
+    """`python flow.py` on the offline models with S2I_API_KEY set. The random tiny model draws:
+    its noise does not compress, so four 288 px PNGs make a done event over a mebibyte (the
+    trained model's smooth pictures compress far below it)."""
     log = tmp_path_factory.mktemp('streaming') / 'flow.log'
     with serve_flow_process(
-        env={API_KEY_ENV: API_KEY}, log=log, wait_ready=wait_until_streaming
+        '--diffusion-model',
+        str(TINY_SD),
+        env={API_KEY_ENV: API_KEY},
+        log=log,
+        wait_ready=wait_until_streaming,
     ) as running:
         yield running
 
