@@ -12,6 +12,12 @@ the gauge, which drives the autoscaler, never comes down.
 protocols, and ``/stream``'s Whisper stage, goes through it): when a call ends before the
 results of its requests were read, their tasks are cancelled (which cancels the gRPC calls to
 the Executors, and there the requests' jobs) and each is counted out as a failed request.
+
+What was read is noted where the wrapper yields it, not by the task that reads it: a caller
+may read each result in a task of its own (``asyncio.wait_for`` in Python 3.11 wraps each
+``__anext__`` in a new task, with a copy of the caller's context, as the gateway's gRPC guard
+does), and a note kept in a context variable there was lost, so that results already counted
+out by jina were counted out again (a gRPC call of 12 requests left the gauge at -11).
 """
 
 import asyncio
@@ -27,7 +33,7 @@ class CallRequests:
     """The request tasks one ``stream`` call started, and the results it read."""
 
     tasks: List[asyncio.Future] = field(default_factory=list)
-    read: Set[int] = field(default_factory=set)  # ids of the results handed to the caller
+    read: Set[int] = field(default_factory=set)  # ids of the results yielded to the caller
 
     def unread(self) -> List[asyncio.Future]:
         """Tasks whose result the caller never read: still running, or done unread. A task
@@ -44,8 +50,8 @@ class CallRequests:
         ]
 
 
-# The call whose requests are being started or read: set by the wrapped ``stream`` in its
-# caller's context, which the streamer's request-reading task inherits.
+# The call whose requests are being started: set by the wrapped ``stream`` in the context in
+# which the streamer creates its request-reading task, which inherits it.
 CURRENT_CALL: ContextVar[Optional[CallRequests]] = ContextVar('current_call', default=None)
 
 
@@ -65,7 +71,7 @@ def end_requests_with_their_callers(gateway_streamer) -> None:
     servers) so that each call's unread requests are cancelled and counted out when it ends."""
     streamer = gateway_streamer._streamer
     handle_request = streamer._request_handler
-    handle_result = streamer._result_handler
+    handle_result = streamer._result_handler  # counts a result out of the pending gauge
     stream = streamer.stream
 
     def request_handler(*args, **kwargs):
@@ -75,23 +81,18 @@ def end_requests_with_their_callers(gateway_streamer) -> None:
             call.tasks.append(task)
         return task, floating
 
-    def result_handler(result):
-        call = CURRENT_CALL.get()
-        if call is not None:
-            call.read.add(id(result))
-        return handle_result(result)
-
     async def stream_ending_with_its_caller(*args, **kwargs) -> AsyncIterator[Any]:
         call = CallRequests()
         CURRENT_CALL.set(call)
         try:
             async for response in stream(*args, **kwargs):
+                # jina counted it out as it handed it over (its result handler's return value)
+                call.read.add(id(response))
                 yield response
         finally:
             for task in call.unread():
                 task.cancel()
-                handle_result(cancelled_response())  # counts it out of the pending gauge
+                handle_result(cancelled_response())
 
     streamer._request_handler = request_handler
-    streamer._result_handler = result_handler
     streamer.stream = streamer.Call = stream_ending_with_its_caller

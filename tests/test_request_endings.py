@@ -146,6 +146,17 @@ def test_grpc_calls_that_send_nothing_hold_no_slot_and_end(flow):
         channel.close()
 
 
+def test_a_grpc_call_of_many_answered_requests_counts_each_out_once(flow):
+    """Every request of one gRPC call answered: the gauge is back to 0, not below (each
+    response was counted out again when the call ended, leaving it at 1 - MAX_PENDING)."""
+    requests = [
+        data_request('/generate', [SpeechDoc(text=f'p{i}')], QUICK) for i in range(MAX_PENDING)
+    ]
+    with grpc.insecure_channel(flow.grpc.removeprefix('grpc://')) as channel:
+        call = jina_pb2_grpc.JinaRPCStub(channel).Call(iter(requests), timeout=60)
+        assert len(list(call)) == len(requests)
+
+
 # --- 5. stalled /stream readers ----------------------------------------------------------------
 
 
