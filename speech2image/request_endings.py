@@ -18,6 +18,9 @@ may read each result in a task of its own (``asyncio.wait_for`` in Python 3.11 w
 ``__anext__`` in a new task, with a copy of the caller's context, as the gateway's gRPC guard
 does), and a note kept in a context variable there was lost, so that results already counted
 out by jina were counted out again (a gRPC call of 12 requests left the gauge at -11).
+jina does not cancel its request-reading task when a call is closed, so a call cancelled
+before that task started its request (a ``/stream`` cancelled at once) gets the request
+started after it ended: it is cancelled and counted out as it starts.
 """
 
 import asyncio
@@ -34,6 +37,7 @@ class CallRequests:
 
     tasks: List[asyncio.Future] = field(default_factory=list)
     read: Set[int] = field(default_factory=set)  # ids of the results yielded to the caller
+    ended: bool = False  # the call is over: a request jina starts now has no reader
 
     def unread(self) -> List[asyncio.Future]:
         """Tasks whose result the caller never read: still running, or done unread. A task
@@ -77,7 +81,11 @@ def end_requests_with_their_callers(gateway_streamer) -> None:
     def request_handler(*args, **kwargs):
         task, floating = handle_request(*args, **kwargs)
         call = CURRENT_CALL.get()
-        if call is not None:
+        if call is not None and call.ended:
+            # jina's request-reading task outlives a call cancelled before it started this one
+            task.cancel()
+            handle_result(cancelled_response())
+        elif call is not None:
             call.tasks.append(task)
         return task, floating
 
@@ -90,6 +98,7 @@ def end_requests_with_their_callers(gateway_streamer) -> None:
                 call.read.add(id(response))
                 yield response
         finally:
+            call.ended = True
             for task in call.unread():
                 task.cancel()
                 handle_result(cancelled_response())
