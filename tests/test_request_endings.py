@@ -24,7 +24,7 @@ from jina.proto import jina_pb2_grpc
 from jina.types.request.data import SingleDocumentRequest
 from websockets.sync.client import connect
 
-from devtools.offline_flow import serve_flow
+from devtools.offline_flow import serve_flow_process
 from speech2image.defaults import STREAM_ENDPOINT
 from speech2image.schema import SpeechDoc, StreamRequest
 from tests.protocols import (
@@ -67,7 +67,9 @@ QUICK = {'num_inference_steps': 1}
 
 @pytest.fixture(scope='module')
 def flow():
-    with serve_flow(*FLOW_FLAGS) as running:
+    # Its own process: a Flow forked from the test process after earlier tests ran models in it
+    # crashed that process (docs/testing.md).
+    with serve_flow_process(*FLOW_FLAGS) as running:
         yield running
 
 
