@@ -755,11 +755,19 @@ def test_unreachable_gateway_and_oversized_uploads_are_explained():
     [
         (
             {'detail': "RequestError('document 0 (id None): no speech: the audio is silent')"},
-            GatewayError('document 0 (id None): no speech: the audio is silent', refused=True),
+            GatewayError(
+                'document 0 (id None): no speech: the audio is silent',
+                refused=True,
+                exception='RequestError',
+            ),
         ),
         (
             {'detail': 'RequestError("parameter \'num_images\' must be between 1 and 4, got 9.0")'},
-            GatewayError("parameter 'num_images' must be between 1 and 4, got 9.0", refused=True),
+            GatewayError(
+                "parameter 'num_images' must be between 1 and 4, got 9.0",
+                refused=True,
+                exception='RequestError',
+            ),
         ),
         (
             {'detail': '1 validation error for SpeechDoc\nbytes_\n  Value error, not valid base64'},
@@ -774,7 +782,7 @@ def test_unreachable_gateway_and_oversized_uploads_are_explained():
         ),
         (
             {'detail': "OutOfMemoryError('CUDA out of memory')"},
-            GatewayError('CUDA out of memory', refused=False),
+            GatewayError('CUDA out of memory', refused=False, exception='OutOfMemoryError'),
         ),
         ('not a dict', GatewayError('the service failed without saying why', refused=False)),
     ],
