@@ -16,8 +16,8 @@ cat <<'NOTE'
 
 The demo has stopped its Flow. Next, keep one running (Ctrl-C stops it):
   make serve
-and in another terminal, speak French to it (docs/languages.md):
-  .venv/bin/speech2image assets/phare.wav
+and in another terminal, speak Spanish to it (docs/languages.md):
+  .venv/bin/speech2image assets/barco.wav
 
 The transcript comes from a real Whisper model (base, multilingual). `make serve` and this demo
 serve the offline image model built in models/; the client and the web page (make web) say which

@@ -81,6 +81,6 @@ def test_the_demos_next_step_works_as_printed(tmp_path):
         (ROOT / path).unlink()
     assert result.returncode == 0, result.stderr
     assert len(written) == 1, result.stdout
-    assert '[phare.wav]' in result.stdout and 'drawn by' in result.stdout
+    assert '[barco.wav]' in result.stdout and 'drawn by' in result.stdout
     said = (tmp_path / 'serve.txt').read_text()
     assert f'The Flow is ready: grpc://127.0.0.1:{grpc}' in said and 'Ctrl-C stops' in said, said

@@ -25,7 +25,9 @@ function rememberTurn(event) {
 
 /** The strip: one small picture per turn, captioned with what was said and what changed. */
 function showStrip(edit) {
-  talk.urls.forEach((url) => URL.revokeObjectURL(url));
+  // The old pictures' URLs are revoked once the new strip replaced them: an img still in the
+  // page with a revoked URL fails to load.
+  const oldUrls = talk.urls;
   talk.urls = [];
   const items = talk.turns.map((turn, index) => {
     const item = document.createElement('li');
@@ -43,6 +45,7 @@ function showStrip(edit) {
     return item;
   });
   $('strip').replaceChildren(...items);
+  oldUrls.forEach((url) => URL.revokeObjectURL(url));
   $('understood').textContent = edit ? edit.summary : '';
   $('turns').hidden = talk.turns.length === 0;
 }
