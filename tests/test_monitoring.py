@@ -187,6 +187,17 @@ def matches_expected(prometheus: Prometheus) -> bool:
     )
 
 
+def empty_expressions(prometheus: Prometheus) -> list:
+    """The dashboard's and alerts' expressions that return no finite value: (name, expression,
+    values)."""
+    empty = []
+    for name, expression in dashboard_expressions() + alert_expressions():
+        values = [float(series['value'][1]) for series in prometheus.query(expression)]
+        if not any(math.isfinite(value) for value in values):
+            empty.append((name, expression, values))
+    return empty
+
+
 @pytest.fixture(scope='module')
 def monitored(tmp_path_factory) -> Iterator[Tuple[RunningFlow, Prometheus]]:
     """The Flow, scraped by Prometheus, after drive_traffic, once Prometheus has it all. Served as
@@ -198,6 +209,8 @@ def monitored(tmp_path_factory) -> Iterator[Tuple[RunningFlow, Prometheus]]:
         drive_traffic(flow)
         try:
             wait_for(lambda: matches_expected(prometheus), 'the traffic in Prometheus')
+            # rate() panels need two scrapes after the traffic.
+            wait_for(lambda: not empty_expressions(prometheus), 'every panel with data')
         except pytest.fail.Exception:
             pass  # test_custom_metrics_have_the_expected_values names what is missing
         yield flow, prometheus
@@ -243,11 +256,7 @@ def test_every_dashboard_and_alert_expression_returns_data(monitored):
     compare with its threshold (an alert that is not firing returns nothing, so its expression
     is checked without the comparison; promtool's unit tests check the thresholds)."""
     _, prometheus = monitored
-    empty = []
-    for name, expression in dashboard_expressions() + alert_expressions():
-        values = [float(series['value'][1]) for series in prometheus.query(expression)]
-        if not any(math.isfinite(value) for value in values):
-            empty.append((name, expression, values))
+    empty = empty_expressions(prometheus)
     assert not empty, f'no data: {empty}'
     rules = yaml.safe_load((MONITORING / 'alerts.yml').read_text())
     for rule in rules['groups'][0]['rules']:
