@@ -52,6 +52,7 @@ def instrumented(method: Callable) -> Callable:
             with executor.metrics.call(method.__name__):
                 return await method(executor, *args, **kwargs)
 
+        async_endpoint.instrumented_as = method.__name__
         return async_endpoint
 
     @functools.wraps(method)
@@ -59,7 +60,19 @@ def instrumented(method: Callable) -> Callable:
         with executor.metrics.call(method.__name__):
             return method(executor, *args, **kwargs)
 
+    endpoint.instrumented_as = method.__name__
     return endpoint
+
+
+def instrumented_endpoints(executor_class: type) -> List[str]:
+    """The names ``instrumented`` times on ``executor_class``: each call-latency series is
+    created at 0 when the Executor starts, so the first scrape already has it and ``rate()``
+    counts the first requests too (a series born with its first calls shows no increase)."""
+    return sorted(
+        member.instrumented_as
+        for _, member in inspect.getmembers(executor_class)
+        if hasattr(member, 'instrumented_as')
+    )
 
 
 class ExecutorMetrics:
@@ -69,11 +82,13 @@ class ExecutorMetrics:
         self,
         registry: CollectorRegistry,
         executor: str,
+        endpoints: Sequence[str],
         error_classes: Sequence[Tuple[Type[BaseException], str]] = (),
     ):
         """
         :param registry: where the metrics are registered (``registry_of(executor)``).
         :param executor: the Executor's class name, the ``executor`` label.
+        :param endpoints: the ``endpoint`` labels ``call`` will see; each starts at 0.
         :param error_classes: (exception class, kind) pairs checked before ``RequestError``:
             an AudioError is re-raised as a RequestError naming the document, and still
             counts as 'audio'.
@@ -88,6 +103,8 @@ class ExecutorMetrics:
             buckets=SECONDS_BUCKETS,
             registry=registry,
         )
+        for endpoint in endpoints:
+            self.call_seconds.labels(executor, endpoint)
         errors = Counter(
             'speech2image_errors_total',
             'Failed endpoint calls, by kind of error',
@@ -134,13 +151,15 @@ class ExecutorMetrics:
 class WhisperMetrics(ExecutorMetrics):
     """What WhisperExecutor reports, per transcribed clip."""
 
-    def __init__(self, registry: CollectorRegistry, languages: Collection[str]):
+    def __init__(
+        self, registry: CollectorRegistry, endpoints: Sequence[str], languages: Collection[str]
+    ):
         """
         :param languages: the codes the model can detect; any other value is 'unknown'.
         """
         from speech2image.audio import AudioError  # PyAV: only the Whisper image installs it
 
-        super().__init__(registry, 'WhisperExecutor', [(AudioError, AUDIO_ERROR)])
+        super().__init__(registry, 'WhisperExecutor', endpoints, [(AudioError, AUDIO_ERROR)])
         self.languages = frozenset(languages)
         self.audio_seconds = Histogram(
             'speech2image_whisper_audio_duration_seconds',
@@ -190,8 +209,8 @@ class WhisperMetrics(ExecutorMetrics):
 class DiffusionMetrics(ExecutorMetrics):
     """What StableDiffusionExecutor reports, per pipeline call and per UNet call."""
 
-    def __init__(self, registry: CollectorRegistry):
-        super().__init__(registry, 'StableDiffusionExecutor')
+    def __init__(self, registry: CollectorRegistry, endpoints: Sequence[str]):
+        super().__init__(registry, 'StableDiffusionExecutor', endpoints)
         self.batch_documents = Histogram(
             'speech2image_diffusion_batch_documents',
             'Documents per pipeline call, after batching',

@@ -49,7 +49,12 @@ from speech2image.devices import resolve_device, torch_cuda_usable
 from speech2image.draining import DrainingExecutor
 from speech2image.edits import BACK
 from speech2image.hub import ModelLoadError, hub_offline
-from speech2image.metrics import DiffusionMetrics, instrumented, registry_of
+from speech2image.metrics import (
+    DiffusionMetrics,
+    instrumented,
+    instrumented_endpoints,
+    registry_of,
+)
 from speech2image.previews import PREVIEW_MIME_TYPE, preview_jpeg, projection_for
 from speech2image.schema import (
     SAFETY_FLAGGED_TAG,
@@ -292,7 +297,9 @@ class StableDiffusionExecutor(DrainingExecutor):
             if value not in choices:
                 raise ValueError(f'{name} must be one of {", ".join(choices)}, got {value!r}')
         self.model_name = model
-        self.metrics = DiffusionMetrics(registry_of(self))
+        self.metrics = DiffusionMetrics(
+            registry_of(self), [*instrumented_endpoints(type(self)), 'generate_stream']
+        )
         with self.metrics.model_load_seconds.time():
             self.pipeline = self.load_pipeline(model, device)
             self.configure_pipeline(scheduler, vae_tiling, compile_unet)

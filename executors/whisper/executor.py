@@ -40,7 +40,12 @@ from speech2image.defaults import (
 from speech2image.devices import ctranslate2_cuda_usable, resolve_device, torch_cuda_usable
 from speech2image.draining import DrainingExecutor
 from speech2image.hub import ModelLoadError, hub_offline
-from speech2image.metrics import WhisperMetrics, instrumented, registry_of
+from speech2image.metrics import (
+    WhisperMetrics,
+    instrumented,
+    instrumented_endpoints,
+    registry_of,
+)
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from speech2image.spoken_settings import (
     SOURCE_TRANSCRIPT_TAG,
@@ -402,7 +407,9 @@ class WhisperExecutor(DrainingExecutor):
             )
         else:
             self.backend = OpenAIWhisperBackend(model, device, beam_size, max_new_tokens)
-        self.metrics = WhisperMetrics(registry_of(self), self.backend.languages)
+        self.metrics = WhisperMetrics(
+            registry_of(self), instrumented_endpoints(type(self)), self.backend.languages
+        )
         self.metrics.model_load_seconds.set(time.perf_counter() - load_started)
         self.max_audio_seconds = max_audio_seconds
         self.audio_dir = Path(audio_dir) if audio_dir else None
