@@ -7,6 +7,10 @@ UNet2DConditionModel with cross-attention, CLIP BPE tokenizer, CLIPTextModel, DP
 
     python -m devtools.train_world_model --output-dir weights/shapes-world
 
+``--resume`` goes on from the checkpoint in ``--output-dir`` (its VAE as it is; the UNet and text
+encoder from their saved EMA weights, with a fresh optimizer, and the learning rate schedule
+where it stopped) up to ``--unet-steps``.
+
 Seeded: the same command on the same software gives the same weights. Runs on CPU (2 cores: about
 an hour with the defaults); ``--device cuda`` runs the same recipe on a GPU.
 """
@@ -69,6 +73,7 @@ VAE_KL_WEIGHT = 1e-6
 VAE_LEARNING_RATE = 1e-3
 MIN_SNR_GAMMA = 5.0
 EMA_DECAY = 0.999
+WARMUP_STEPS = 200
 PROJECTION_PICTURES = 2_000  # the first pictures of the data set fit the preview projection
 
 
@@ -85,6 +90,11 @@ def parse_args():
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: torch default)')
     parser.add_argument('--checkpoint-every', type=int, default=500)
+    parser.add_argument(
+        '--resume',
+        action='store_true',
+        help='go on from the checkpoint saved in --output-dir up to --unet-steps',
+    )
     parser.add_argument(
         '--projection-only',
         action='store_true',
@@ -185,9 +195,9 @@ def min_snr_weights(scheduler, timesteps):
     return torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
 
 
-def train_unet(latents, scenes, tokenizer, args, log):
-    """Step 4: the UNet and the text encoder, together, on noised latents and their captions."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+def new_denoiser(tokenizer):
+    """A UNet and a text encoder, randomly initialised."""
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     text_encoder = CLIPTextModel(
@@ -199,24 +209,45 @@ def train_unet(latents, scenes, tokenizer, args, log):
             pad_token_id=tokenizer.pad_token_id,
             **TEXT_ENCODER,
         )
-    ).to(args.device)
-    unet = UNet2DConditionModel(**UNET).to(args.device)
+    )
+    return UNet2DConditionModel(**UNET), text_encoder
+
+
+def saved_denoiser(directory: Path):
+    """The UNet and text encoder of the checkpoint in ``directory`` (its EMA weights)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    return (
+        UNet2DConditionModel.from_pretrained(directory / 'unet'),
+        CLIPTextModel.from_pretrained(directory / 'text_encoder'),
+    )
+
+
+def train_unet(latents, scenes, denoiser, first_step, tokenizer, args, log):
+    """Step 4: the UNet and the text encoder, together, on noised latents and their captions,
+    from ``first_step`` to ``args.unet_steps``."""
+    from diffusers import DDPMScheduler
+
+    unet, text_encoder = (model.to(args.device).train() for model in denoiser)
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, **NOISE_SCHEDULE)
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=1e-2)
-    warmup = 200
+    # Warm-up at the start of every run: a resumed run's optimizer starts with no moments.
+    # LambdaLR counts calls from 0; update ``first_step + s`` follows the one cosine schedule.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: (
-            min(1.0, (s + 1) / warmup)
+            min(1.0, (s + 1) / WARMUP_STEPS)
             * 0.5
-            * (1 + math.cos(math.pi * min(s, args.unet_steps) / args.unet_steps))
+            * (1 + math.cos(math.pi * min(first_step - 1 + s, args.unet_steps) / args.unet_steps))
         ),
     )
-    rng = random.Random(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    for step in range(1, args.unet_steps + 1):
+    # A resumed run draws new batches: the same seed would replay the first run's.
+    rng = random.Random(args.seed + first_step - 1)
+    generator = torch.Generator().manual_seed(args.seed + first_step - 1)
+    for step in range(first_step, args.unet_steps + 1):
         index = torch.randint(len(latents), (args.batch_size,), generator=generator)
         clean = latents[index].to(args.device)
         captions = [training_caption(scenes[i], rng) for i in index.tolist()]
@@ -286,8 +317,14 @@ def main():
     if args.projection_only:
         return write_projection_only(args)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    history = []
+    record_file = args.output_dir / 'training.json'
+    record = json.loads(record_file.read_text()) if args.resume else {}
+    commands = record.get('commands', []) + [
+        'python -m devtools.train_world_model '
+        + ' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items())
+    ]
+    history = record.get('loss_history', [])
+    started = time.monotonic() - 60 * record.get('minutes', 0)
 
     def log(stage, step, loss):
         minutes = (time.monotonic() - started) / 60
@@ -301,26 +338,36 @@ def main():
     tokenizer = build_world_tokenizer(args.output_dir / 'tokenizer')
     print(f'{len(scenes)} scenes rendered in {time.monotonic() - started:.0f} s', flush=True)
 
-    # Step 3: the VAE, then every picture's latents.
-    vae = train_vae(pictures, args, log)
-    latents, scaling_factor = encode_dataset(vae, pictures, args.device)
-    vae.register_to_config(scaling_factor=scaling_factor)
-    latents = latents * scaling_factor
+    # Step 3: the VAE (a resumed run keeps the checkpoint's), then every picture's latents.
+    if args.resume:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.output_dir / 'vae').eval()
+        latents, _ = encode_dataset(vae, pictures, args.device)
+    else:
+        vae = train_vae(pictures, args, log)
+        latents, scaling_factor = encode_dataset(vae, pictures, args.device)
+        vae.register_to_config(scaling_factor=scaling_factor)
+    latents = latents * vae.config.scaling_factor
     projection = fit_latent_projection(
         latents[:PROJECTION_PICTURES], pictures[:PROJECTION_PICTURES]
     )
 
     # Step 4 and 5: the UNet and text encoder; each checkpoint is saved whole, so a run cut short
-    # still leaves a loadable model.
-    for step, unet, text_encoder in train_unet(latents, scenes, tokenizer, args, log):
+    # still leaves a loadable model, and --resume goes on from it.
+    if args.resume:
+        denoiser, first_step = saved_denoiser(args.output_dir), record['unet_steps_done'] + 1
+    else:
+        denoiser, first_step = new_denoiser(tokenizer), 1
+    checkpoints = train_unet(latents, scenes, denoiser, first_step, tokenizer, args, log)
+    for step, unet, text_encoder in checkpoints:
         save_pipeline(args.output_dir, vae, unet, text_encoder, tokenizer)
         (args.output_dir / PROJECTION_FILE).write_text(json.dumps(projection))
         minutes = (time.monotonic() - started) / 60
-        (args.output_dir / 'training.json').write_text(
+        record_file.write_text(
             json.dumps(
                 {
-                    'command': 'python -m devtools.train_world_model '
-                    + ' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items()),
+                    'commands': commands,
                     'unet_steps_done': step,
                     'minutes': round(minutes, 1),
                     'torch_threads': torch.get_num_threads(),

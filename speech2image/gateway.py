@@ -41,7 +41,10 @@ from speech2image.auth import api_key_from_environment
 from speech2image.cold_start import cold_start_seconds_from_environment, hold_calls_for_replicas
 from speech2image.draining import exit_after
 from speech2image.gateway_errors import read_gateway_error
-from speech2image.request_endings import end_requests_with_their_callers
+from speech2image.request_endings import (
+    cancel_executor_calls_with_their_tasks,
+    end_requests_with_their_callers,
+)
 from speech2image.request_limits import BodyLimits, RequestSlots, read_body, whole_requests
 from speech2image.request_policy import (
     REFUSALS_LOG,
@@ -1024,6 +1027,7 @@ class GuardedGateway(CompositeBaseServer, BaseGateway):
         whole_requests(self.streamer)
         streams = StreamService(self.guard, self.streamer)
         end_requests_with_their_callers(self.streamer)
+        cancel_executor_calls_with_their_tasks()
         answer_timeouts_once(self.streamer._connection_pool)
         self.drain_seconds = drain_seconds
         max_request_bytes = int(max_request_mb * defaults.MEBIBYTE)

@@ -21,6 +21,13 @@ out by jina were counted out again (a gRPC call of 12 requests left the gauge at
 jina does not cancel its request-reading task when a call is closed, so a call cancelled
 before that task started its request (a ``/stream`` cancelled at once) gets the request
 started after it ended: it is cancelled and counted out as it starts.
+
+Cancelling a request's task must also cancel its call to the Executor, and with jina 3.34 and
+grpc 1.x it did not, at once: jina awaits a unary call's ``trailing_metadata()`` first, and
+grpc.aio cancels the RPC only when the awaiting of the call itself is cancelled (else when the
+call object is garbage collected). The Executor heard of the hang-up 2.4-2.9 s late, about a
+hundred steps of the offline model. ``cancel_executor_calls_with_their_tasks`` makes a
+cancelled wait for the trailing metadata cancel the RPC.
 """
 
 import asyncio
@@ -68,6 +75,53 @@ def cancelled_response():
     response.header.status.code = jina_pb2.StatusProto.ERROR
     response.header.status.description = CANCELLED_MESSAGE
     return response
+
+
+class CancelledWithItsWaiter:
+    """A grpc.aio unary call whose RPC is cancelled when a wait for its trailing metadata is."""
+
+    def __init__(self, call):
+        self.call = call
+
+    async def trailing_metadata(self):
+        try:
+            return await self.call.trailing_metadata()
+        except asyncio.CancelledError:
+            self.call.cancel()
+            raise
+
+    def __await__(self):
+        return self.call.__await__()
+
+    def __getattr__(self, name: str):
+        return getattr(self.call, name)
+
+
+def cancel_executor_calls_with_their_tasks() -> None:
+    """Wrap the unary methods of the stubs jina's gateway calls Executors with (once per
+    process): each call they make is a ``CancelledWithItsWaiter``."""
+    from jina.serve.networking.connection_stub import _ConnectionStubs
+
+    init_stubs = _ConnectionStubs._init_stubs
+    if getattr(init_stubs, 'cancels_calls', False):
+        return
+
+    async def init_stubs_cancelling(stubs) -> None:
+        await init_stubs(stubs)
+        for stub, method in (
+            (stubs.single_data_stub, 'process_single_data'),
+            (stubs.data_list_stub, 'process_data'),
+        ):
+            if stub is not None:
+                make_call = getattr(stub, method)
+                setattr(
+                    stub,
+                    method,
+                    lambda *a, _call=make_call, **k: CancelledWithItsWaiter(_call(*a, **k)),
+                )
+
+    init_stubs_cancelling.cancels_calls = True
+    _ConnectionStubs._init_stubs = init_stubs_cancelling
 
 
 def end_requests_with_their_callers(gateway_streamer) -> None:
