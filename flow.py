@@ -179,6 +179,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     diffusion.add_argument('--width', type=int, help='default image width')
     diffusion.add_argument('--height', type=int, help='default image height')
     diffusion.add_argument('--max-images', type=int, help='cap on images per prompt')
+    diffusion.add_argument(
+        '--max-side',
+        type=int,
+        help="cap on width and height; unset: twice the model's native side",
+    )
     diffusion.add_argument('--guidance-scale', type=float, help='default classifier-free guidance')
     diffusion.add_argument('--diffusion-scheduler', choices=['auto', 'checkpoint', 'dpm++'])
     diffusion.add_argument(
@@ -330,6 +335,7 @@ def flow_spec(args: argparse.Namespace) -> Dict[str, Any]:
                     width=args.width,
                     height=args.height,
                     max_images=args.max_images,
+                    max_side=args.max_side,
                     guidance_scale=args.guidance_scale,
                     scheduler=args.diffusion_scheduler,
                     compile_unet=args.compile_unet,

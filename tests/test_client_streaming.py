@@ -35,6 +35,8 @@ STEPS = 30
 # Long enough to be cancelled part way (the Executors' max_inference_steps).
 LONG_STEPS = 100
 SEED = 5
+# A side whose four random-model PNGs make a done event over a mebibyte (above the default cap).
+BIG_SIDE = 288
 # The CLI names files after the prompt's first words: apple.wav's transcript is "painting of a
 # red apple on a wooden table."
 APPLE_NAME = 'painting-of-a-red-apple-on'
@@ -45,11 +47,13 @@ CANCELLED_METRIC = 'speech2image_diffusion_cancelled_requests_total'
 def keyed_flow(tmp_path_factory):
     """`python flow.py` on the offline models with S2I_API_KEY set. The random tiny model draws:
     its noise does not compress, so four 288 px PNGs make a done event over a mebibyte (the
-    trained model's smooth pictures compress far below it)."""
+    trained model's smooth pictures compress far below it); its default cap is 128 px."""
     log = tmp_path_factory.mktemp('streaming') / 'flow.log'
     with serve_flow_process(
         '--diffusion-model',
         str(TINY_SD),
+        '--max-side',
+        str(BIG_SIDE),
         env={API_KEY_ENV: API_KEY},
         log=log,
         wait_ready=wait_until_streaming,
@@ -165,7 +169,7 @@ def test_stream_yields_every_event_in_order(keyed_flow, protocol):
 @pytest.mark.parametrize('protocol', ['http', 'websocket'])
 def test_a_done_event_over_a_mebibyte_arrives_whole(keyed_flow, protocol):
     # Over the WebSocket library's default message bound (1 MiB) and aiohttp's line bound (64 KiB).
-    side = 288
+    side = BIG_SIDE
     parameters = {'num_images': 4, 'width': side, 'height': side, 'num_inference_steps': 1}
     done = collect(getattr(keyed_flow, protocol), SpeechDoc(text='a red apple'), parameters)[-1]
     assert sum(len(image.bytes_.to_base64()) for image in done.images) > defaults.MEBIBYTE

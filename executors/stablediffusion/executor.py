@@ -80,6 +80,9 @@ from speech2image.validation import (
 SEED_LIMIT = 2**31
 SIDE_MULTIPLE = 8  # the VAE downsamples by 8
 MIN_SIDE = 64
+# The default cap on a side, in native sides: a step of the offline model (4 images, guidance)
+# took 0.14 s at twice its side, 0.57 s at 4x and 60 s at 16x (docs/reliability.md).
+NATIVE_SIDES_PER_MAX_SIDE = 2
 MAX_GUIDANCE_SCALE = 30.0
 SCHEDULERS = ('auto', 'checkpoint', 'dpm++')
 # Full-step models: 25 DPM-Solver++ steps match ~50 of the original PNDM/DDIM schedulers.
@@ -234,7 +237,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         height: Optional[int] = None,
         max_images: int = 4,
         max_inference_steps: int = 100,
-        max_side: int = 1024,
+        max_side: Optional[int] = None,
         scheduler: str = 'auto',
         vae_tiling: bool = False,
         compile_unet: bool = False,
@@ -262,7 +265,9 @@ class StableDiffusionExecutor(DrainingExecutor):
         :param height: image height when a request does not say; None is the model's native size.
         :param max_images: cap on ``num_images`` per prompt.
         :param max_inference_steps: cap on ``num_inference_steps``.
-        :param max_side: cap on ``width`` and ``height``.
+        :param max_side: cap on ``width`` and ``height``; None is twice the model's native side.
+            A step's cost grows with about the fourth power of the side (attention), and a job
+            stops only between steps: the cap bounds how long a cancelled job runs on.
         :param scheduler: 'auto' (DPM-Solver++ for Stable Diffusion 1.x/2.x/XL, the checkpoint's
             own for few-step models), 'checkpoint', or 'dpm++'.
         :param vae_tiling: decode in tiles, for large images on small GPUs.
@@ -318,7 +323,13 @@ class StableDiffusionExecutor(DrainingExecutor):
         )
         self.max_images = max_images
         self.max_inference_steps = max_inference_steps
-        self.max_side = max_side
+        self.max_side = max_side or NATIVE_SIDES_PER_MAX_SIDE * native_side
+        for name in ('width', 'height'):
+            if not MIN_SIDE <= self.defaults[name] <= self.max_side:
+                raise ValueError(
+                    f'{name} must be between {MIN_SIDE} and max_side {self.max_side}, '
+                    f'got {self.defaults[name]}'
+                )
         self.edit_strength = edit_strength
         self.image_pipeline = None  # image-to-image, made from self.pipeline when first needed
         # Every pipeline call, the warm-up included, runs on this one thread (speech2image/batching.py).
