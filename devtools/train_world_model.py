@@ -308,6 +308,16 @@ def write_projection_only(args):
     (args.output_dir / PROJECTION_FILE).write_text(json.dumps(projection))
 
 
+def command_line(args) -> str:
+    """The command that repeats this run, every argument written out."""
+    flags = [
+        f'--{name.replace("_", "-")}' + ('' if value is True else f' {value}')
+        for name, value in vars(args).items()
+        if value is not False
+    ]
+    return ' '.join(['python -m devtools.train_world_model', *flags])
+
+
 def main():
     # Step 1: arguments.
     args = parse_args()
@@ -319,10 +329,7 @@ def main():
     args.output_dir.mkdir(parents=True, exist_ok=True)
     record_file = args.output_dir / 'training.json'
     record = json.loads(record_file.read_text()) if args.resume else {}
-    commands = record.get('commands', []) + [
-        'python -m devtools.train_world_model '
-        + ' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(args).items())
-    ]
+    commands = record.get('commands', []) + [command_line(args)]
     history = record.get('loss_history', [])
     started = time.monotonic() - 60 * record.get('minutes', 0)
 
