@@ -903,10 +903,6 @@ def test_the_pages_users_enter_the_key_themselves(browser):
     assert [authorization for _, authorization in calls] == [None, 'Bearer wrong', f'Bearer {KEY}']
 
 
-@pytest.mark.xfail(
-    reason='a blob: image of the strip fails to load (console: net::ERR_FILE_NOT_FOUND) after a '
-    'turn; found in the last full run of 2026-12-04, not yet traced'
-)
 def test_the_page_talks_about_one_picture(browser, web_url):
     """Typed turns refine the current picture: the strip shows each turn with what was said and
     what changed; "New picture" forgets them, so an edit then has no picture to edit."""

@@ -33,7 +33,6 @@ const recording = { recorder: null, context: null, meterFrame: 0, clock: 0 };
 const live = { controller: null, requestId: '', step: 0, steps: 0, sent: {} };
 // What the service serves (its /info: models, sizes, one step's cost), once it has answered.
 const service = { info: null, retry: 0 };
-let imageUrls = [];
 
 /** Headers of every call to this page's server: JSON, and the key the person entered. */
 function apiHeaders() {
@@ -262,9 +261,26 @@ function clearOutput() {
 }
 
 function clearImages() {
+  const images = [...$('images').querySelectorAll('img')];
   $('images').replaceChildren();
-  imageUrls.forEach((url) => URL.revokeObjectURL(url));
-  imageUrls = [];
+  images.forEach(releaseImageUrl);
+}
+
+/** Revoke the blob: URL an <img> shows (and its figure's download link) once the img is off the
+ * page and done with it. The browser fetches an img's new src in a microtask, even when the img
+ * was taken out of the page meanwhile: an img given its URL in this same task (a preview read
+ * together with "done") would fetch a revoked URL (net::ERR_FILE_NOT_FOUND). Such an img keeps
+ * its URL until it has loaded or failed. */
+function releaseImageUrl(img) {
+  const url = img.src;
+  if (!url.startsWith('blob:')) return;
+  if (img.complete) {
+    URL.revokeObjectURL(url);
+    return;
+  }
+  const revoke = () => URL.revokeObjectURL(url);
+  img.addEventListener('load', revoke, { once: true });
+  img.addEventListener('error', revoke, { once: true });
 }
 
 /** Stream one document through the Flow via this page's server; show each event as it comes. */
@@ -390,10 +406,8 @@ function showPreviews(images, step, steps) {
     const img = figures[index].querySelector('img');
     const previous = img.src;
     img.src = imageUrl(image);
-    if (previous) {
-      URL.revokeObjectURL(previous);
-      imageUrls = imageUrls.filter((url) => url !== previous);
-    }
+    // The img now fetches its new URL instead (a fetch of the old one not yet begun is dropped).
+    if (previous) URL.revokeObjectURL(previous);
     figures[index].querySelector('figcaption').textContent = `preview · step ${step} of ${steps}`;
   });
 }
@@ -407,11 +421,10 @@ function previewFigure(image) {
   return figure;
 }
 
-/** A blob: URL for an image's base64 bytes (the page's Content-Security-Policy allows blob:). */
+/** A blob: URL for an image's base64 bytes (the page's Content-Security-Policy allows blob:);
+ * the <img> given it owns it: releaseImageUrl revokes it when the img leaves the page. */
 function imageUrl(image) {
-  const url = URL.createObjectURL(base64ToBlob(image.bytes_, image.mime_type));
-  imageUrls.push(url);
-  return url;
+  return URL.createObjectURL(base64ToBlob(image.bytes_, image.mime_type));
 }
 
 /** What was heard, when the prompt is not that: the words in their language (HEARD_TAG) and

@@ -7,8 +7,8 @@
 
 const CONVERSATION_TAG = 'conversation';
 const EDIT_TAG = 'edit';
-// The turns the service sent back last ([] before the first picture), and their strip's URLs.
-const talk = { turns: [], urls: [] };
+// The turns the service sent back last ([] before the first picture).
+const talk = { turns: [] };
 
 /** The document to send, with the conversation so far in its tags. */
 function withConversation(doc) {
@@ -25,14 +25,12 @@ function rememberTurn(event) {
 
 /** The strip: one small picture per turn, captioned with what was said and what changed. */
 function showStrip(edit) {
-  // The old pictures' URLs are revoked once the new strip replaced them: an img still in the
-  // page with a revoked URL fails to load.
-  const oldUrls = talk.urls;
-  talk.urls = [];
+  // The old pictures' URLs are revoked once the new strip has replaced them and they are done
+  // loading (releaseImageUrl in app.js).
+  const oldImages = [...$('strip').querySelectorAll('img')];
   const items = talk.turns.map((turn, index) => {
     const item = document.createElement('li');
     const url = URL.createObjectURL(base64ToBlob(turn.image, turn.mime_type));
-    talk.urls.push(url);
     const img = document.createElement('img');
     Object.assign(img, { src: url, alt: turn.prompt, title: turn.prompt });
     const caption = document.createElement('span');
@@ -45,7 +43,7 @@ function showStrip(edit) {
     return item;
   });
   $('strip').replaceChildren(...items);
-  oldUrls.forEach((url) => URL.revokeObjectURL(url));
+  oldImages.forEach(releaseImageUrl);
   $('understood').textContent = edit ? edit.summary : '';
   $('turns').hidden = talk.turns.length === 0;
 }
