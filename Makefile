@@ -61,8 +61,9 @@ PYTEST := $(PY) -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS
 test: models system-deps lint
 	$(PYTEST) -m "not fidelity"
 
-# The trained offline model's picture tests (tests/test_semantics.py): the acceptance tests of its
-# fidelity goals, which the committed checkpoint does not yet meet (weights/README.md).
+# The trained offline model's picture tests that the committed checkpoint does not pass yet
+# (marked fidelity in tests/test_semantics.py and tests/test_conversation_pixels.py;
+# weights/README.md).
 test-fidelity: models
 	$(PYTEST) -m fidelity
 

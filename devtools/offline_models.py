@@ -423,10 +423,10 @@ def convert_ct2_whisper_to_openai(ct2_dir: Path, checkpoint: Path) -> Path:
 
 
 def build_all(models_dir: Path) -> None:
-    """Build every offline model into ``models_dir`` (skipping those already there)."""
+    """Build every offline model into ``models_dir`` (skipping those already there); the
+    committed world model is copied every time (20 MB), so new weights replace old ones."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    if not (models_dir / WORLD_MODEL_DIR / 'model_index.json').exists():
-        shutil.copytree(WORLD_MODEL_WEIGHTS, models_dir / WORLD_MODEL_DIR, dirs_exist_ok=True)
+    shutil.copytree(WORLD_MODEL_WEIGHTS, models_dir / WORLD_MODEL_DIR, dirs_exist_ok=True)
     if not (models_dir / TINY_SD_DIR / 'model_index.json').exists():
         build_tiny_stable_diffusion(models_dir / TINY_SD_DIR)
     link = models_dir / FASTER_WHISPER_LINK

@@ -219,9 +219,19 @@ def saved_denoiser(directory: Path):
     from transformers import CLIPTextModel
 
     return (
-        UNet2DConditionModel.from_pretrained(directory / 'unet'),
+        saved_diffusers_model(UNet2DConditionModel, directory / 'unet'),
         CLIPTextModel.from_pretrained(directory / 'text_encoder'),
     )
+
+
+def saved_diffusers_model(model_class, directory: Path):
+    """A diffusers model saved in ``directory``, built from its config and weights: unlike
+    ``from_pretrained`` it does not note ``directory`` in the config it saves again."""
+    from safetensors.torch import load_file
+
+    model = model_class.from_config(model_class.load_config(directory))
+    model.load_state_dict(load_file(directory / 'diffusion_pytorch_model.safetensors'))
+    return model
 
 
 def train_unet(latents, scenes, denoiser, first_step, tokenizer, args, log):
@@ -349,7 +359,7 @@ def main():
     if args.resume:
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(args.output_dir / 'vae').eval()
+        vae = saved_diffusers_model(AutoencoderKL, args.output_dir / 'vae').eval()
         latents, _ = encode_dataset(vae, pictures, args.device)
     else:
         vae = train_vae(pictures, args, log)

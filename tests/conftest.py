@@ -22,7 +22,7 @@ OPENAI_WHISPER_TINY_EN = MODELS / offline_models.OPENAI_WHISPER_FILE
 
 # Markers by test file (pyproject.toml lists them); every test of the shared Flow is slow too.
 MODULE_MARKERS = {
-    'test_semantics': ('slow', 'fidelity'),
+    'test_semantics': ('slow',),
     'test_autoscaling_cold_start': ('slow',),
     'test_autoscaling_manifests': ('k8s',),
     'test_autoscaling_metric': ('slow',),
@@ -30,7 +30,7 @@ MODULE_MARKERS = {
     'test_batching': ('slow',),
     'test_bench': ('slow',),
     'test_client_streaming': ('slow',),
-    'test_conversation_pixels': ('slow', 'fidelity'),
+    'test_conversation_pixels': ('slow',),
     'test_k8s': ('k8s',),
     'test_k8s_images': ('k8s',),
     'test_k8s_load_sharing': ('slow', 'k8s'),

@@ -46,6 +46,7 @@ def images_of(answer) -> list:
     return answer.docs[0]['matches']
 
 
+@pytest.mark.fidelity
 @pytest.mark.parametrize('protocol', sorted(SENDERS))
 def test_a_spoken_blue_star_on_the_left_is_blue_on_the_left(running_flow, protocol):
     answer = SENDERS[protocol](
@@ -57,6 +58,7 @@ def test_a_spoken_blue_star_on_the_left_is_blue_on_the_left(running_flow, protoc
     assert verdict.centroid[0] < 0.4, verdict
 
 
+@pytest.mark.fidelity
 @pytest.mark.parametrize('protocol', sorted(STREAM_SENDERS))
 def test_the_stream_paints_the_spoken_words_and_its_previews_approach_them(running_flow, protocol):
     answer = STREAM_SENDERS[protocol](
@@ -75,6 +77,7 @@ def test_the_stream_paints_the_spoken_words_and_its_previews_approach_them(runni
     assert judge(image_bytes(previews[-1])).colour == 'blue'
 
 
+@pytest.mark.fidelity
 @pytest.mark.parametrize('protocol', sorted(SENDERS))
 def test_spoken_settings_reach_the_pixels(running_flow, protocol):
     """ "two pictures ... seed 7": two pictures of a green tree on the grass, the same as the
@@ -108,6 +111,7 @@ def test_each_document_of_a_batch_gets_its_own_colour(running_flow, protocol):
     assert judged == list(colours)
 
 
+@pytest.mark.fidelity
 def test_a_negative_prompt_removes_the_colour_it_names(running_flow):
     """Prompts that leave the colour unsaid, same seeds with and without a negative prompt
     naming the colour most of them got: it must (nearly) vanish, the thing and place kept."""

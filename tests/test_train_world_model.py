@@ -48,6 +48,8 @@ def test_a_run_resumed_goes_on_from_its_checkpoint_and_loads_like_any_checkpoint
         (unet_after[name] - weight).abs().max().item() for name, weight in unet_before.items()
     ]
     assert 0 < max(changes) < 0.1, max(changes)
+    # The saved configs do not name the machine's directories.
+    assert str(tmp_path) not in ''.join(path.read_text() for path in model.glob('*/*.json'))
 
     pipeline = AutoPipelineForText2Image.from_pretrained(model)
     image = pipeline(
