@@ -12,6 +12,7 @@ Nothing here imports jina before it is used; its environment is devtools.OFFLINE
 """
 
 import argparse
+import gc
 import os
 import signal
 import socket
@@ -151,10 +152,18 @@ def offline_flow_args(*extra: str) -> argparse.Namespace:
 
 @contextmanager
 def serve_flow(*extra_flags: str) -> Iterator[RunningFlow]:
-    """Start the Flow exactly as ``python flow.py`` builds it, in this process."""
+    """Start the Flow exactly as ``python flow.py`` builds it, in this process (jina forks its
+    gateway and Executors from it). This process's garbage is collected, and what is left frozen,
+    before the fork: a forked gateway that collected gRPC objects inherited from earlier tests
+    aborted ("Fatal Python error: Aborted" while garbage-collecting, CI run of 2026-12-04)."""
     args = offline_flow_args(*extra_flags)
-    with flow_module.build_flow(args) as flow:
-        yield RunningFlow.of(args, flow)
+    gc.collect()
+    gc.freeze()
+    try:
+        with flow_module.build_flow(args) as flow:
+            yield RunningFlow.of(args, flow)
+    finally:
+        gc.unfreeze()
 
 
 def wait_flow_ready(running: RunningFlow, process: subprocess.Popen) -> None:
