@@ -91,7 +91,7 @@ def main() -> None:
         rows += [
             ['`python flow.py` to ready (offline models)', start, f'{median["ready"]:.1f}'],
             [
-                'StableDiffusionExecutor model load (tiny)',
+                'StableDiffusionExecutor model load (shapes-world)',
                 start,
                 f'{median["stablediffusion"]:.2f}',
             ],
