@@ -160,7 +160,7 @@ def make_clips(work: Path, wheels: Optional[Path]) -> List[Dict]:
     manifest_file = work / 'clips.json'
     if manifest_file.exists():
         return json.loads(manifest_file.read_text())
-    from tests.audio_files import wav_bytes
+    from devtools.audio_files import wav_bytes
 
     work.mkdir(parents=True, exist_ok=True)
     spoken = []  # (name, samples, language, keys)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from devtools.audio_files import FORMATS, apple_samples, encode, wav_bytes
 from devtools.offline_flow import ASSETS
 from speech2image.audio import (
     AudioError,
@@ -12,7 +13,6 @@ from speech2image.audio import (
     samples_from_tensor,
 )
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
-from tests.audio_files import FORMATS, apple_samples, encode, wav_bytes
 
 MAX_SECONDS = 30.0
 

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from devtools.audio_files import apple_samples, wav_bytes
 from devtools.offline_flow import ASSETS
 from speech2image.client import ServiceError, send
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
-from tests.audio_files import apple_samples, wav_bytes
 
 APPLE = (ASSETS / 'apple.wav').read_bytes()
 

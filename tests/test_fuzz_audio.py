@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from devtools.audio_files import FORMATS, apple_samples, encode
 from devtools.offline_flow import ROOT
 from speech2image.audio import AudioError, decode_audio, load_audio, samples_from_tensor
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
-from tests.audio_files import FORMATS, apple_samples, encode
 
 MAX_SECONDS = 5.0
 # Decoding is capped at MAX_SECONDS of float32 samples; allow the codec's frames and copies on top.

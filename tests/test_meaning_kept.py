@@ -12,12 +12,12 @@ import sys
 
 import pytest
 
+from devtools.audio_files import wav_bytes
 from devtools.offline_flow import ASSETS, ROOT, TINY_SD, serve_flow_process
 from devtools.offline_models import build_safety_checked_stable_diffusion
 from speech2image.audio import decode_audio
 from speech2image.schema import SAFETY_FLAGGED_TAG, SAFETY_NOTE_TAG, SpeechDoc
 from speech2image.spoken_settings import SOURCE_TRANSCRIPT_TAG
-from tests.audio_files import wav_bytes
 from tests.protocols import (
     INVALID,
     OK,

@@ -7,13 +7,13 @@ import pytest
 from docarray import DocList
 from jina import Executor
 
+from devtools.audio_files import apple_samples
 from devtools.offline_flow import ASSETS, WHISPER_TINY_EN
 from executors.whisper.executor import WhisperBackend, merged_into_windows
 from speech2image.audio import load_audio
 from speech2image.hub import ModelLoadError
 from speech2image.schema import SAMPLE_RATE, SpeechDoc
 from speech2image.validation import RequestError
-from tests.audio_files import apple_samples
 from tests.conftest import OPENAI_WHISPER_TINY_EN
 from tests.support import call_endpoint
 
