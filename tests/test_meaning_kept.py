@@ -7,13 +7,10 @@ The Flow serves the multilingual Whisper base (what the demo serves) and the tin
 Diffusion with a safety checker that flags every image (tests/test_safety_checker.py).
 """
 
-import subprocess
-import sys
-
 import pytest
 
 from devtools.audio_files import wav_bytes
-from devtools.offline_flow import ASSETS, ROOT, TINY_SD, serve_flow_process
+from devtools.offline_flow import ASSETS, TINY_SD, serve_flow_process
 from devtools.offline_models import build_safety_checked_stable_diffusion
 from speech2image.audio import decode_audio
 from speech2image.schema import SAFETY_FLAGGED_TAG, SAFETY_NOTE_TAG, SpeechDoc
@@ -22,6 +19,7 @@ from tests.protocols import (
     INVALID,
     OK,
     STREAM_SENDERS,
+    over_cli,
     over_grpc,
     over_http,
     over_web_service,
@@ -159,22 +157,7 @@ def test_flagged_images_are_tagged_and_explained_on_every_protocol(checked_flow,
 
 
 def test_the_cli_says_why_an_image_is_black(checked_flow, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'speech2image.client',
-            '--host',
-            checked_flow.grpc,
-            '--out',
-            str(tmp_path),
-            str(ASSETS / 'apple.wav'),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = over_cli(checked_flow.grpc, [str(ASSETS / 'apple.wav')], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "  safety: 1 of 1 images (number 1) were flagged by the model's safety checker" in (
         result.stdout

@@ -5,17 +5,16 @@ neural voice with an accent; each test asserts the words Whisper base reliably g
 """
 
 import json
-import subprocess
-import sys
 
 import pytest
 from jina import Executor
 from playwright.sync_api import sync_playwright
 
 from devtools import offline_models
-from devtools.offline_flow import ASSETS, MODELS, ROOT, serve_flow_process
+from devtools.offline_flow import ASSETS, MODELS, serve_flow_process
 from speech2image.client import ServiceError, send
 from speech2image.schema import SpeechDoc
+from tests.protocols import over_cli
 from tests.support import call_endpoint
 from tests.test_web import (
     ANSWER_TIMEOUT_S,
@@ -118,22 +117,8 @@ def test_french_speech_gives_an_english_prompt_and_images_through_the_flow(base_
 
 
 def test_the_cli_shows_what_was_heard_and_the_settings_from_speech(base_flow, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'speech2image.client',
-            '--host',
-            base_flow.grpc,
-            '--out',
-            str(tmp_path),
-            str(ASSETS / 'dibuja.wav'),
-            str(ASSETS / 'fuchs.wav'),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = over_cli(
+        base_flow.grpc, [str(ASSETS / 'dibuja.wav'), str(ASSETS / 'fuchs.wav')], tmp_path
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -142,7 +127,7 @@ def test_the_cli_shows_what_was_heard_and_the_settings_from_speech(base_flow, tm
     assert lines[1].startswith('  heard (es, ') and 'dibuja' in lines[1].lower()
     assert lines[2].startswith('  Whisper wrote (es, ') and 'draw' in lines[2].lower()
     assert lines[3] == '  from speech: num_images 2'
-    assert len(list(tmp_path.glob('*.png'))) == 3  # two pictures of the fox, one of fuchs
+    assert len(list((tmp_path / 'out').glob('*.png'))) == 3  # two pictures of the fox, one of fuchs
     assert '[fuchs.wav] ' in result.stdout and '  heard (de, ' in result.stdout
 
 
