@@ -7,23 +7,18 @@ Needs Debian's chromium (make system-deps). Every process it starts is stopped b
 """
 
 import argparse
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import requests
 from playwright.sync_api import sync_playwright
 
-from devtools.offline_flow import ROOT, free_ports, serve_flow_process
+from devtools.offline_flow import ROOT, serve_flow_process
+from devtools.web_harness import CHROMIUM, CHROMIUM_FLAGS, serve_web
 
-CHROMIUM = Path('/usr/bin/chromium')
-CHROMIUM_FLAGS = ['--no-sandbox', '--disable-gpu', '--no-first-run']
 VIEWPORT = {'width': 1024, 'height': 768}
 PROMPT = 'a painting of a red apple on a wooden table'
 SETTINGS = {'num_images': '2', 'seed': '7'}
 STEPS = 25  # the Executor's default; the offline harness serves fewer, for the tests
-START_SECONDS = 60
 PICTURES_SECONDS = 120
 
 
@@ -31,18 +26,6 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', type=Path, default=ROOT / 'docs' / 'web-page.png')
     return parser.parse_args()
-
-
-def wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f'{url}/healthz', timeout=1).ok:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f'the web service at {url} did not start within {START_SECONDS} s')
 
 
 def screenshot(url: str, out: Path) -> None:
@@ -76,19 +59,8 @@ def screenshot(url: str, out: Path) -> None:
 def main():
     args = parse_args()
     with serve_flow_process('--num-inference-steps', str(STEPS)) as flow:
-        [port] = free_ports(1)
-        web = subprocess.Popen(
-            [sys.executable, '-m', 'speech2image.web', '--host', '127.0.0.1', '--port', str(port)]
-            + ['--gateway', flow.http],
-            cwd=ROOT,
-        )
-        try:
-            url = f'http://127.0.0.1:{port}'
-            wait_healthy(url)
+        with serve_web('--gateway', flow.http) as url:
             screenshot(url, args.out)
-        finally:
-            web.terminate()
-            web.wait(timeout=30)
     print(f'wrote {args.out}')
 
 

@@ -36,10 +36,13 @@ from speech2image.world import HELD_OUT, IMAGE_SIDE, SIZES, Scene, caption, rand
 TEXT_ENCODER = dict(
     hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=3
 )
+# 8 latent channels, not Stable Diffusion's 4: at the same training time the VAE gave back the
+# things' colours and shapes far more often (judged colour 96% against 77%, thing 68% against 53%).
+LATENT_CHANNELS = 8
 UNET = dict(
     sample_size=IMAGE_SIDE // 4,
-    in_channels=4,
-    out_channels=4,
+    in_channels=LATENT_CHANNELS,
+    out_channels=LATENT_CHANNELS,
     layers_per_block=1,
     block_out_channels=(32, 64, 128),
     # Cross-attention at 8x8 and 4x4 latents: at 16x16 it tripled the cost of a training step.
@@ -47,6 +50,10 @@ UNET = dict(
     up_block_types=('CrossAttnUpBlock2D', 'CrossAttnUpBlock2D', 'UpBlock2D'),
     cross_attention_dim=TEXT_ENCODER['hidden_size'],
     attention_head_dim=8,
+    # The pooled text also joins the timestep embedding, so every block (the 16x16 one without
+    # cross-attention included) hears the words, as in DeepFloyd IF.
+    addition_embed_type='text',
+    addition_embed_type_num_heads=4,
     norm_num_groups=32,
 )
 VAE = dict(
@@ -56,7 +63,7 @@ VAE = dict(
     up_block_types=('UpDecoderBlock2D',) * 3,
     block_out_channels=(16, 32, 64),
     layers_per_block=1,
-    latent_channels=4,
+    latent_channels=LATENT_CHANNELS,
     norm_num_groups=16,
     sample_size=IMAGE_SIDE,
 )
@@ -70,6 +77,10 @@ EMPTY_CAPTION = 0.1
 # learns to ignore them.
 UNKNOWN_WORD = 0.2
 VAE_KL_WEIGHT = 1e-6
+# Things cover a small part of a picture; their pixels (and 2 px around them) weigh this much
+# more in the VAE's loss, so it learns their shapes and colours, not only the backgrounds.
+FOREGROUND_WEIGHT = 4.0
+FOREGROUND_MARGIN = 2
 VAE_LEARNING_RATE = 1e-3
 MIN_SNR_GAMMA = 5.0
 EMA_DECAY = 0.999
@@ -82,11 +93,11 @@ def parse_args():
     parser.add_argument('--output-dir', type=Path, required=True)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--scenes', type=int, default=30_000, help='pictures rendered once')
-    parser.add_argument('--vae-steps', type=int, default=1_200)
+    parser.add_argument('--vae-steps', type=int, default=1_800)
     parser.add_argument('--vae-batch-size', type=int, default=16)
     parser.add_argument('--unet-steps', type=int, default=5_000)
     parser.add_argument('--batch-size', type=int, default=64)
-    parser.add_argument('--learning-rate', type=float, default=5e-4)
+    parser.add_argument('--learning-rate', type=float, default=1e-3)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=0, help='CPU threads (0: torch default)')
     parser.add_argument('--checkpoint-every', type=int, default=500)
@@ -104,18 +115,19 @@ def parse_args():
 
 
 def render_dataset(count: int, seed: int):
-    """``count`` pictures of random scenes outside the held-out pairs: uint8 (N, 3, H, W) and
-    the scenes."""
+    """``count`` pictures of random scenes outside the held-out pairs: uint8 (N, 3, H, W), the
+    things' coverage as uint8 (N, 1, H, W), and the scenes."""
     rng = random.Random(seed)
-    scenes, pictures = [], []
+    scenes, pictures, masks = [], [], []
     while len(scenes) < count:
         scene = random_scene(rng)
         if (scene.colour, scene.thing) in HELD_OUT:
             continue
-        picture, _ = render(scene, rng)
+        picture, mask = render(scene, rng)
         scenes.append(scene)
         pictures.append(picture.transpose(2, 0, 1))
-    return torch.from_numpy(np.stack(pictures)), scenes
+        masks.append((mask[None] * 255).round().astype(np.uint8))
+    return torch.from_numpy(np.stack(pictures)), torch.from_numpy(np.stack(masks)), scenes
 
 
 def to_unit(pictures: torch.Tensor) -> torch.Tensor:
@@ -138,8 +150,17 @@ def training_caption(scene: Scene, rng: random.Random) -> str:
     return text
 
 
-def train_vae(pictures, args, log):
-    """Step 3: an AutoencoderKL that reconstructs the world's pictures (L1 + MSE + a small KL)."""
+def pixel_weights(masks: torch.Tensor) -> torch.Tensor:
+    """The VAE loss's weight of each pixel: 1, and FOREGROUND_WEIGHT more on and around things."""
+    near_things = F.max_pool2d(
+        masks.float() / 255, 2 * FOREGROUND_MARGIN + 1, stride=1, padding=FOREGROUND_MARGIN
+    )
+    return 1 + FOREGROUND_WEIGHT * near_things
+
+
+def train_vae(pictures, masks, args, log):
+    """Step 3: an AutoencoderKL that reconstructs the world's pictures (L1 + MSE, weighted
+    towards the things, and a small KL)."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL(**VAE).to(args.device)
@@ -148,13 +169,10 @@ def train_vae(pictures, args, log):
     for step in range(1, args.vae_steps + 1):
         index = torch.randint(len(pictures), (args.vae_batch_size,), generator=generator)
         batch = to_unit(pictures[index]).to(args.device)
+        weights = pixel_weights(masks[index]).to(args.device)
         posterior = vae.encode(batch).latent_dist
-        decoded = vae.decode(posterior.sample()).sample
-        loss = (
-            F.l1_loss(decoded, batch)
-            + F.mse_loss(decoded, batch)
-            + VAE_KL_WEIGHT * posterior.kl().mean()
-        )
+        error = vae.decode(posterior.sample()).sample - batch
+        loss = (weights * (error.abs() + error**2)).mean() + VAE_KL_WEIGHT * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -312,7 +330,7 @@ def write_projection_only(args):
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(args.output_dir / 'vae').eval()
-    pictures, _ = render_dataset(PROJECTION_PICTURES, args.seed)
+    pictures, _, _ = render_dataset(PROJECTION_PICTURES, args.seed)
     latents, _ = encode_dataset(vae, pictures, args.device)
     projection = fit_latent_projection(latents * vae.config.scaling_factor, pictures)
     (args.output_dir / PROJECTION_FILE).write_text(json.dumps(projection))
@@ -351,7 +369,7 @@ def main():
         print(f'{minutes:6.1f} min  {stage} step {step}  loss {loss:.4f}', flush=True)
 
     # Step 2: data: pictures of random scenes, rendered once; captions are drawn per step.
-    pictures, scenes = render_dataset(args.scenes, args.seed)
+    pictures, masks, scenes = render_dataset(args.scenes, args.seed)
     tokenizer = build_world_tokenizer(args.output_dir / 'tokenizer')
     print(f'{len(scenes)} scenes rendered in {time.monotonic() - started:.0f} s', flush=True)
 
@@ -362,7 +380,7 @@ def main():
         vae = saved_diffusers_model(AutoencoderKL, args.output_dir / 'vae').eval()
         latents, _ = encode_dataset(vae, pictures, args.device)
     else:
-        vae = train_vae(pictures, args, log)
+        vae = train_vae(pictures, masks, args, log)
         latents, scaling_factor = encode_dataset(vae, pictures, args.device)
         vae.register_to_config(scaling_factor=scaling_factor)
     latents = latents * vae.config.scaling_factor

@@ -12,6 +12,7 @@ import pytest
 from devtools.audio_files import wav_bytes
 from devtools.offline_flow import ASSETS, TINY_SD, serve_flow_process
 from devtools.offline_models import build_safety_checked_stable_diffusion
+from devtools.web_harness import serve_web
 from speech2image.audio import decode_audio
 from speech2image.schema import SAFETY_FLAGGED_TAG, SAFETY_NOTE_TAG, SpeechDoc
 from speech2image.spoken_settings import SOURCE_TRANSCRIPT_TAG
@@ -26,7 +27,6 @@ from tests.protocols import (
     over_websocket,
 )
 from tests.test_multilingual import CLIPS, WHISPER_BASE, clip
-from tests.test_web import serve_web
 
 UNCLEAR = 'could not understand the speech clearly'
 WHAT_TO_DO = "speak again, or give the language (parameter 'language'"

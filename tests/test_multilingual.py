@@ -12,19 +12,12 @@ from playwright.sync_api import sync_playwright
 
 from devtools import offline_models
 from devtools.offline_flow import ASSETS, MODELS, serve_flow_process
+from devtools.web_harness import CHROMIUM, CHROMIUM_FLAGS, serve_web
 from speech2image.client import ServiceError, send
 from speech2image.schema import SpeechDoc
 from tests.protocols import over_cli
 from tests.support import call_endpoint
-from tests.test_web import (
-    ANSWER_TIMEOUT_S,
-    CHROMIUM,
-    CHROMIUM_FLAGS,
-    DESKTOP,
-    open_page,
-    serve_web,
-    wait_for_final_images,
-)
+from tests.test_web import ANSWER_TIMEOUT_S, DESKTOP, open_page, wait_for_final_images
 
 CONFIG = 'executors/whisper/config.yml'
 WHISPER_BASE = MODELS / offline_models.WHISPER_BASE_DIR

@@ -224,7 +224,7 @@ def assert_still_serving(running_flow):
 
 @pytest.fixture(scope='module')
 def web_service(running_flow):
-    from tests.test_web import serve_web
+    from devtools.web_harness import serve_web
 
     with serve_web('--gateway', running_flow.http) as url:
         yield url

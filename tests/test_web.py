@@ -8,18 +8,15 @@ tests/artifacts/ (ignored by git).
 import base64
 import io
 import json
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 import wave
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -27,28 +24,18 @@ import requests
 from playwright.sync_api import sync_playwright
 
 from devtools.offline_flow import ASSETS, ROOT, free_ports
+from devtools.web_harness import CHROMIUM, CHROMIUM_FLAGS, SERVICE_STOP_TIMEOUT_S, serve_web
 from speech2image.auth import API_KEY_ENV, authorized
 from speech2image.gateway_errors import GatewayError, read_gateway_error
 from speech2image.request_policy import UNAUTHORIZED_MESSAGE
 from speech2image.web import parse_args
 from tests.support import diffusion_metric, poll_until
 
-CHROMIUM = Path('/usr/bin/chromium')
 ARTIFACTS = ROOT / 'tests' / 'artifacts'
-CHROMIUM_FLAGS = [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-]
 FAKE_MICROPHONE_RATE = 48_000
 # Silence around the spoken prompt, so the recording holds all of it.
 LEAD_SILENCE_S, TAIL_SILENCE_S = 0.3, 2.0
 SPOKEN_S = 3.03  # assets/apple.wav
-SERVICE_START_TIMEOUT_S = 20
-SERVICE_STOP_TIMEOUT_S = 10
 ANSWER_TIMEOUT_S = 60
 POLL_S = 0.05
 # The first request's own timeout bounds how long it can be in flight.
@@ -60,54 +47,6 @@ WATCHED_STEPS = 40
 CANCELLED_STEPS = 100
 CANCELLED_METRIC = 'speech2image_diffusion_cancelled_requests_total'
 PHONE = {'width': 390, 'height': 844}
-
-
-@contextmanager
-def serve_web(*flags: str, env: Optional[Dict[str, str]] = None, log: Optional[Path] = None):
-    """Run ``python -m speech2image.web`` on a free 127.0.0.1 port (``env`` added to this
-    process's environment, its output to ``log`` when given); yield its base URL."""
-    [port] = free_ports(1)
-    output = open(log, 'wb') if log else None  # noqa: SIM115 - closed below, after the process
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            '-m',
-            'speech2image.web',
-            '--host',
-            '127.0.0.1',
-            '--port',
-            str(port),
-            *flags,
-        ],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=output,
-        stderr=subprocess.STDOUT if output else None,
-    )
-    url = f'http://127.0.0.1:{port}'
-    try:
-
-        def healthy() -> bool:
-            assert process.poll() is None, 'the web service exited at start'
-            return requests.get(f'{url}/healthz', timeout=1).ok
-
-        poll_until(
-            healthy,
-            SERVICE_START_TIMEOUT_S,
-            'the web service did not start',
-            interval=0.1,
-            ignore=(requests.ConnectionError,),
-        )
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=SERVICE_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:  # still finishing requests: not what is tested here
-            process.kill()
-            process.wait()
-        if output:
-            output.close()
 
 
 @pytest.fixture(scope='module')

@@ -106,6 +106,8 @@ WARMUP_STEPS = 2
 COMPILE_MODES = {'cuda': 'reduce-overhead', 'cpu': 'default'}
 # Where run_pipeline leaves the safety checker's verdict on each PIL image, for image_doc.
 SAFETY_FLAG_INFO = 'speech2image_safety_flagged'
+# The streaming endpoint's call-latency label (an async generator, so not ``instrumented``).
+STREAM_METRICS_LABEL = DIFFUSION_STREAM_ENDPOINT.lstrip('/')
 
 
 @dataclass(frozen=True)
@@ -303,7 +305,7 @@ class StableDiffusionExecutor(DrainingExecutor):
                 raise ValueError(f'{name} must be one of {", ".join(choices)}, got {value!r}')
         self.model_name = model
         self.metrics = DiffusionMetrics(
-            registry_of(self), [*instrumented_endpoints(type(self)), 'generate_stream']
+            registry_of(self), [*instrumented_endpoints(type(self)), STREAM_METRICS_LABEL]
         )
         with self.metrics.model_load_seconds.time():
             self.pipeline = self.load_pipeline(model, device)
@@ -611,7 +613,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         """One document's generation as events: progress after every step, previews every
         ``preview_every`` steps, then ``done`` with its images, or one ``error``. The gateway's
         ``/stream`` calls it after Whisper; closing the stream cancels the generation."""
-        with self.metrics.call('generate_stream'), self.tracking():
+        with self.metrics.call(STREAM_METRICS_LABEL), self.tracking():
             try:
                 async for event in self.generation_events(doc):
                     yield event
