@@ -219,6 +219,32 @@ def stop_process_group(
         process.wait(timeout=timeout_s)
 
 
+@contextmanager
+def logged_process_group(
+    command: List[str],
+    env: Dict[str, str],
+    log: Path,
+    stop_signal: int = signal.SIGINT,
+    stop_timeout_s: float = FLOW_STOP_TIMEOUT_S,
+) -> Iterator[subprocess.Popen]:
+    """``command`` leading a new session and process group in ROOT, with exactly ``env`` and its
+    output (stdout and stderr) in ``log``; the whole group is stopped with ``stop_signal`` on the
+    way out (stop_process_group)."""
+    with open(log, 'wb') as output:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        stop_process_group(process, stop_signal, stop_timeout_s)
+
+
 def start_flow_process(
     flags: List[str],
     env: Optional[Dict[str, str]] = None,

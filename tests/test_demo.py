@@ -17,7 +17,7 @@ from devtools.offline_flow import (
     RunningFlow,
     free_port_run,
     free_ports,
-    stop_process_group,
+    logged_process_group,
     wait_flow_ready,
 )
 from tests.support import poll_until
@@ -50,16 +50,7 @@ def test_the_demos_next_step_works_as_printed(tmp_path):
         'SERVE_LOG': str(tmp_path / 'flow.log'),
     }
     env.pop('S2I_API_KEY', None)
-    with open(tmp_path / 'serve.txt', 'wb') as output:
-        server = subprocess.Popen(
-            ['bash', '-c', serve],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with logged_process_group(['bash', '-c', serve], env, tmp_path / 'serve.txt') as server:
         wait_flow_ready(RunningFlow(grpc, http, websocket, monitoring), server)
         poll_until(
             lambda: b'Ctrl-C stops' in (tmp_path / 'serve.txt').read_bytes(),
@@ -74,8 +65,6 @@ def test_the_demos_next_step_works_as_printed(tmp_path):
             text=True,
             timeout=CLIENT_SECONDS,
         )
-    finally:
-        stop_process_group(server)
     written = [Path(line.strip()) for line in result.stdout.splitlines() if line.endswith('.png')]
     for path in written:  # the client writes to out/, as printed; leave it as it was
         (ROOT / path).unlink()

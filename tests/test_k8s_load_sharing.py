@@ -25,7 +25,7 @@ from docarray import DocList
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from jina import Client
 
-from devtools.offline_flow import ROOT, WHISPER_TINY_EN, free_ports, stop_process_group
+from devtools.offline_flow import ROOT, WHISPER_TINY_EN, free_ports, logged_process_group
 from speech2image.schema import SpeechDoc
 from tests.support import poll_until
 from tests.test_k8s import built_manifests, flag_values, of_kind
@@ -67,19 +67,10 @@ def jina_process(
         'JINA_OPTOUT_TELEMETRY': '1',
         'HF_HUB_OFFLINE': '1',
     }
-    with open(log, 'wb') as output:
-        process = subprocess.Popen(
-            [*prefix, JINA, *args],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with logged_process_group(
+        [*prefix, JINA, *args], env, log, signal.SIGTERM, JINA_STOP_TIMEOUT_S
+    ) as process:
         yield process
-    finally:
-        stop_process_group(process, signal.SIGTERM, JINA_STOP_TIMEOUT_S)
 
 
 def wait_serving(port: int, process: subprocess.Popen, log: Path, host: str = '127.0.0.1') -> None:
