@@ -7,7 +7,8 @@ phrasing, with a fixed seed each; half ask for colour and thing pairs held out o
 judge reads colour, position, thing, count and place back from each picture. Paired checks keep
 the seed and change one word: the colour (the thing's colour must follow) or left to right (the
 thing must move right). Guidance 7.5 is set against 0 on the same prompts, and a negative prompt
-naming a colour against none on prompts that leave the colour unsaid.
+naming a colour against none on prompts that leave the colour unsaid. The same scenes rendered
+and passed through the model's VAE give its ceiling: what the VAE alone keeps.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import numpy as np
 
 from bench.report import machine_summary, markdown_table
 from devtools.world_judge import judge, visible
+from devtools.world_render import render
 from speech2image.world import COLOURS, HELD_OUT, Scene, describe, random_scene
 
 DEFAULT_MODEL = Path('models/shapes-world')
@@ -89,6 +91,21 @@ def accuracy(scenes: List[Scene], images) -> Dict[str, float]:
         )
         for attribute in ATTRIBUTES
     }
+
+
+def vae_ceiling(pipeline, scenes: List[Scene], seed: int) -> Dict[str, float]:
+    """The judged accuracy of renders of ``scenes`` passed through the model's VAE (encoded,
+    decoded): what a perfect UNet could reach with this VAE."""
+    import torch
+
+    rng = random.Random(seed)
+    renders = np.stack([render(scene, rng)[0] for scene in scenes])
+    pictures = torch.from_numpy(renders).permute(0, 3, 1, 2).float() / 127.5 - 1
+    vae = pipeline.vae
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(pictures).latent_dist.mean).sample
+    round_trips = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return accuracy(scenes, round_trips)
 
 
 def paired_colour(pipeline, scenes: List[Scene], rng: random.Random) -> float:
@@ -185,6 +202,7 @@ def main():
             [s for s, h in zip(scenes, held) if h], [i for i, h in zip(images, held) if h]
         ),
     }
+    figures['renders through the VAE'] = vae_ceiling(pipeline, scenes, args.seed)
     unguided = draw(pipeline, prompts[:80], seeds[:80], guidance=0.0)
     figures['guidance 0 (first 80)'] = accuracy(scenes[:80], unguided)
     figures['guidance 7.5 (first 80)'] = accuracy(scenes[:80], images[:80])
