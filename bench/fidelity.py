@@ -5,10 +5,11 @@
 Prompts name every attribute of a scene of the world (speech2image/world.py) in the world's plain
 phrasing, with a fixed seed each; half ask for colour and thing pairs held out of training. The
 judge reads colour, position, thing, count and place back from each picture. Paired checks keep
-the seed and change one word: the colour (the thing's colour must follow) or left to right (the
-thing must move right). Guidance 7.5 is set against 0 on the same prompts, and a negative prompt
-naming a colour against none on prompts that leave the colour unsaid. The same scenes rendered
-and passed through the model's VAE give its ceiling: what the VAE alone keeps.
+the seed and change one word: the colour (the thing's colour must follow), the place (the
+background must follow) or left to right (the thing must move right). Guidance 7.5 is set
+against 0 on the same prompts, and a negative prompt naming a colour against none on prompts that
+leave the colour unsaid. The same scenes rendered and passed through the model's VAE give its
+ceiling: what the VAE alone keeps.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import numpy as np
 from bench.report import machine_summary, markdown_table
 from devtools.world_judge import judge, visible
 from devtools.world_render import render
-from speech2image.world import COLOURS, HELD_OUT, Scene, describe, random_scene
+from speech2image.world import COLOURS, HELD_OUT, PLACES, Scene, describe, random_scene
 
 DEFAULT_MODEL = Path('models/shapes-world')
 STEPS = 25
@@ -128,6 +129,26 @@ def paired_colour(pipeline, scenes: List[Scene], rng: random.Random) -> float:
     )
 
 
+def paired_place(pipeline, scenes: List[Scene], rng: random.Random) -> float:
+    """Same seed, only the place words changed: share of pairs whose judged places are the two
+    asked ones (a model that takes the background from its starting noise fails it)."""
+    changed = [
+        s.with_(place=rng.choice([p for p in PLACES if p != s.place and visible(s.colour, p)]))
+        for s in scenes
+    ]
+    seeds = list(range(len(scenes)))
+    first = draw(pipeline, [describe(s) for s in scenes], seeds)
+    second = draw(pipeline, [describe(s) for s in changed], seeds)
+    return float(
+        np.mean(
+            [
+                judge(a).place == s.place and judge(b).place == c.place
+                for a, b, s, c in zip(first, second, scenes, changed)
+            ]
+        )
+    )
+
+
 def paired_side(pipeline, scenes: List[Scene]) -> float:
     """Same seed, only "left" changed to "right": share of pairs whose thing moved right by at
     least a fifth of the width."""
@@ -209,6 +230,9 @@ def main():
     pair_scenes = [s.with_(count=1) for s in scenes[:PAIRS]]
     paired = {
         'colour word changed, same seed': paired_colour(
+            pipeline, pair_scenes, random.Random(args.seed)
+        ),
+        'place words changed, same seed': paired_place(
             pipeline, pair_scenes, random.Random(args.seed)
         ),
         'left -> right, same seed': paired_side(pipeline, pair_scenes),

@@ -68,7 +68,19 @@ VAE = dict(
     sample_size=IMAGE_SIDE,
 )
 # Stable Diffusion 1.x's noise schedule, for training and for the saved scheduler.
-NOISE_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear')
+# Stable Diffusion 1.x's noise schedule rescaled to zero signal at the last step (Lin et al. 2024,
+# "Common Diffusion Noise Schedules and Sample Steps are Flawed"), with v-prediction, for training
+# and for the saved scheduler. At SD's own last step (signal 0.068) the background and the place
+# of a thing in a 16x16 latent still show through the noise, so the model learned to read them
+# there rather than from the words, and at sampling took them from the random start: the same
+# seed drew the same background whatever place the prompt named.
+NOISE_SCHEDULE = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule='scaled_linear',
+    rescale_betas_zero_snr=True,
+    prediction_type='v_prediction',
+)
 # Captions leave attributes unsaid this often, so a prompt may name only some of them; an empty
 # caption trains the unconditional prediction that classifier-free guidance needs.
 UNSAID = {'colour': 0.1, 'place': 0.12, 'position': 0.25, 'size': 0.15}
@@ -82,7 +94,6 @@ VAE_KL_WEIGHT = 1e-6
 FOREGROUND_WEIGHT = 4.0
 FOREGROUND_MARGIN = 2
 VAE_LEARNING_RATE = 1e-3
-MIN_SNR_GAMMA = 5.0
 EMA_DECAY = 0.999
 WARMUP_STEPS = 200
 PROJECTION_PICTURES = 2_000  # the first pictures of the data set fit the preview projection
@@ -105,6 +116,11 @@ def parse_args():
         '--resume',
         action='store_true',
         help='go on from the checkpoint saved in --output-dir up to --unet-steps',
+    )
+    parser.add_argument(
+        '--vae-from',
+        type=Path,
+        help='take the VAE saved in this model directory instead of training one',
     )
     parser.add_argument(
         '--projection-only',
@@ -206,13 +222,6 @@ def fit_latent_projection(latents, pictures) -> dict:
     return {'factors': solution[:-1].tolist(), 'bias': solution[-1].tolist()}
 
 
-def min_snr_weights(scheduler, timesteps):
-    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): faster training."""
-    alphas = scheduler.alphas_cumprod[timesteps]
-    snr = alphas / (1 - alphas)
-    return torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
-
-
 def new_denoiser(tokenizer):
     """A UNet and a text encoder, randomly initialised."""
     from diffusers import UNet2DConditionModel
@@ -289,9 +298,9 @@ def train_unet(latents, scenes, denoiser, first_step, tokenizer, args, log):
         noise = torch.randn(clean.shape, generator=generator).to(args.device)
         timesteps = torch.randint(0, 1000, (len(clean),), generator=generator)
         noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+        velocity = noise_scheduler.get_velocity(clean, noise, timesteps)
         prediction = unet(noisy, timesteps.to(args.device), text_encoder(ids)[0]).sample
-        per_sample = F.mse_loss(prediction, noise, reduction='none').mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weights(noise_scheduler, timesteps).to(args.device)).mean()
+        loss = F.mse_loss(prediction, velocity)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -317,7 +326,10 @@ def save_pipeline(directory: Path, vae, unet, text_encoder, tokenizer):
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DPMSolverMultistepScheduler(num_train_timesteps=1000, **NOISE_SCHEDULE),
+        # 'trailing': the first of few sampling steps is the last training step, pure noise.
+        scheduler=DPMSolverMultistepScheduler(
+            num_train_timesteps=1000, timestep_spacing='trailing', **NOISE_SCHEDULE
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -341,7 +353,7 @@ def command_line(args) -> str:
     flags = [
         f'--{name.replace("_", "-")}' + ('' if value is True else f' {value}')
         for name, value in vars(args).items()
-        if value is not False
+        if value is not False and value is not None
     ]
     return ' '.join(['python -m devtools.train_world_model', *flags])
 
@@ -374,10 +386,11 @@ def main():
     print(f'{len(scenes)} scenes rendered in {time.monotonic() - started:.0f} s', flush=True)
 
     # Step 3: the VAE (a resumed run keeps the checkpoint's), then every picture's latents.
-    if args.resume:
+    if args.resume or args.vae_from:
         from diffusers import AutoencoderKL
 
-        vae = saved_diffusers_model(AutoencoderKL, args.output_dir / 'vae').eval()
+        saved = args.output_dir if args.resume else args.vae_from
+        vae = saved_diffusers_model(AutoencoderKL, saved / 'vae').eval()
         latents, _ = encode_dataset(vae, pictures, args.device)
     else:
         vae = train_vae(pictures, masks, args, log)
