@@ -132,10 +132,9 @@ def paired_colour(pipeline, scenes: List[Scene], rng: random.Random) -> float:
 def paired_place(pipeline, scenes: List[Scene], rng: random.Random) -> float:
     """Same seed, only the place words changed: share of pairs whose judged places are the two
     asked ones (a model that takes the background from its starting noise fails it)."""
-    changed = [
-        s.with_(place=rng.choice([p for p in PLACES if p != s.place and visible(s.colour, p)]))
-        for s in scenes
-    ]
+    others = {s: [p for p in PLACES if p != s.place and visible(s.colour, p)] for s in scenes}
+    scenes = [s for s in scenes if others[s]]  # a colour seen on one place only has no pair
+    changed = [s.with_(place=rng.choice(others[s])) for s in scenes]
     seeds = list(range(len(scenes)))
     first = draw(pipeline, [describe(s) for s in scenes], seeds)
     second = draw(pipeline, [describe(s) for s in changed], seeds)

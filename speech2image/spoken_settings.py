@@ -73,7 +73,8 @@ COMMAND = (
 JOIN = r'(?:^|\s*,\s*|\s+)(?:(?:and|but|with|using|use|in)\s+(?:the\s+|a\s+)?)?'
 END = r'(?=\s*(?:[,.;!?]|$|\s+(?:and|with|but|in|no|without|seed)\b))'
 RULES = {
-    'seed': rf'{JOIN}(?:random\s+)?\bseed\b\s*(?:number\s+|of\s+|is\s+|=\s*|:\s*)?(?P<value>\d+)\b',
+    # A number in words too: Whisper writes "Seed seven." as often as "seed 7".
+    'seed': rf'{JOIN}(?:random\s+)?\bseed\b\s*(?:number\s+|of\s+|is\s+|=\s*|:\s*)?(?P<value>{NUMBER})\b',
     'num_inference_steps': rf'{JOIN}(?P<value>{NUMBER})\s+(?:denoising\s+|inference\s+)?steps\b{END}',
     'num_images': rf'{JOIN}(?P<value>{NUMBER})\s+{IMAGE_NOUNS}{END}',
     'orientation': (

@@ -111,6 +111,22 @@ def test_each_document_of_a_batch_gets_its_own_colour(running_flow, protocol):
     assert judged == list(colours)
 
 
+@pytest.mark.parametrize('protocol', sorted(SENDERS))
+def test_the_place_said_is_the_background_drawn_whatever_the_seed(running_flow, protocol):
+    """The same seed, three places: each picture shows the place its words name. A model that
+    takes the background from its starting noise (Stable Diffusion's schedule, whose last step
+    keeps some signal: weights/README.md) draws one background for all three."""
+    places = {'night sky': 'at night', 'grass': 'on the grass', 'beach': 'on the beach'}
+    docs = [SpeechDoc(text=f'a red ball in the middle, {phrase}') for phrase in places.values()]
+    answer = SENDERS[protocol](
+        running_flow, '/generate', docs, {'num_inference_steps': STEPS, 'seed': 5}
+    )
+    assert answer.status == OK, answer.message
+    assert [doc['matches'][0]['tags']['seed'] for doc in answer.docs] == [5, 5, 5]
+    judged = [judge(image_bytes(doc['matches'][0])).place for doc in answer.docs]
+    assert judged == list(places)
+
+
 @pytest.mark.fidelity
 def test_a_negative_prompt_removes_the_colour_it_names(running_flow):
     """Prompts that leave the colour unsaid, same seeds with and without a negative prompt

@@ -55,6 +55,8 @@ PHRASINGS = [
     ('A cat wearing a hat, use seed number 99.', 'A cat wearing a hat', {'seed': 99}),
     ('A cat wearing a hat using the seed 5', 'A cat wearing a hat', {'seed': 5}),
     ('A cat wearing a hat, seed is 0.', 'A cat wearing a hat', {'seed': 0}),
+    # Whisper's own punctuation and number words: "... grass.  Seed seven."
+    ('A tree on the grass.  Seed seven.', 'A tree on the grass', {'seed': 7}),
     # Orientation and size.
     ('A tall tower in portrait.', 'A tall tower', {'orientation': 'portrait'}),
     ('A mountain range in landscape format', 'A mountain range', {'orientation': 'landscape'}),
