@@ -12,7 +12,7 @@ speak en-us 130 lighthouse.wav "an oil painting of a lighthouse by the sea"
 speak en-us 130 fox_command.wav "draw two pictures of a red fox in the snow, with seed 42"
 # en-gb-x-rp: Whisper tiny.en heard en-us at 130 as "and we'll start on the left."
 speak en-gb-x-rp 130 blue_star.wav "a blue star on the left"
-speak en-us 130 two_trees.wav "draw two pictures of a green tree on the grass, seed 7"
+speak en-gb 130 two_trees.wav "draw two pictures of a green tree on the grass, seed 7"
 # Spoken edits of a picture (docs/conversation.md): voices Whisper tiny.en hears word for word.
 speak en-gb 130 make_it_blue.wav "make it blue"
 speak en 130 move_it_right.wav "move it to the right"
