@@ -109,6 +109,23 @@ def vae_ceiling(pipeline, scenes: List[Scene], seed: int) -> Dict[str, float]:
     return accuracy(scenes, round_trips)
 
 
+def paired_word(pipeline, scenes: List[Scene], changed: List[Scene], attribute: str) -> float:
+    """Same seed, each scene against its ``changed`` one (one attribute's words changed): share
+    of pairs in which the judge reads both asked values of ``attribute``."""
+    seeds = list(range(len(scenes)))
+    first = draw(pipeline, [describe(s) for s in scenes], seeds)
+    second = draw(pipeline, [describe(s) for s in changed], seeds)
+    return float(
+        np.mean(
+            [
+                getattr(judge(a), attribute) == getattr(s, attribute)
+                and getattr(judge(b), attribute) == getattr(c, attribute)
+                for a, b, s, c in zip(first, second, scenes, changed)
+            ]
+        )
+    )
+
+
 def paired_colour(pipeline, scenes: List[Scene], rng: random.Random) -> float:
     """Same seed, only the colour word changed: share of pairs whose judged colours are the two
     asked ones."""
@@ -116,17 +133,7 @@ def paired_colour(pipeline, scenes: List[Scene], rng: random.Random) -> float:
         s.with_(colour=rng.choice([c for c in COLOURS if c != s.colour and visible(c, s.place)]))
         for s in scenes
     ]
-    seeds = list(range(len(scenes)))
-    first = draw(pipeline, [describe(s) for s in scenes], seeds)
-    second = draw(pipeline, [describe(s) for s in changed], seeds)
-    return float(
-        np.mean(
-            [
-                judge(a).colour == s.colour and judge(b).colour == c.colour
-                for a, b, s, c in zip(first, second, scenes, changed)
-            ]
-        )
-    )
+    return paired_word(pipeline, scenes, changed, 'colour')
 
 
 def paired_place(pipeline, scenes: List[Scene], rng: random.Random) -> float:
@@ -135,17 +142,7 @@ def paired_place(pipeline, scenes: List[Scene], rng: random.Random) -> float:
     others = {s: [p for p in PLACES if p != s.place and visible(s.colour, p)] for s in scenes}
     scenes = [s for s in scenes if others[s]]  # a colour seen on one place only has no pair
     changed = [s.with_(place=rng.choice(others[s])) for s in scenes]
-    seeds = list(range(len(scenes)))
-    first = draw(pipeline, [describe(s) for s in scenes], seeds)
-    second = draw(pipeline, [describe(s) for s in changed], seeds)
-    return float(
-        np.mean(
-            [
-                judge(a).place == s.place and judge(b).place == c.place
-                for a, b, s, c in zip(first, second, scenes, changed)
-            ]
-        )
-    )
+    return paired_word(pipeline, scenes, changed, 'place')
 
 
 def paired_side(pipeline, scenes: List[Scene]) -> float:

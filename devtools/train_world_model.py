@@ -67,7 +67,6 @@ VAE = dict(
     norm_num_groups=16,
     sample_size=IMAGE_SIDE,
 )
-# Stable Diffusion 1.x's noise schedule, for training and for the saved scheduler.
 # Stable Diffusion 1.x's noise schedule rescaled to zero signal at the last step (Lin et al. 2024,
 # "Common Diffusion Noise Schedules and Sample Steps are Flawed"), with v-prediction, for training
 # and for the saved scheduler. At SD's own last step (signal 0.068) the background and the place
