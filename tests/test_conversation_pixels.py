@@ -94,7 +94,6 @@ def test_move_it_to_the_right_moves_it(answers):
     assert moved.centroid[0] - blue.centroid[0] > MOVED_CENTROID, (blue, moved)
 
 
-@pytest.mark.fidelity
 def test_another_one_is_a_different_picture_of_the_same_prompt(answers):
     moved, another = answers['move it to the right'], answers['another one']
     assert another['text'] == moved['text'] == 'a blue ball on the right'

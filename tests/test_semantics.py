@@ -46,7 +46,6 @@ def images_of(answer) -> list:
     return answer.docs[0]['matches']
 
 
-@pytest.mark.fidelity
 @pytest.mark.parametrize('protocol', sorted(SENDERS))
 def test_a_spoken_blue_star_on_the_left_is_blue_on_the_left(running_flow, protocol):
     answer = SENDERS[protocol](
@@ -58,7 +57,6 @@ def test_a_spoken_blue_star_on_the_left_is_blue_on_the_left(running_flow, protoc
     assert verdict.centroid[0] < 0.4, verdict
 
 
-@pytest.mark.fidelity
 @pytest.mark.parametrize('protocol', sorted(STREAM_SENDERS))
 def test_the_stream_paints_the_spoken_words_and_its_previews_approach_them(running_flow, protocol):
     answer = STREAM_SENDERS[protocol](
