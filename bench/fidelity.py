@@ -29,6 +29,10 @@ from speech2image.world import COLOURS, HELD_OUT, PLACES, Scene, describe, rando
 DEFAULT_MODEL = Path('models/shapes-world')
 STEPS = 25
 GUIDANCE = 7.5
+# The other guidance scales drawn on the first GUIDANCE_PROMPTS prompts, against GUIDANCE: none
+# at all (fidelity should drop without it) and one between.
+OTHER_GUIDANCE = (0.0, 3.0)
+GUIDANCE_PROMPTS = 80
 BATCH = 8
 ATTRIBUTES = ('colour', 'position', 'thing', 'count', 'place')
 GOALS = {'colour': 0.95, 'position': 0.90, 'thing': 0.80, 'count': 0.80}
@@ -220,9 +224,15 @@ def main():
         ),
     }
     figures['renders through the VAE'] = vae_ceiling(pipeline, scenes, args.seed)
-    unguided = draw(pipeline, prompts[:80], seeds[:80], guidance=0.0)
-    figures['guidance 0 (first 80)'] = accuracy(scenes[:80], unguided)
-    figures['guidance 7.5 (first 80)'] = accuracy(scenes[:80], images[:80])
+    first = slice(GUIDANCE_PROMPTS)
+    for guidance in OTHER_GUIDANCE + (GUIDANCE,):
+        if guidance == GUIDANCE:
+            drawn = images[first]
+        else:
+            drawn = draw(pipeline, prompts[first], seeds[first], guidance=guidance)
+        figures[f'guidance {guidance:g} (first {GUIDANCE_PROMPTS})'] = accuracy(
+            scenes[first], drawn
+        )
     pair_scenes = [s.with_(count=1) for s in scenes[:PAIRS]]
     paired = {
         'colour word changed, same seed': paired_colour(
