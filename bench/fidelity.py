@@ -225,11 +225,9 @@ def main():
     }
     figures['renders through the VAE'] = vae_ceiling(pipeline, scenes, args.seed)
     first = slice(GUIDANCE_PROMPTS)
-    for guidance in OTHER_GUIDANCE + (GUIDANCE,):
-        if guidance == GUIDANCE:
-            drawn = images[first]
-        else:
-            drawn = draw(pipeline, prompts[first], seeds[first], guidance=guidance)
+    by_guidance = {g: draw(pipeline, prompts[first], seeds[first], g) for g in OTHER_GUIDANCE}
+    by_guidance[GUIDANCE] = images[first]  # already drawn above
+    for guidance, drawn in by_guidance.items():
         figures[f'guidance {guidance:g} (first {GUIDANCE_PROMPTS})'] = accuracy(
             scenes[first], drawn
         )
