@@ -62,8 +62,7 @@ test: models system-deps lint
 	$(PYTEST) -m "not fidelity"
 
 # The trained offline model's picture tests that the committed checkpoint does not pass yet
-# (marked fidelity in tests/test_semantics.py and tests/test_conversation_pixels.py;
-# weights/README.md).
+# (marked fidelity in tests/test_semantics.py; weights/README.md).
 test-fidelity: models
 	$(PYTEST) -m fidelity
 

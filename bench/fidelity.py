@@ -1,37 +1,39 @@
 """Does the offline model draw what the words say? Judged by pixels (devtools/world_judge.py).
 
     python -m bench.fidelity [--model models/shapes-world] [--prompts 240] [--grid docs/x.png]
+                             [--seed 1234] [--guidance G]
 
 Prompts name every attribute of a scene of the world (speech2image/world.py) in the world's plain
 phrasing, with a fixed seed each; half ask for colour and thing pairs held out of training. The
 judge reads colour, position, thing, count and place back from each picture. Paired checks keep
 the seed and change one word: the colour (the thing's colour must follow), the place (the
-background must follow) or left to right (the thing must move right). Guidance 7.5 is set
-against 0 on the same prompts, and a negative prompt naming a colour against none on prompts that
-leave the colour unsaid. The same scenes rendered and passed through the model's VAE give its
-ceiling: what the VAE alone keeps.
+background must follow) or left to right (the thing must move right). Every picture is drawn at
+the service's defaults for the model (its card's steps and guidance, else the Executor's), or at
+--guidance; the first prompts are drawn again at guidance 0 and 7.5, and a negative prompt naming
+a colour is set against none on prompts that leave the colour unsaid. The same scenes rendered
+and passed through the model's VAE give its ceiling: what the VAE alone keeps.
 """
 
 import argparse
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from bench.report import machine_summary, markdown_table
 from devtools.world_judge import judge, visible
 from devtools.world_render import render
+from executors.stablediffusion.executor import local_model_card, step_defaults
 from speech2image.world import COLOURS, HELD_OUT, PLACES, Scene, describe, random_scene
 
 DEFAULT_MODEL = Path('models/shapes-world')
-STEPS = 25
-GUIDANCE = 7.5
-# The other guidance scales drawn on the first GUIDANCE_PROMPTS prompts, against GUIDANCE: none
-# at all (fidelity should drop without it) and one between.
-OTHER_GUIDANCE = (0.0, 3.0)
+# The guidance scales the first GUIDANCE_PROMPTS prompts are drawn at besides the model's default:
+# none at all (fidelity should drop without it) and Stable Diffusion's usual 7.5.
+OTHER_GUIDANCE = (0.0, 7.5)
 GUIDANCE_PROMPTS = 80
 BATCH = 8
 ATTRIBUTES = ('colour', 'position', 'thing', 'count', 'place')
@@ -40,31 +42,50 @@ PAIRS = 40
 NEGATIVE_SEEDS = 60
 
 
-def load_pipeline(model: Path):
-    import torch
-    from diffusers import AutoPipelineForText2Image
+@dataclass(frozen=True)
+class Painter:
+    """A loaded model that draws at the service's defaults for it."""
 
-    pipeline = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=torch.float32)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    pipeline: object
+    steps: int
+    guidance: float
 
+    @classmethod
+    def load(cls, model: Path, guidance: Optional[float] = None) -> 'Painter':
+        """``model`` at its service defaults, or at ``guidance`` when given."""
+        import torch
+        from diffusers import AutoPipelineForText2Image
 
-def draw(pipeline, prompts: List[str], seeds: List[int], guidance=GUIDANCE, negative=None):
-    """One image per prompt, image i from ``seeds[i]``; PIL images."""
-    import torch
+        pipeline = AutoPipelineForText2Image.from_pretrained(model, torch_dtype=torch.float32)
+        pipeline.set_progress_bar_config(disable=True)
+        defaults = step_defaults(str(model), pipeline, local_model_card(str(model)))
+        if guidance is None:
+            guidance = defaults['guidance_scale']
+        return cls(pipeline, defaults['num_inference_steps'], guidance)
 
-    images = []
-    for start in range(0, len(prompts), BATCH):
-        batch = slice(start, start + BATCH)
-        generators = [torch.Generator().manual_seed(s) for s in seeds[batch]]
-        images += pipeline(
-            prompts[batch],
-            negative_prompt=None if negative is None else [negative] * len(prompts[batch]),
-            num_inference_steps=STEPS,
-            guidance_scale=guidance,
-            generator=generators,
-        ).images
-    return images
+    def draw(
+        self,
+        prompts: List[str],
+        seeds: List[int],
+        guidance: Optional[float] = None,
+        negative: Optional[str] = None,
+    ):
+        """One image per prompt, image i from ``seeds[i]``, at ``guidance`` (None: the model's
+        default); PIL images."""
+        import torch
+
+        images = []
+        for start in range(0, len(prompts), BATCH):
+            batch = slice(start, start + BATCH)
+            generators = [torch.Generator().manual_seed(s) for s in seeds[batch]]
+            images += self.pipeline(
+                prompts[batch],
+                negative_prompt=None if negative is None else [negative] * len(prompts[batch]),
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance if guidance is None else guidance,
+                generator=generators,
+            ).images
+        return images
 
 
 def benchmark_scenes(count: int, seed: int) -> List[Scene]:
@@ -98,7 +119,7 @@ def accuracy(scenes: List[Scene], images) -> Dict[str, float]:
     }
 
 
-def vae_ceiling(pipeline, scenes: List[Scene], seed: int) -> Dict[str, float]:
+def vae_ceiling(painter: Painter, scenes: List[Scene], seed: int) -> Dict[str, float]:
     """The judged accuracy of renders of ``scenes`` passed through the model's VAE (encoded,
     decoded): what a perfect UNet could reach with this VAE."""
     import torch
@@ -106,19 +127,21 @@ def vae_ceiling(pipeline, scenes: List[Scene], seed: int) -> Dict[str, float]:
     rng = random.Random(seed)
     renders = np.stack([render(scene, rng)[0] for scene in scenes])
     pictures = torch.from_numpy(renders).permute(0, 3, 1, 2).float() / 127.5 - 1
-    vae = pipeline.vae
+    vae = painter.pipeline.vae
     with torch.no_grad():
         decoded = vae.decode(vae.encode(pictures).latent_dist.mean).sample
     round_trips = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     return accuracy(scenes, round_trips)
 
 
-def paired_word(pipeline, scenes: List[Scene], changed: List[Scene], attribute: str) -> float:
+def paired_word(
+    painter: Painter, scenes: List[Scene], changed: List[Scene], attribute: str
+) -> float:
     """Same seed, each scene against its ``changed`` one (one attribute's words changed): share
     of pairs in which the judge reads both asked values of ``attribute``."""
     seeds = list(range(len(scenes)))
-    first = draw(pipeline, [describe(s) for s in scenes], seeds)
-    second = draw(pipeline, [describe(s) for s in changed], seeds)
+    first = painter.draw([describe(s) for s in scenes], seeds)
+    second = painter.draw([describe(s) for s in changed], seeds)
     return float(
         np.mean(
             [
@@ -130,33 +153,33 @@ def paired_word(pipeline, scenes: List[Scene], changed: List[Scene], attribute: 
     )
 
 
-def paired_colour(pipeline, scenes: List[Scene], rng: random.Random) -> float:
+def paired_colour(painter: Painter, scenes: List[Scene], rng: random.Random) -> float:
     """Same seed, only the colour word changed: share of pairs whose judged colours are the two
     asked ones."""
     changed = [
         s.with_(colour=rng.choice([c for c in COLOURS if c != s.colour and visible(c, s.place)]))
         for s in scenes
     ]
-    return paired_word(pipeline, scenes, changed, 'colour')
+    return paired_word(painter, scenes, changed, 'colour')
 
 
-def paired_place(pipeline, scenes: List[Scene], rng: random.Random) -> float:
+def paired_place(painter: Painter, scenes: List[Scene], rng: random.Random) -> float:
     """Same seed, only the place words changed: share of pairs whose judged places are the two
     asked ones (a model that takes the background from its starting noise fails it)."""
     others = {s: [p for p in PLACES if p != s.place and visible(s.colour, p)] for s in scenes}
     scenes = [s for s in scenes if others[s]]  # a colour seen on one place only has no pair
     changed = [s.with_(place=rng.choice(others[s])) for s in scenes]
-    return paired_word(pipeline, scenes, changed, 'place')
+    return paired_word(painter, scenes, changed, 'place')
 
 
-def paired_side(pipeline, scenes: List[Scene]) -> float:
+def paired_side(painter: Painter, scenes: List[Scene]) -> float:
     """Same seed, only "left" changed to "right": share of pairs whose thing moved right by at
     least a fifth of the width."""
     left = [s.with_(position='left') for s in scenes]
     right = [s.with_(position='right') for s in scenes]
     seeds = list(range(len(scenes)))
-    lefts = draw(pipeline, [describe(s) for s in left], seeds)
-    rights = draw(pipeline, [describe(s) for s in right], seeds)
+    lefts = painter.draw([describe(s) for s in left], seeds)
+    rights = painter.draw([describe(s) for s in right], seeds)
     moved = []
     for a, b in zip(lefts, rights):
         ja, jb = judge(a), judge(b)
@@ -164,7 +187,7 @@ def paired_side(pipeline, scenes: List[Scene]) -> float:
     return float(np.mean(moved))
 
 
-def negative_prompt_effect(pipeline, colour: str = 'red') -> Dict[str, float]:
+def negative_prompt_effect(painter: Painter, colour: str = 'red') -> Dict[str, float]:
     """Prompts that leave the colour unsaid, with and without ``colour`` as the negative prompt:
     the share of pictures judged ``colour`` each way."""
     rng = random.Random(7)
@@ -177,7 +200,7 @@ def negative_prompt_effect(pipeline, colour: str = 'red') -> Dict[str, float]:
     seeds = list(range(len(scenes)))
     shares = {}
     for label, negative in (('without', None), ('with', colour)):
-        images = draw(pipeline, prompts, seeds, negative=negative)
+        images = painter.draw(prompts, seeds, negative=negative)
         shares[label] = float(np.mean([judge(i).colour == colour for i in images]))
     return shares
 
@@ -202,16 +225,19 @@ def main():
     parser.add_argument('--model', type=Path, default=DEFAULT_MODEL)
     parser.add_argument('--prompts', type=int, default=240)
     parser.add_argument('--seed', type=int, default=1234)
+    parser.add_argument(
+        '--guidance', type=float, help="draw at this guidance instead of the model's default"
+    )
     parser.add_argument('--grid', type=Path, help='save a grid of the first 32 pictures here')
     parser.add_argument('--json', type=Path, help='write the figures here as JSON')
     args = parser.parse_args()
 
-    pipeline = load_pipeline(args.model)
+    painter = Painter.load(args.model, args.guidance)
     scenes = benchmark_scenes(args.prompts, args.seed)
     prompts = [describe(s) for s in scenes]
     seeds = [args.seed + i for i in range(len(scenes))]
     started = time.perf_counter()
-    images = draw(pipeline, prompts, seeds)
+    images = painter.draw(prompts, seeds)
     seconds_per_image = (time.perf_counter() - started) / len(images)
     held = [(s.colour, s.thing) in HELD_OUT for s in scenes]
     figures = {
@@ -223,32 +249,36 @@ def main():
             [s for s, h in zip(scenes, held) if h], [i for i, h in zip(images, held) if h]
         ),
     }
-    figures['renders through the VAE'] = vae_ceiling(pipeline, scenes, args.seed)
+    figures['renders through the VAE'] = vae_ceiling(painter, scenes, args.seed)
     first = slice(GUIDANCE_PROMPTS)
-    by_guidance = {g: draw(pipeline, prompts[first], seeds[first], g) for g in OTHER_GUIDANCE}
-    by_guidance[GUIDANCE] = images[first]  # already drawn above
-    for guidance, drawn in by_guidance.items():
+    by_guidance = {painter.guidance: images[first]}  # already drawn above
+    for guidance in OTHER_GUIDANCE:
+        if guidance not in by_guidance:
+            by_guidance[guidance] = painter.draw(prompts[first], seeds[first], guidance)
+    for guidance, drawn in sorted(by_guidance.items()):
         figures[f'guidance {guidance:g} (first {GUIDANCE_PROMPTS})'] = accuracy(
             scenes[first], drawn
         )
     pair_scenes = [s.with_(count=1) for s in scenes[:PAIRS]]
     paired = {
         'colour word changed, same seed': paired_colour(
-            pipeline, pair_scenes, random.Random(args.seed)
+            painter, pair_scenes, random.Random(args.seed)
         ),
         'place words changed, same seed': paired_place(
-            pipeline, pair_scenes, random.Random(args.seed)
+            painter, pair_scenes, random.Random(args.seed)
         ),
-        'left -> right, same seed': paired_side(pipeline, pair_scenes),
+        'left -> right, same seed': paired_side(painter, pair_scenes),
     }
-    negative = negative_prompt_effect(pipeline)
+    negative = negative_prompt_effect(painter)
     if args.grid:
         grid(images[:32], args.grid)
         args.grid.with_suffix('.txt').write_text('\n'.join(prompts[:32]) + '\n')
 
     print(machine_summary())
+    whose = '' if args.guidance is not None else " (the model's default)"
     print(
-        f'{args.model}: {len(images)} prompts, {STEPS} steps, guidance {GUIDANCE}, '
+        f'{args.model}: {len(images)} prompts, {painter.steps} steps, guidance '
+        f'{painter.guidance:g}{whose}, '
         f'{seconds_per_image:.3f} s per image (batches of {BATCH})\n'
     )
     print(

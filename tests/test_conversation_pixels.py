@@ -66,13 +66,11 @@ def judged(answered):
     return judge(image_bytes(answered['images'][0]))
 
 
-@pytest.mark.fidelity
 def test_the_first_picture_is_what_was_said(answers):
     first = judged(answers['a red ball on the left'])
     assert (first.colour, first.thing, first.position) == ('red', 'ball', 'left'), first
 
 
-@pytest.mark.fidelity
 def test_make_it_blue_gives_a_blue_ball_that_stays_on_the_left(answers):
     first, blue = judged(answers['a red ball on the left']), judged(answers['make it blue'])
     assert (blue.colour, blue.thing) == ('blue', 'ball'), blue
@@ -87,7 +85,6 @@ def test_a_turn_on_another_replica_draws_the_same_picture(answers):
     )
 
 
-@pytest.mark.fidelity
 def test_move_it_to_the_right_moves_it(answers):
     blue, moved = judged(answers['make it blue']), judged(answers['move it to the right'])
     assert (moved.colour, moved.thing, moved.position) == ('blue', 'ball', 'right'), moved

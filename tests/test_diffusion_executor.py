@@ -215,6 +215,51 @@ def test_few_step_models_are_recognised_by_name(tmp_path):
     assert doc.matches[0].tags['guidance_scale'] == 0.0
 
 
+def model_with_card(tmp_path, card: str):
+    """The tiny model's components under a directory whose README.md is ``card``."""
+    model = tmp_path / 'carded-model'
+    model.mkdir()
+    for component in TINY_SD.iterdir():
+        (model / component.name).symlink_to(component.resolve())
+    (model / 'README.md').write_text(card)
+    return model
+
+
+def test_a_model_card_sets_the_model_own_defaults_and_says_what_it_draws(tmp_path):
+    """A card's ``inference: parameters:`` win over the full-step defaults; a flag and a
+    request still win over the card; the card's first paragraph is the model's description."""
+    model = model_with_card(
+        tmp_path,
+        '---\ninference:\n  parameters:\n    guidance_scale: 3\n    num_inference_steps: 12\n'
+        '---\n# carded\n\nDraws tiny noise.\n\nMore.\n',
+    )
+    executor = Executor.load_config(CONFIG, uses_with={'model': str(model), 'warmup': False})
+    assert (executor.defaults['num_inference_steps'], executor.defaults['guidance_scale']) == (
+        12,
+        3.0,
+    )
+    assert executor.model_info()['description'] == 'Draws tiny noise.'
+    [doc] = generate(executor, ['a cat'], num_inference_steps=None)
+    assert doc.matches[0].tags['guidance_scale'] == 3.0
+    assert doc.matches[0].tags['num_inference_steps'] == 12
+    [doc] = generate(executor, ['a cat'], guidance_scale=5.0)
+    assert doc.matches[0].tags['guidance_scale'] == 5.0
+    flagged = Executor.load_config(
+        CONFIG, uses_with={'model': str(model), 'warmup': False, 'guidance_scale': 6.0}
+    )
+    assert flagged.defaults['guidance_scale'] == 6.0
+
+
+def test_a_model_card_with_a_wrong_default_is_refused_naming_it(tmp_path):
+    model = model_with_card(
+        tmp_path, '---\ninference:\n  parameters:\n    guidance_scale: high\n---\nA model.\n'
+    )
+    with pytest.raises(
+        Exception, match="inference parameter guidance_scale must be a number, got 'high'"
+    ):
+        Executor.load_config(CONFIG, uses_with={'model': str(model), 'warmup': False})
+
+
 def test_unknown_scheduler_is_refused():
     with pytest.raises(Exception, match='scheduler must be one of auto, checkpoint, dpm\\+\\+'):
         Executor.load_config(CONFIG, uses_with={'model': str(TINY_SD), 'scheduler': 'ddim'})

@@ -97,9 +97,12 @@ LOSSY_QUALITY = 90
 # Previews per streamed generation when a request does not say (``preview_every`` steps apart).
 DEFAULT_PREVIEWS = 4
 # A local model's card (a Hugging Face model repository's README.md): its first paragraph tells
-# people what the model draws; at most this many characters of it.
+# people what the model draws (at most this many characters of it), and its metadata's
+# ``inference: parameters:`` (the Hub's convention) may set the model's own default steps and
+# guidance, which win over the defaults above.
 MODEL_CARD = 'README.md'
 MODEL_CARD_CHARS = 400
+CARD_STEP_PARAMETERS = {'num_inference_steps': int, 'guidance_scale': float}
 # Steps of the warm-up: two, so that the time between their ends is one step's cost.
 WARMUP_STEPS = 2
 # torch.compile modes: CUDA graphs on GPU; on CPU, Inductor's C++ kernels (needs a C++ compiler).
@@ -173,18 +176,45 @@ def encode_image(image, image_format: str) -> bytes:
     return buffer.getvalue()
 
 
-def model_card_summary(model: str) -> str:
-    """The first paragraph of a local model directory's README.md (its YAML front matter and
-    headings skipped), or '' (a hub id, or no card)."""
-    card = Path(model) / MODEL_CARD
-    if not card.is_file():
+def local_model_card(model: str):
+    """A local model directory's card (its README.md, read by huggingface_hub), or None: a hub
+    id, or no card."""
+    path = Path(model) / MODEL_CARD
+    if not path.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    return ModelCard.load(path)
+
+
+def model_card_summary(card) -> str:
+    """The first paragraph of a model card's text (headings skipped), or '' (no card)."""
+    if card is None:
         return ''
-    text = re.sub(r'\A---\n.*?\n---\n', '', card.read_text(errors='replace'), flags=re.DOTALL)
-    for paragraph in re.split(r'\n\s*\n', text):
+    for paragraph in re.split(r'\n\s*\n', card.text):
         lines = [line.strip() for line in paragraph.strip().splitlines()]
         if lines and not lines[0].startswith('#'):
             return ' '.join(lines)[:MODEL_CARD_CHARS]
     return ''
+
+
+def model_card_step_defaults(card) -> Dict:
+    """The steps and guidance a model card's ``inference: parameters:`` set, by parameter name;
+    {} when it sets neither (or there is no card). A value of the wrong type is a ValueError."""
+    inference = {} if card is None else card.data.to_dict().get('inference')
+    # ``inference: false`` (the Hub's way to turn its widget off) sets nothing.
+    parameters = inference.get('parameters') if isinstance(inference, dict) else None
+    parameters = parameters if isinstance(parameters, dict) else {}
+    defaults = {}
+    for name, kind in CARD_STEP_PARAMETERS.items():
+        if name in parameters:
+            value = parameters[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(
+                    f"the model card's inference parameter {name} must be a number, got {value!r}"
+                )
+            defaults[name] = kind(value)
+    return defaults
 
 
 def safety_marked(result) -> List:
@@ -208,15 +238,27 @@ def note_flagged_images(doc: SpeechDoc) -> None:
         )
 
 
-def step_defaults(model: str, pipeline) -> tuple:
-    """Default (steps, guidance) for ``model``: few for distilled models, else the full set."""
-    name = model.lower()
+def few_step_defaults(model: str, pipeline) -> Optional[tuple]:
+    """(steps, guidance) of a distilled few-step model, recognised by its scheduler or its
+    name; None for a full-step model."""
     if type(pipeline.scheduler).__name__ == 'LCMScheduler':
         return FEW_STEP_DEFAULTS['lcm']
+    name = model.lower()
     for marker, defaults in FEW_STEP_DEFAULTS.items():
         if marker in name:
             return defaults
-    return FULL_STEP_DEFAULTS
+    return None
+
+
+def step_defaults(model: str, pipeline, card) -> Dict:
+    """Default ``num_inference_steps`` and ``guidance_scale`` for ``model``: what its card sets,
+    else few for a distilled model, else the full set."""
+    steps, guidance = few_step_defaults(model, pipeline) or FULL_STEP_DEFAULTS
+    return {
+        'num_inference_steps': steps,
+        'guidance_scale': guidance,
+        **model_card_step_defaults(card),
+    }
 
 
 class StableDiffusionExecutor(DrainingExecutor):
@@ -259,10 +301,11 @@ class StableDiffusionExecutor(DrainingExecutor):
             hub model reads its token from the ``HF_TOKEN`` environment variable.
         :param device: 'auto' (CUDA in float16 when present, else CPU in float32), 'cpu', 'cuda'.
         :param num_images: images per prompt when a request does not say.
-        :param num_inference_steps: denoising steps when a request does not say; None is 25, or
-            1 for Turbo and 4 for LCM models.
+        :param num_inference_steps: denoising steps when a request does not say; None is what
+            the model's card sets (``inference: parameters:``), else 25, or 1 for Turbo and 4
+            for LCM models.
         :param guidance_scale: classifier-free guidance when a request does not say; None is
-            7.5, or 0 for Turbo and 1 for LCM models.
+            what the model's card sets, else 7.5, or 0 for Turbo and 1 for LCM models.
         :param width: image width when a request does not say; None is the model's native size.
         :param height: image height when a request does not say; None is the model's native size.
         :param max_images: cap on ``num_images`` per prompt.
@@ -304,6 +347,7 @@ class StableDiffusionExecutor(DrainingExecutor):
             if value not in choices:
                 raise ValueError(f'{name} must be one of {", ".join(choices)}, got {value!r}')
         self.model_name = model
+        self.card = local_model_card(model)
         self.metrics = DiffusionMetrics(
             registry_of(self), [*instrumented_endpoints(type(self)), STREAM_METRICS_LABEL]
         )
@@ -315,11 +359,13 @@ class StableDiffusionExecutor(DrainingExecutor):
         self.checks_safety = self.configure_safety_checker(safety_checker)
         native_side = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
         self.native_side = native_side
-        default_steps, default_guidance = step_defaults(model, self.pipeline)
+        model_defaults = step_defaults(model, self.pipeline, self.card)
         self.defaults = dict(
             num_images=num_images,
-            num_inference_steps=num_inference_steps or default_steps,
-            guidance_scale=default_guidance if guidance_scale is None else guidance_scale,
+            num_inference_steps=num_inference_steps or model_defaults['num_inference_steps'],
+            guidance_scale=model_defaults['guidance_scale']
+            if guidance_scale is None
+            else guidance_scale,
             width=width or native_side,
             height=height or native_side,
         )
@@ -372,7 +418,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         card's summary, the size it is made for, the defaults and caps, and one step's cost."""
         return {
             'model': self.model_name,
-            'description': model_card_summary(self.model_name),
+            'description': model_card_summary(self.card),
             'native_width': self.native_side,
             'native_height': self.native_side,
             'min_side': MIN_SIDE,
@@ -411,7 +457,7 @@ class StableDiffusionExecutor(DrainingExecutor):
         from diffusers import DPMSolverMultistepScheduler
 
         pipeline = self.pipeline
-        few_step = step_defaults(self.model_name, pipeline) != FULL_STEP_DEFAULTS
+        few_step = few_step_defaults(self.model_name, pipeline) is not None
         if scheduler == 'dpm++' or (
             scheduler == 'auto' and not few_step and type(pipeline).__name__ in DPM_SOLVER_PIPELINES
         ):
