@@ -49,9 +49,12 @@ NEW, EDIT, ANOTHER, AGAIN, BACK = 'new', 'edit', 'another', 'again', 'back'
 # How a turn is drawn: from the words alone (text-to-image), from the previous picture
 # (image-to-image), or not at all (the picture is one already made).
 FROM_TEXT, FROM_IMAGE, NOT_DRAWN = 'text', 'image', 'none'
-# Changes that leave every shape where it is: these redraw from the previous picture. The others
-# move or reshape things, which image-to-image at a strength that keeps the picture cannot do.
-KEEP_COMPOSITION = frozenset({'colour', 'place'})
+# Changes that leave every shape where it is: these redraw from the previous picture by
+# image-to-image, at this strength (the share of the denoising steps run again). A colour repaints
+# the things; a place repaints most of the picture, and the background is settled in the noisiest
+# steps, so it needs more of them. The other changes move or reshape things, which image-to-image
+# at a strength that keeps the picture cannot do.
+KEEP_COMPOSITION_STRENGTHS = {'colour': 0.6, 'place': 0.7}
 SIZE_ORDER = tuple(SIZES)  # small, medium, big
 DEFAULT_SIZE = 'medium'
 COMPARATIVES = {'bigger': 1, 'larger': 1, 'smaller': -1, 'tinier': -1}
@@ -195,6 +198,14 @@ class Edit:
     same_seed: bool = False
     changes: Tuple[Change, ...] = field(default_factory=tuple)
 
+    @property
+    def strength(self) -> Optional[float]:
+        """The image-to-image strength of an edit drawn from the previous picture: the most
+        that any of its changes needs. None for one drawn otherwise."""
+        if self.drawn != FROM_IMAGE:
+            return None
+        return max(KEEP_COMPOSITION_STRENGTHS[change.what] for change in self.changes)
+
     def summary(self) -> str:
         """What was understood, as shown to the person: "changed: colour red -> blue"."""
         changed = 'changed: ' + ', '.join(map(str, self.changes)) if self.changes else ''
@@ -264,7 +275,7 @@ def read_utterance(said: str, previous_prompt: Optional[str]) -> Edit:
         prompt, changes = edited_prompt(same_but.group('rest'), previous_prompt, said)
         return Edit(AGAIN, said, prompt, FROM_TEXT, same_seed=True, changes=changes)
     prompt, changes = edited_prompt(text, previous_prompt, said)
-    keeps = all(change.what in KEEP_COMPOSITION for change in changes)
+    keeps = all(change.what in KEEP_COMPOSITION_STRENGTHS for change in changes)
     return Edit(EDIT, said, prompt, FROM_IMAGE if keeps else FROM_TEXT, True, changes)
 
 

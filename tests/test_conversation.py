@@ -12,6 +12,7 @@ import pytest
 
 from devtools.offline_flow import ASSETS
 from speech2image import defaults
+from speech2image.edits import KEEP_COMPOSITION_STRENGTHS
 from speech2image.schema import SpeechDoc
 from tests.protocols import (
     ANSWER_TIMEOUT_S,
@@ -28,7 +29,6 @@ from tests.protocols import (
 from tests.support import diffusion_metric, poll_until
 
 WAYS = [(kind, protocol) for kind in ('request', 'stream') for protocol in sorted(SENDERS)]
-EDIT_STRENGTH = 0.6  # the diffusion Executor's default edit_strength
 CANCELLED = 'speech2image_diffusion_cancelled_requests_total'
 UNET_CALLS = 'speech2image_diffusion_step_seconds_count'  # one per UNet call
 
@@ -62,7 +62,10 @@ def test_a_conversation_on_every_protocol(running_flow, way):
     assert blue['tags']['edit']['summary'] == 'changed: colour red -> blue'
     assert blue['tags']['edit']['changes'] == [{'what': 'colour', 'before': 'red', 'after': 'blue'}]
     [image] = blue['images']
-    assert image['tags']['seed'] == 11 and image['tags']['strength'] == EDIT_STRENGTH
+    assert (
+        image['tags']['seed'] == 11
+        and image['tags']['strength'] == KEEP_COMPOSITION_STRENGTHS['colour']
+    )
     assert image['tags']['prompt'] == 'a blue ball on the left'
     # Another one: the same prompt, the next seed, the request's own seed notwithstanding.
     assert another['tags']['edit']['kind'] == 'another'

@@ -127,6 +127,22 @@ def test_what_the_parser_understands(said, kind, drawn, prompt, summary):
 
 
 @pytest.mark.parametrize(
+    'said, strength',
+    [
+        ('make it blue', 0.6),
+        ('now at night', 0.7),
+        ('make it blue and put it on the beach', 0.7),
+        ('move it to the right', None),
+        ('another one', None),
+    ],
+)
+def test_image_to_image_strength_is_what_the_change_needs(said, strength):
+    """A place repaints most of the picture and needs more of the steps than a colour; an edit
+    of both takes the larger; a turn drawn from the words has none."""
+    assert read_utterance(said, BALL).strength == strength
+
+
+@pytest.mark.parametrize(
     'previous, said, prompt',
     [
         # Other words of the prompt stay; only what changed is said anew.

@@ -290,7 +290,6 @@ class StableDiffusionExecutor(DrainingExecutor):
         openvino_cache: Optional[str] = None,
         warmup: bool = True,
         max_batch_size: int = 4,
-        edit_strength: float = 0.6,
         threads: Optional[int] = None,
         drain_seconds: float = DRAIN_SECONDS,
         safety_checker: Optional[bool] = None,
@@ -327,8 +326,6 @@ class StableDiffusionExecutor(DrainingExecutor):
             ``$XDG_CACHE_HOME/speech2image/openvino`` (``~/.cache`` when unset).
         :param warmup: run one tiny generation at load, so the first request is not the slow one.
         :param max_batch_size: the most documents one pipeline call takes from the queue.
-        :param edit_strength: how far a spoken edit that keeps the composition ("make it blue")
-            redraws the previous picture: image-to-image strength, 0 (unchanged) to 1 (anew).
         :param threads: torch CPU threads for the pipeline; None is the CPUs this process may use
             (its affinity, within a cgroup CPU quota) shared equally by the local replicas.
         :param drain_seconds: on SIGTERM, how long requests in flight may take to finish.
@@ -378,7 +375,6 @@ class StableDiffusionExecutor(DrainingExecutor):
                     f'{name} must be between {MIN_SIDE} and max_side {self.max_side}, '
                     f'got {self.defaults[name]}'
                 )
-        self.edit_strength = edit_strength
         self.image_pipeline = None  # image-to-image, made from self.pipeline when first needed
         # Every pipeline call, the warm-up included, runs on this one thread (speech2image/batching.py).
         self.worker = ModelWorker(
@@ -580,7 +576,7 @@ class StableDiffusionExecutor(DrainingExecutor):
             source = 'spoken settings' if turn is None else 'conversation settings'
             raise document_error(index, doc, f'{source}: {error}') from None
         if turn is not None and turn.source_image_needed:
-            settings = dataclasses.replace(settings, strength=self.edit_strength)
+            settings = dataclasses.replace(settings, strength=turn.edit.strength)
         return settings
 
     def planned_turns(self, docs: DocList[SpeechDoc]) -> Dict[int, PlannedTurn]:
