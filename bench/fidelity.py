@@ -250,15 +250,13 @@ def main():
         ),
     }
     figures['renders through the VAE'] = vae_ceiling(painter, scenes, args.seed)
-    first = slice(GUIDANCE_PROMPTS)
+    first = slice(min(GUIDANCE_PROMPTS, len(scenes)))
     by_guidance = {painter.guidance: images[first]}  # already drawn above
     for guidance in OTHER_GUIDANCE:
         if guidance not in by_guidance:
             by_guidance[guidance] = painter.draw(prompts[first], seeds[first], guidance)
     for guidance, drawn in sorted(by_guidance.items()):
-        figures[f'guidance {guidance:g} (first {GUIDANCE_PROMPTS})'] = accuracy(
-            scenes[first], drawn
-        )
+        figures[f'guidance {guidance:g} (first {first.stop})'] = accuracy(scenes[first], drawn)
     pair_scenes = [s.with_(count=1) for s in scenes[:PAIRS]]
     paired = {
         'colour word changed, same seed': paired_colour(

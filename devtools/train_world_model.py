@@ -12,7 +12,7 @@ encoder from their saved EMA weights, with a fresh optimizer, and the learning r
 where it stopped) up to ``--unet-steps``.
 
 Seeded: the same command on the same software gives the same weights. Runs on CPU (2 cores: about
-an hour with the defaults); ``--device cuda`` runs the same recipe on a GPU.
+90 minutes with the defaults, weights/README.md); ``--device cuda`` runs the same recipe on a GPU.
 """
 
 import argparse
