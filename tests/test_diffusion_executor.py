@@ -250,13 +250,22 @@ def test_a_model_card_sets_the_model_own_defaults_and_says_what_it_draws(tmp_pat
     assert flagged.defaults['guidance_scale'] == 6.0
 
 
-def test_a_model_card_with_a_wrong_default_is_refused_naming_it(tmp_path):
+@pytest.mark.parametrize(
+    'parameters, error',
+    [
+        ('guidance_scale: high', "inference parameter guidance_scale must be a number, got 'high'"),
+        (
+            'guidance_scale: 40',
+            'the default guidance_scale .* must be between 0 and 30.0, got 40.0',
+        ),
+        ('num_inference_steps: 0', 'the default num_inference_steps .* must be between 1 and 100'),
+    ],
+)
+def test_a_model_card_with_a_wrong_default_is_refused_naming_it(tmp_path, parameters, error):
     model = model_with_card(
-        tmp_path, '---\ninference:\n  parameters:\n    guidance_scale: high\n---\nA model.\n'
+        tmp_path, f'---\ninference:\n  parameters:\n    {parameters}\n---\nA model.\n'
     )
-    with pytest.raises(
-        Exception, match="inference parameter guidance_scale must be a number, got 'high'"
-    ):
+    with pytest.raises(Exception, match=error):
         Executor.load_config(CONFIG, uses_with={'model': str(model), 'warmup': False})
 
 

@@ -369,11 +369,16 @@ class StableDiffusionExecutor(DrainingExecutor):
         self.max_images = max_images
         self.max_inference_steps = max_inference_steps
         self.max_side = max_side or NATIVE_SIDES_PER_MAX_SIDE * native_side
-        for name in ('width', 'height'):
-            if not MIN_SIDE <= self.defaults[name] <= self.max_side:
+        for name, low, high in (
+            ('width', MIN_SIDE, self.max_side),
+            ('height', MIN_SIDE, self.max_side),
+            ('num_inference_steps', 1, self.max_inference_steps),
+            ('guidance_scale', 0, MAX_GUIDANCE_SCALE),
+        ):
+            if not low <= self.defaults[name] <= high:
                 raise ValueError(
-                    f'{name} must be between {MIN_SIDE} and max_side {self.max_side}, '
-                    f'got {self.defaults[name]}'
+                    f'the default {name} (an argument or the model card) must be between {low} '
+                    f'and {high}, got {self.defaults[name]}'
                 )
         self.image_pipeline = None  # image-to-image, made from self.pipeline when first needed
         # Every pipeline call, the warm-up included, runs on this one thread (speech2image/batching.py).
