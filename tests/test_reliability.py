@@ -6,7 +6,6 @@ what it leaves behind.
 """
 
 import asyncio
-import multiprocessing
 import os
 import signal
 import time
@@ -268,14 +267,8 @@ def test_killed_replica_under_load_loses_nothing_and_is_used_again_once_back(flo
     assert_nothing_lost(report, max_failed_share=KILLED_REPLICA_MAX_FAILED_SHARE)
     assert report.answered > 0
 
-    # The replica comes back on the same address, as a restarted pod would: a new process. A fork
-    # of this one, which holds gRPC's threads, can deadlock in gRPC's server setup (it hung there
-    # once), so the revived pod is spawned.
-    multiprocessing.set_start_method('spawn', force=True)
-    try:
-        revived = PodFactory.build_pod(first.args).start()
-    finally:
-        multiprocessing.set_start_method('fork', force=True)
+    # The replica comes back on the same address, as a restarted pod would.
+    revived = PodFactory.build_pod(first.args).start()
     revived.wait_start_success()  # a Flow starts its pods without waiting, then waits for all
     shard = next(iter(flow.flow._deployment_nodes['stablediffusion'].shards.values()))
     shard._pods[0] = revived  # the Flow closes the revived one at the end
