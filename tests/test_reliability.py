@@ -8,16 +8,20 @@ what it leaves behind.
 import asyncio
 import os
 import signal
+import sys
 import time
+from contextlib import ExitStack
 
 import psutil
 import pytest
 import requests
-from jina.orchestrate.pods.factory import PodFactory
+from jina.enums import PodRoleType
+from jina.orchestrate.deployments.config.helper import construct_runtime_container_args
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load import one_request, run_load
-from devtools.offline_flow import serve_flow
+from devtools import OFFLINE_ENVIRONMENT
+from devtools.offline_flow import logged_process_group, serve_flow
 from tests.support import gateway_pending_requests, poll_until
 
 REQUEST_TIMEOUT_S = 12
@@ -60,6 +64,13 @@ def flow():
     with serve_flow(*FLOW_FLAGS) as running:
         wait_until_serving(running)
         yield running
+
+
+@pytest.fixture(scope='module')
+def restarted_replicas():
+    """Replica processes a test started in place of killed ones; stopped before the Flow."""
+    with ExitStack() as processes:
+        yield processes
 
 
 def wait_until_serving(running, successes=4, seconds=60):
@@ -251,8 +262,32 @@ def test_a_stalled_http_body_is_answered_408_after_the_body_timeout(flow):
     assert time.monotonic() - started < BODY_TIMEOUT_S + TIMEOUT_MARGIN_S
 
 
-def test_killed_replica_under_load_loses_nothing_and_is_used_again_once_back(flow):
-    """Leaves the revived replica in the killed one's place."""
+def restart_replica(pod, processes: ExitStack, log) -> None:
+    """``pod``'s Executor started again at its addresses, as ``jina executor`` in a process of
+    its own (what a Kubernetes pod runs), until ``processes`` closes; returns once it is ready.
+    Not a fork of this process: that holds gRPC's threads, and a forked replica once hung in
+    grpc.aio's Server.__init__."""
+    from jina.serve.runtimes.servers import BaseServer
+
+    args = construct_runtime_container_args(
+        pod.args, pod.args.uses_metas, pod.args.uses_with, PodRoleType.WORKER
+    )
+    command = [sys.executable, '-m', 'jina', *args]
+    process = processes.enter_context(
+        logged_process_group(command, {**os.environ, **OFFLINE_ENVIRONMENT}, log)
+    )
+
+    def ready() -> bool:
+        assert process.poll() is None, f'the restarted replica exited: {log.read_text()[-2000:]}'
+        return BaseServer.is_ready(f'127.0.0.1:{pod.args.port[0]}')
+
+    poll_until(ready, REVIVAL_SECONDS, 'the restarted replica did not start')
+
+
+def test_killed_replica_under_load_loses_nothing_and_is_used_again_once_back(
+    flow, restarted_replicas, tmp_path_factory
+):
+    """Leaves the restarted replica in the killed one's place, at its addresses."""
     [first, second] = pods(flow, 'stablediffusion')
 
     async def kill_during_load():
@@ -268,15 +303,13 @@ def test_killed_replica_under_load_loses_nothing_and_is_used_again_once_back(flo
     assert report.answered > 0
 
     # The replica comes back on the same address, as a restarted pod would.
-    revived = PodFactory.build_pod(first.args).start()
-    revived.wait_start_success()  # a Flow starts its pods without waiting, then waits for all
-    shard = next(iter(flow.flow._deployment_nodes['stablediffusion'].shards.values()))
-    shard._pods[0] = revived  # the Flow closes the revived one at the end
+    log = tmp_path_factory.mktemp('restarted') / 'replica.log'
+    restart_replica(first, restarted_replicas, log)
     started = time.monotonic()
 
     def revived_served() -> bool:
         """Whether the revived replica has served; if not, 4 more requests, all answered."""
-        if diffusion_documents(revived):
+        if diffusion_documents(first):  # the same monitoring port
             return True
         answers = asyncio.run(post_many(flow.grpc, 4, {'num_inference_steps': 1}))
         assert answers == [None] * 4
