@@ -11,7 +11,8 @@ background must follow) or left to right (the thing must move right). Every pict
 the service's defaults for the model (its card's steps and guidance, else the Executor's), or at
 --guidance; the first prompts are drawn again at guidance 0 and 7.5, and a negative prompt naming
 a colour is set against none on prompts that leave the colour unsaid. The same scenes rendered
-and passed through the model's VAE give its ceiling: what the VAE alone keeps.
+and passed through the model's VAE give its ceiling: what the VAE alone keeps. Both are also
+judged by the size of the things asked for (small things are a few latents wide).
 """
 
 import argparse
@@ -28,7 +29,7 @@ from bench.report import machine_summary, markdown_table
 from devtools.world_judge import judge, visible
 from devtools.world_render import render
 from executors.stablediffusion.executor import local_model_card, step_defaults
-from speech2image.world import COLOURS, HELD_OUT, PLACES, Scene, describe, random_scene
+from speech2image.world import COLOURS, HELD_OUT, PLACES, SIZES, Scene, describe, random_scene
 
 DEFAULT_MODEL = Path('models/shapes-world')
 # The guidance scales the first GUIDANCE_PROMPTS prompts are drawn at besides the model's default:
@@ -119,9 +120,21 @@ def accuracy(scenes: List[Scene], images) -> Dict[str, float]:
     }
 
 
-def vae_ceiling(painter: Painter, scenes: List[Scene], seed: int) -> Dict[str, float]:
-    """The judged accuracy of renders of ``scenes`` passed through the model's VAE (encoded,
-    decoded): what a perfect UNet could reach with this VAE."""
+def by_size(scenes: List[Scene], images, label: str) -> Dict[str, Dict[str, float]]:
+    """``accuracy`` of the scenes of each size apart, as rows named '``label``, <size> things'."""
+    return {
+        f'{label}, {size} things': accuracy(
+            [s for s in scenes if s.size == size],
+            [i for s, i in zip(scenes, images) if s.size == size],
+        )
+        for size in SIZES
+        if any(s.size == size for s in scenes)
+    }
+
+
+def vae_round_trips(painter: Painter, scenes: List[Scene], seed: int):
+    """Renders of ``scenes`` passed through the model's VAE (encoded, decoded), as uint8 arrays:
+    judged, what a perfect UNet could reach with this VAE."""
     import torch
 
     rng = random.Random(seed)
@@ -130,8 +143,7 @@ def vae_ceiling(painter: Painter, scenes: List[Scene], seed: int) -> Dict[str, f
     vae = painter.pipeline.vae
     with torch.no_grad():
         decoded = vae.decode(vae.encode(pictures).latent_dist.mean).sample
-    round_trips = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return accuracy(scenes, round_trips)
+    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def paired_word(
@@ -249,7 +261,10 @@ def main():
             [s for s, h in zip(scenes, held) if h], [i for i, h in zip(images, held) if h]
         ),
     }
-    figures['renders through the VAE'] = vae_ceiling(painter, scenes, args.seed)
+    figures.update(by_size(scenes, images, 'drawn'))
+    round_trips = vae_round_trips(painter, scenes, args.seed)
+    figures['renders through the VAE'] = accuracy(scenes, round_trips)
+    figures.update(by_size(scenes, round_trips, 'through the VAE'))
     first = slice(min(GUIDANCE_PROMPTS, len(scenes)))
     by_guidance = {painter.guidance: images[first]}  # already drawn above
     for guidance in OTHER_GUIDANCE:
