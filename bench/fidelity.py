@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -107,15 +107,14 @@ def benchmark_scenes(count: int, seed: int) -> List[Scene]:
     return scenes
 
 
-def accuracy(scenes: List[Scene], images) -> Dict[str, float]:
-    """Share of pictures whose judged attribute equals the asked one."""
-    judged = [judge(image) for image in images]
+def accuracy(
+    scenes: List[Scene], images, keep: Callable[[Scene], bool] = lambda scene: True
+) -> Dict[str, float]:
+    """Share of the pictures of the scenes ``keep`` accepts (all by default) whose judged
+    attribute equals the asked one."""
+    kept = [(scene, judge(image)) for scene, image in zip(scenes, images) if keep(scene)]
     return {
-        attribute: float(
-            np.mean(
-                [getattr(j, attribute) == getattr(s, attribute) for s, j in zip(scenes, judged)]
-            )
-        )
+        attribute: float(np.mean([getattr(j, attribute) == getattr(s, attribute) for s, j in kept]))
         for attribute in ATTRIBUTES
     }
 
@@ -123,10 +122,7 @@ def accuracy(scenes: List[Scene], images) -> Dict[str, float]:
 def by_size(scenes: List[Scene], images, label: str) -> Dict[str, Dict[str, float]]:
     """``accuracy`` of the scenes of each size apart, as rows named '``label``, <size> things'."""
     return {
-        f'{label}, {size} things': accuracy(
-            [s for s in scenes if s.size == size],
-            [i for s, i in zip(scenes, images) if s.size == size],
-        )
+        f'{label}, {size} things': accuracy(scenes, images, lambda scene: scene.size == size)
         for size in SIZES
         if any(s.size == size for s in scenes)
     }
@@ -251,15 +247,10 @@ def main():
     started = time.perf_counter()
     images = painter.draw(prompts, seeds)
     seconds_per_image = (time.perf_counter() - started) / len(images)
-    held = [(s.colour, s.thing) in HELD_OUT for s in scenes]
     figures = {
         'all': accuracy(scenes, images),
-        'seen pairs': accuracy(
-            [s for s, h in zip(scenes, held) if not h], [i for i, h in zip(images, held) if not h]
-        ),
-        'held-out pairs': accuracy(
-            [s for s, h in zip(scenes, held) if h], [i for i, h in zip(images, held) if h]
-        ),
+        'seen pairs': accuracy(scenes, images, lambda s: (s.colour, s.thing) not in HELD_OUT),
+        'held-out pairs': accuracy(scenes, images, lambda s: (s.colour, s.thing) in HELD_OUT),
     }
     figures.update(by_size(scenes, images, 'drawn'))
     round_trips = vae_round_trips(painter, scenes, args.seed)
